@@ -1,0 +1,383 @@
+"""Resumable, verified HTTP file transfer: the engine under `ava download`.
+
+One call of `fetch_file` brings one remote object to a local path and never leaves a partial file
+under the final name. Bytes go to `NAME.part`; a later call resumes that file with an HTTP Range
+request (or starts it over when the server answers the whole object instead), and the file is
+renamed into place only once its size matches the server's and, when the server's ETag is a plain
+MD5 (S3 objects uploaded in one part), its MD5 matches too. A `.part` file is always a prefix of
+the object because bytes are only ever appended in order, so a crash or Ctrl-C at any moment leaves
+something the next run can resume.
+
+Connection errors, timeouts, 5xx and 429 are retried with exponential backoff; other 4xx (403 and
+404 above all: the larger size tiers miss files) fail at once. Every function here is safe to call
+from several threads as long as each thread has its own `requests.Session`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import random
+import re
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Callable, Protocol, TypeVar
+
+import requests
+
+CHUNK_BYTES = 1 << 16
+_PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
+# Errors below this line in the requests hierarchy all mean "the transfer broke, try again".
+_TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a request is repeated after a transient failure."""
+
+    retries: int = 5
+    """Extra attempts after the first one."""
+    base_delay: float = 1.0
+    """Seconds before the first retry; each further retry waits twice as long (with jitter)."""
+    max_delay: float = 60.0
+    """Upper bound on one wait, also for a server's Retry-After."""
+    timeout: float = 30.0
+    """Seconds to wait for a connection and, once connected, for each piece of the response."""
+
+    def delay(self, retry_number: int, retry_after: float | None = None) -> float:
+        """The wait before retry `retry_number` (0 for the first retry)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        # Jitter keeps many workers that failed together from hammering the server in lockstep.
+        backoff = self.base_delay * (2**retry_number) * random.uniform(0.75, 1.0)
+        return min(backoff, self.max_delay)
+
+
+class TransferError(Exception):
+    """A failed request; `reason` is a short phrase such as '404 Not Found'."""
+
+    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Stopped(Exception):
+    """The caller asked all transfers to stop (Ctrl-C); partial files stay for the next run."""
+
+
+class Outcome(enum.Enum):
+    DOWNLOADED = "downloaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    outcome: Outcome
+    received_bytes: int = 0
+    """Bytes that came over the network for this file in this call."""
+    reason: str | None = None
+    """Why it failed (None unless `outcome` is FAILED)."""
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    size: int
+    md5: str | None
+    """The object's MD5 as lower-case hex when its ETag is a plain MD5, else None."""
+
+
+class ProgressSink(Protocol):
+    """Receives byte counts from transfers in any thread."""
+
+    def add_expected(self, nbytes: int) -> None:
+        """More (or, when negative, fewer) bytes are now expected to arrive."""
+
+    def add_received(self, nbytes: int) -> None:
+        """`nbytes` arrived over the network."""
+
+
+class _NoProgress:
+    def add_expected(self, nbytes: int) -> None:
+        pass
+
+    def add_received(self, nbytes: int) -> None:
+        pass
+
+
+def status_reason(status: int) -> str:
+    """'404 Not Found' for 404: the short form used in summaries."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def error_for_status(response: requests.Response) -> TransferError | None:
+    """The TransferError a response stands for, or None for a success (2xx)."""
+    status = response.status_code
+    if status < 300:
+        return None
+    retryable = status >= 500 or status == 429
+    retry_after = None
+    if status == 429 or status == 503:
+        try:
+            retry_after = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            retry_after = None
+    return TransferError(status_reason(status), retryable=retryable, retry_after=retry_after)
+
+
+def transient_reason(error: Exception) -> str:
+    """A short phrase for a network-level failure."""
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "connection dropped mid-transfer"
+    return "connection failed"
+
+
+def with_retries(
+    attempt: Callable[[], Result], policy: RetryPolicy, stop: threading.Event
+) -> Result:
+    """Runs `attempt` until it succeeds, a non-retryable TransferError escapes, or retries run out.
+
+    Network errors from requests become retryable TransferErrors. Waits are interrupted by `stop`.
+    """
+    retry_number = 0
+    while True:
+        if stop.is_set():
+            raise Stopped()
+        try:
+            return attempt()
+        except _TRANSIENT_ERRORS as error:
+            failure = TransferError(transient_reason(error), retryable=True)
+        except TransferError as error:
+            failure = error
+        except requests.RequestException as error:
+            # Invalid URLs, redirect loops and the like: repeating the request cannot help.
+            failure = TransferError(type(error).__name__, retryable=False)
+        if not failure.retryable or retry_number >= policy.retries:
+            raise failure
+        if stop.wait(policy.delay(retry_number, failure.retry_after)):
+            raise Stopped()
+        retry_number += 1
+
+
+def remote_info(response: requests.Response) -> RemoteInfo | None:
+    """Size and MD5 of the whole object from a 200 or HEAD response; None without Content-Length."""
+    length = response.headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return None
+    return RemoteInfo(size=int(length), md5=plain_md5(response.headers.get("ETag")))
+
+
+def plain_md5(etag: str | None) -> str | None:
+    """The MD5 in an ETag like '"9e107d9d372bb6826bd81d3542a419d6"'; None for multipart or weak ones."""
+    if not etag:
+        return None
+    match = _PLAIN_MD5_ETAG.match(etag.strip())
+    return match.group(1).lower() if match else None
+
+
+def head(session: requests.Session, url: str, policy: RetryPolicy, stop: threading.Event) -> RemoteInfo:
+    """Size (and MD5 where known) of a remote object, with retries."""
+
+    def attempt() -> RemoteInfo:
+        with session.head(url, timeout=policy.timeout, allow_redirects=True) as response:
+            failure = error_for_status(response)
+            if failure:
+                raise failure
+            info = remote_info(response)
+        if info is None:
+            raise TransferError("server sent no Content-Length", retryable=False)
+        return info
+
+    return with_retries(attempt, policy, stop)
+
+
+def fetch_bytes(session: requests.Session, url: str, policy: RetryPolicy, stop: threading.Event) -> bytes:
+    """A small remote object (a JSON or CSV file) in memory, with retries and a size check."""
+
+    def attempt() -> bytes:
+        with session.get(url, timeout=policy.timeout) as response:
+            failure = error_for_status(response)
+            if failure:
+                raise failure
+            body = response.content
+            expected = response.headers.get("Content-Length")
+        if expected is not None and expected.isdigit() and int(expected) != len(body):
+            raise TransferError(f"got {len(body)} of {expected} bytes", retryable=True)
+        return body
+
+    return with_retries(attempt, policy, stop)
+
+
+def part_path(destination: Path) -> Path:
+    """Where the bytes of `destination` gather until they are complete and verified."""
+    return destination.with_name(destination.name + ".part")
+
+
+def fetch_file(
+    session: requests.Session,
+    url: str,
+    destination: Path,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    progress: ProgressSink | None = None,
+) -> FileResult:
+    """Brings `url` to `destination` (see the module docstring); never raises TransferError.
+
+    A destination that exists with the server's size is skipped; one with another size is fetched
+    again and replaced only once the new copy is complete. Raises Stopped when `stop` is set.
+    """
+    transfer = _Transfer(session, url, Path(destination), policy, stop, progress or _NoProgress())
+    try:
+        if transfer.destination.exists():
+            info = head(session, url, policy, stop)
+            if transfer.destination.stat().st_size == info.size:
+                transfer.part.unlink(missing_ok=True)
+                return FileResult(Outcome.SKIPPED)
+        with_retries(transfer.attempt, policy, stop)
+    except TransferError as error:
+        transfer.give_up()
+        return FileResult(Outcome.FAILED, transfer.received, error.reason)
+    except OSError as error:
+        # Local trouble (disk full, permissions) fails this file; the .part stays for a rerun.
+        transfer.give_up()
+        return FileResult(Outcome.FAILED, transfer.received, f"local file error: {error.strerror or error}")
+    except Stopped:
+        transfer.give_up()
+        raise
+    return FileResult(Outcome.DOWNLOADED, transfer.received)
+
+
+class _Transfer:
+    """The state of one file across attempts: what arrived, what is still expected."""
+
+    def __init__(self, session, url, destination: Path, policy, stop, progress: ProgressSink):
+        self.session = session
+        self.url = url
+        self.destination = destination
+        self.part = part_path(destination)
+        self.policy = policy
+        self.stop = stop
+        self.progress = progress
+        self.received = 0
+        self.expected = 0  # bytes this file has announced to the progress sink so far
+
+    def _expect_total(self, total_to_receive: int) -> None:
+        self.progress.add_expected(total_to_receive - self.expected)
+        self.expected = total_to_receive
+
+    def give_up(self) -> None:
+        """Withdraws the bytes that will not come now from the progress total."""
+        self._expect_total(self.received)
+
+    def attempt(self) -> None:
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self.session.get(self.url, headers=headers, stream=True, timeout=self.policy.timeout) as response:
+            if response.status_code == 416:
+                # The .part is at least as long as the object: complete, or stale and too long.
+                info = head(self.session, self.url, self.policy, self.stop)
+                if offset != info.size:
+                    self._discard("partial file longer than the remote file")
+                self._finish(info)
+                return
+            failure = error_for_status(response)
+            if failure:
+                raise failure
+            info, offset = self._start(response, offset)
+            self._expect_total(self.received + info.size - offset)
+            self._receive(response, offset)
+        self._finish(info)
+
+    def _start(self, response: requests.Response, offset: int) -> tuple[RemoteInfo, int]:
+        """The object's size and MD5 and where the body starts; truncates the .part on a 200."""
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != offset or match.group(3) == "*":
+                self._discard("server answered a different range")
+            size = int(match.group(3))
+            return RemoteInfo(size=size, md5=plain_md5(response.headers.get("ETag"))), offset
+        info = remote_info(response)
+        if info is None:
+            raise TransferError("server sent no Content-Length", retryable=False)
+        # A 200 to a Range request carries the whole object: start the .part over.
+        return info, 0
+
+    def _receive(self, response: requests.Response, offset: int) -> None:
+        with open(self.part, "r+b" if offset else "wb") as part_file:
+            part_file.truncate(offset)
+            part_file.seek(offset)
+            for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+                if self.stop.is_set():
+                    raise Stopped()
+                part_file.write(chunk)
+                self.received += len(chunk)
+                self.progress.add_received(len(chunk))
+            part_file.flush()
+            os.fsync(part_file.fileno())
+
+    def _finish(self, info: RemoteInfo) -> None:
+        size = self.part.stat().st_size
+        if size < info.size:
+            raise TransferError(f"got {size} of {info.size} bytes", retryable=True)
+        if size > info.size:
+            self._discard(f"got {size} bytes, more than the server's {info.size}")
+        if info.md5 is not None and file_md5(self.part) != info.md5:
+            self._discard("MD5 does not match the server's ETag")
+        os.replace(self.part, self.destination)
+        fsync_directory(self.destination.parent)
+
+    def _discard(self, reason: str) -> None:
+        """Drops the .part (its bytes cannot be trusted) and asks for another attempt."""
+        self.part.unlink(missing_ok=True)
+        raise TransferError(reason, retryable=True)
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_directory(path: Path) -> None:
+    """Makes a rename in `path` durable (POSIX only; Windows has no directory handles to sync)."""
+    if os.name == "nt":
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Writes `data` to `path` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(temporary, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
