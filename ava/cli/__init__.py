@@ -14,7 +14,9 @@ import sys
 from typing import Sequence
 
 # name shown on the command line -> module in ava.cli. Only subcommands that work are listed.
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "download": "download",
+}
 
 
 def _load_subcommands() -> dict:
