@@ -1,0 +1,223 @@
+"""Decoders and encoders for the member formats of a capture (SPEC §1.3, §1.5-§1.11).
+
+Every decoder takes the raw bytes of one zip member and raises `BadMember` when they cannot be
+what the format promises, so the dataset can skip that one sample and say why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+from PIL import Image
+
+from ava.errors import UserError
+
+
+class BadMember(Exception):
+    """A member's bytes are truncated, corrupt or of the wrong shape."""
+
+
+# --- PLY --------------------------------------------------------------------------------------
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+_END_HEADER = re.compile(rb"end_header\r?\n")
+
+
+def _ply_header(data: bytes) -> tuple[str, list[tuple[str, int, list[list[str]]]], int]:
+    """(format, [(element, count, property lines)], body offset)."""
+    if not data.startswith(b"ply"):
+        raise BadMember("not a PLY file")
+    match = _END_HEADER.search(data, 0, 65536)
+    if match is None:
+        raise BadMember("PLY header has no end_header")
+    lines = data[: match.start()].decode("ascii", errors="replace").splitlines()
+    ply_format = ""
+    elements: list[tuple[str, int, list[list[str]]]] = []
+    for line in lines[1:]:
+        words = line.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "format":
+            ply_format = words[1]
+        elif words[0] == "element" and len(words) == 3:
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property" and elements:
+            elements[-1][2].append(words[1:])
+    return ply_format, elements, match.end()
+
+
+def parse_ply_vertices(data: bytes) -> np.ndarray:
+    """Vertex positions [V,3] float32 (properties x, y, z) of a PLY file, parsed vectorised.
+
+    The vertex element is read straight from the body with numpy when it comes first (the layout
+    of the registration meshes); other layouts fall back to plyfile.
+    """
+    ply_format, elements, body = _ply_header(data)
+    if not elements or elements[0][0] != "vertex":
+        return _parse_ply_with_plyfile(data)
+    _, count, properties = elements[0]
+    if any(prop[0] == "list" or prop[0] not in _PLY_TYPES for prop in properties):
+        return _parse_ply_with_plyfile(data)
+    names = [prop[1] for prop in properties]
+    if not {"x", "y", "z"} <= set(names):
+        raise BadMember(f"PLY vertex element lacks x/y/z (has {names})")
+    columns = [names.index(axis) for axis in "xyz"]
+    if ply_format in ("binary_little_endian", "binary_big_endian"):
+        order = "<" if ply_format == "binary_little_endian" else ">"
+        dtype = np.dtype([(name, order + _PLY_TYPES[prop[0]]) for name, prop in zip(names, properties)])
+        if len(data) - body < count * dtype.itemsize:
+            raise BadMember(f"PLY body is truncated ({len(data) - body} bytes for {count} vertices)")
+        records = np.frombuffer(data, dtype=dtype, count=count, offset=body)
+        return np.stack([records[axis] for axis in "xyz"], axis=1).astype(np.float32)
+    if ply_format == "ascii":
+        # Only the first `count` lines belong to the vertex element.
+        lines = data[body:].split(b"\n", count)[:count]
+        try:
+            values = np.array(b" ".join(lines).split(), dtype=np.float64)
+        except ValueError:
+            raise BadMember("PLY ascii body has a non-numeric vertex value") from None
+        if len(lines) < count or values.size != count * len(names):
+            raise BadMember(f"PLY ascii body is truncated (expected {count} vertices)")
+        return values.reshape(count, len(names))[:, columns].astype(np.float32)
+    raise BadMember(f"unknown PLY format {ply_format!r}")
+
+
+def _parse_ply_with_plyfile(data: bytes) -> np.ndarray:
+    import plyfile
+
+    try:
+        vertices = plyfile.PlyData.read(io.BytesIO(data))["vertex"].data
+        return np.stack([vertices[axis] for axis in "xyz"], axis=1).astype(np.float32)
+    except (plyfile.PlyParseError, KeyError, ValueError, IndexError, EOFError) as error:
+        raise BadMember(f"PLY cannot be parsed: {error}") from None
+
+
+def format_ply_vertices(vertices: np.ndarray) -> bytes:
+    """A binary little-endian PLY holding only the vertex element (float x, y, z)."""
+    vertices = np.ascontiguousarray(vertices, dtype="<f4")
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(vertices)}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    )
+    return header.encode("ascii") + vertices.tobytes()
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, size: tuple[int, int] | None = None, mode: str = "RGB",
+                 resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
+    """Decodes an image (AVIF, PNG, ...) to uint8 [H,W,C] (or [H,W] for mode "L"), resized to `size`=(W,H).
+
+    Pillow's BICUBIC resize widens its kernel when shrinking, so it is an antialiased filter, and it
+    is the filter the original used, which keeps images comparable.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode != mode:
+                image = image.convert(mode)
+            if size is not None and image.size != tuple(size):
+                image = image.resize(tuple(size), resample=resample)
+            return np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for corrupt/truncated data
+        raise BadMember(f"image cannot be decoded: {error}") from None
+
+
+def encode_avif(pixels: np.ndarray, quality: int = 90, speed: int = 10) -> bytes:
+    """AVIF bytes for uint8 [H,W,3] pixels (4:4:4, so small images keep their colours)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(
+        buffer, format="AVIF", quality=quality, speed=speed, subsampling="4:4:4"
+    )
+    return buffer.getvalue()
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes for uint8 [H,W,3] or [H,W] pixels."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- small text and npy members --------------------------------------------------------------
+
+
+def parse_head_pose(data: bytes) -> np.ndarray:
+    """A head pose member: 3 rows of 4 whitespace-separated numbers -> float32 [3,4] (head -> world)."""
+    try:
+        values = np.array(data.split(), dtype=np.float64)
+    except ValueError:
+        raise BadMember("head pose holds a non-numeric value") from None
+    if values.size != 12 or not np.all(np.isfinite(values)):
+        raise BadMember(f"head pose holds {values.size} numbers; expected a finite 3x4 matrix")
+    return values.reshape(3, 4).astype(np.float32)
+
+
+def format_head_pose(pose: np.ndarray) -> bytes:
+    """Text for a [3,4] head pose, one row per line."""
+    return "".join(" ".join(f"{value:.9g}" for value in row) + "\n" for row in np.asarray(pose)).encode()
+
+
+def parse_npy(data: bytes) -> np.ndarray:
+    """A `.npy` member as an array (no pickles)."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise BadMember(f"npy cannot be read: {error}") from None
+
+
+def format_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def parse_variance(text: str, source: str) -> float:
+    """A variance file: one non-negative number."""
+    try:
+        value = float(text.split()[0])
+    except (IndexError, ValueError):
+        raise UserError(f"{source} does not hold a number; re-download it") from None
+    if not np.isfinite(value) or value < 0:
+        raise UserError(f"{source} holds {value}, which is not a variance")
+    return value
+
+
+# --- frame lists ------------------------------------------------------------------------------
+
+FRAME_LIST_HEADER = ("seg_id", "frame_id")
+
+
+def parse_frame_list(text: str, source: str) -> list[tuple[str, str]]:
+    """`frame_list.csv` rows as (seg_id, frame_id) strings, in file order (SPEC §1.5)."""
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise UserError(f"{source} is empty; expected a header seg_id,frame_id")
+    header = tuple(cell.strip() for cell in rows[0])
+    if set(header) != set(FRAME_LIST_HEADER) or len(header) != 2:
+        raise UserError(f"{source} has header {','.join(header)!r}; expected 'seg_id,frame_id'")
+    seg_column, frame_column = header.index("seg_id"), header.index("frame_id")
+    frames = []
+    for line_number, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[frame_column].strip().isdigit():
+            raise UserError(f"{source} line {line_number}: expected seg_id,frame_id with an integer frame id")
+        frames.append((row[seg_column].strip(), row[frame_column].strip()))
+    return frames
+
+
+def format_frame_list(rows: list[tuple[str, str]]) -> str:
+    return "seg_id,frame_id\n" + "".join(f"{seg},{frame}\n" for seg, frame in rows)
+
+
+def member_frame(frame_id: str) -> str:
+    """The 6-digit form of a frame id used in member names (`int(frame)` as `%06d`)."""
+    return f"{int(frame_id):06d}"
