@@ -1,0 +1,112 @@
+"""Public MVP raymarcher: input checks, backend choice and the autograd glue of the Triton path."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ava.kernels import vectorized
+from ava.kernels.checks import check_same_device_dtype, check_tensor
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def default_backend(device: torch.device) -> str:
+    """'triton' for CUDA tensors or under TRITON_INTERPRET=1, else the vectorised 'torch' path."""
+    return "triton" if device.type == "cuda" or _interpreting() else "torch"
+
+
+class _MVPRaymarchTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+                fadescale, fadeexp):
+        from ava.kernels import raymarch_triton
+
+        needs_grad = any(ctx.needs_input_grad[4:9])
+        rayrgba, raysat, lists = raymarch_triton.forward(
+            raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+            fadescale, fadeexp, save_saturation=needs_grad,
+        )
+        if needs_grad:
+            ctx.save_for_backward(raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat)
+            ctx.lists = lists
+            ctx.scalars = (stepsize, fadescale, fadeexp)
+        return rayrgba
+
+    @staticmethod
+    def backward(ctx, grad_rgba):
+        from ava.kernels import raymarch_triton
+
+        raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat = ctx.saved_tensors
+        stepsize, fadescale, fadeexp = ctx.scalars
+        grad_pos, grad_rot, grad_scale, grad_template, grad_warp = raymarch_triton.backward(
+            grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+            fadescale, fadeexp, raysat, ctx.lists,
+        )
+        return None, None, None, None, grad_pos, grad_rot, grad_scale, grad_template, grad_warp, None, None
+
+
+def mvp_raymarch(
+    raypos: torch.Tensor,  # [N, H, W, 3] ray origins, volume units
+    raydir: torch.Tensor,  # [N, H, W, 3] ray directions (unit length from compute_raydirs)
+    stepsize: float,  # dt between samples, in units of t
+    tminmax: torch.Tensor,  # [N, H, W, 2] segment of each ray to march
+    primpos: torch.Tensor,  # [N, K, 3] primitive centres
+    primrot: torch.Tensor,  # [N, K, 3, 3] rotations; columns are the primitive's local axes
+    primscale: torch.Tensor,  # [N, K, 3] inverse half-extents along the local axes
+    template: torch.Tensor,  # [N, K, TD, TH, TW, 4] RGBA voxels, channels last
+    warp: torch.Tensor | None = None,  # [N, K, WD, WH, WW, 3] optional coordinate warp
+    *,
+    fadescale: float = 8.0,
+    fadeexp: float = 8.0,
+    backend: str | None = None,  # "triton", "torch" or None (automatic)
+) -> torch.Tensor:
+    """Renders a Mixture of Volumetric Primitives; returns rayrgba [N, H, W, 4] (premultiplied rgb,
+    alpha). Semantics: DESIGN.md "Raymarching semantics". Differentiable with respect to primpos,
+    primrot, primscale, template and warp; rays, tminmax and stepsize get no gradient."""
+    sizes: dict[str, int] = {}
+    check_tensor("raypos", raypos, ("N", "H", "W", 3), sizes)
+    check_tensor("raydir", raydir, ("N", "H", "W", 3), sizes)
+    check_tensor("tminmax", tminmax, ("N", "H", "W", 2), sizes)
+    check_tensor("primpos", primpos, ("N", "K", 3), sizes)
+    check_tensor("primrot", primrot, ("N", "K", 3, 3), sizes)
+    check_tensor("primscale", primscale, ("N", "K", 3), sizes)
+    check_tensor("template", template, ("N", "K", "TD", "TH", "TW", 4), sizes)
+    if warp is not None:
+        check_tensor("warp", warp, ("N", "K", "WD", "WH", "WW", 3), sizes)
+    for axis in ("TD", "TH", "TW", "WD", "WH", "WW"):
+        if axis in sizes and sizes[axis] < 2:
+            raise ValueError(f"template and warp grids need at least 2 voxels per axis, got {axis}={sizes[axis]}")
+    check_same_device_dtype(
+        dict(raypos=raypos, raydir=raydir, tminmax=tminmax, primpos=primpos, primrot=primrot,
+             primscale=primscale, template=template, warp=warp)
+    )
+    if not float(stepsize) > 0.0:
+        raise ValueError(f"stepsize must be a positive number, got {stepsize}")
+    if backend is None:
+        backend = default_backend(raypos.device)
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton', 'torch' or None, got {backend!r}")
+
+    n, h, w = sizes["N"], sizes["H"], sizes["W"]
+    if n == 0 or h == 0 or w == 0:
+        return raypos.new_zeros(n, h, w, 4)
+    # No gradient flows to rays, so they may be detached; the rest only made contiguous.
+    raypos, raydir, tminmax = (x.detach().contiguous() for x in (raypos, raydir, tminmax))
+    primpos, primrot, primscale, template = (x.contiguous() for x in (primpos, primrot, primscale, template))
+    warp = warp.contiguous() if warp is not None else None
+
+    if backend == "torch":
+        return vectorized.mvp_raymarch(
+            raypos, raydir, float(stepsize), tminmax, primpos, primrot, primscale, template, warp,
+            fadescale=float(fadescale), fadeexp=float(fadeexp),
+        )
+    if raypos.device.type != "cuda" and not _interpreting():
+        raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+    return _MVPRaymarchTriton.apply(
+        raypos, raydir, float(stepsize), tminmax, primpos, primrot, primscale, template, warp,
+        float(fadescale), float(fadeexp),
+    )
