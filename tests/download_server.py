@@ -67,7 +67,7 @@ class DownloadServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -86,6 +86,11 @@ class DownloadServer:
     def requests_for(self, path: str, method: str = "GET") -> list[LoggedRequest]:
         with self._lock:
             return [entry for entry in self.log if entry.path == path and entry.method == method]
+
+    def get_count(self, path: str) -> int:
+        """GETs of `path` that arrived, answered or not (a stalled one may never be answered)."""
+        with self._lock:
+            return self._gets.get(path, 0)
 
     def _count_get(self, path: str) -> int:
         """How many GETs of `path` came before this one."""

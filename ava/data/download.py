@@ -367,7 +367,7 @@ class _Job:
 
         probes = dict(parallel_map(probe, files, self.workers, self.stop))
         tallies = self._tallies(plan_failures)
-        total = to_fetch = 0
+        total = to_fetch = available = 0
         for planned in files:
             size, reason = probes[planned]
             tally = tallies[planned.group]
@@ -377,6 +377,7 @@ class _Job:
                 continue
             local = planned.local(self.output_dir)
             present = local.is_file() and local.stat().st_size == size
+            available += 1
             total += size
             to_fetch += 0 if present else size
             tally.expected_bytes += size
@@ -386,7 +387,8 @@ class _Job:
             self.console.print(f"{decimal(size):>10}  {planned.name}{note}", highlight=False, soft_wrap=True)
         self._report(tallies, None)
         self.console.print(
-            f"dry run: {len(files)} files, {decimal(total)} in total, {decimal(to_fetch)} to fetch",
+            f"dry run: {available} of {len(files)} files available, "
+            f"{decimal(total)} in total, {decimal(to_fetch)} to fetch",
             highlight=False,
             soft_wrap=True,
         )
