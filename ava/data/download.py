@@ -299,8 +299,6 @@ def run_download(
     if workers < 1:
         raise UserError(f"-j/--workers must be at least 1, got {workers}")
     output_dir = Path(output_dir)
-    if not dry_run:
-        check_output_dir(output_dir)
     stop = threading.Event()
     sessions = SessionPerThread()
     try:
@@ -310,6 +308,8 @@ def run_download(
             count,
             lambda: default_captures(lambda url: fetch_bytes(sessions.get(), url, policy, stop)),
         )
+        if not dry_run:
+            check_output_dir(output_dir)
         check_reachable(sessions.get(), root, policy, stop)
         files, plan_failures = plan_files(captures, groups, root, workers, sessions, policy, stop)
         console.print(

@@ -189,7 +189,10 @@ def default_captures(fetch: Callable[[str], bytes]) -> list[CaptureId]:
         )
     from ava.data.http import atomic_write_bytes
 
-    atomic_write_bytes(cached, body)
+    try:
+        atomic_write_bytes(cached, body)
+    except OSError:
+        pass  # an unwritable cache only costs a fetch next time; the list itself is fine
     return parse_ids_csv(body.decode("utf-8"), source=url)
 
 
