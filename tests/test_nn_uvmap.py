@@ -8,7 +8,8 @@ import torch
 
 from ava.errors import UserError
 from ava.nn.placement import place_primitives, primitive_spacing
-from ava.nn.uvmap import Topology, build_uv_maps, format_obj, geometry_image, load_obj, parse_obj
+from ava.nn.uvmap import build_uv_maps, format_obj, geometry_image, load_obj, parse_obj
+from test_nn_helpers import grid_topology
 
 # A unit UV square split along its diagonal; the geometry vertex ids are deliberately not the UV
 # ids (geometry vertex 3-i carries uv i), so that the maps must translate between them.
@@ -61,22 +62,6 @@ def test_texels_outside_every_triangle_take_the_nearest_edge_point():
     np.testing.assert_allclose(maps.bary[:, 3, 0].numpy(), [0.5, 0.25, 0.25], atol=1e-6)
     np.testing.assert_allclose(maps.bary.sum(0).numpy(), 1.0, atol=1e-6)
     assert (maps.bary >= 0).all()
-
-
-def grid_topology(points_per_side: int, low=(0.1, 0.05), extent=(0.8, 0.65), seed=0) -> Topology:
-    """A jittered planar grid whose UV layout leaves part of the square empty."""
-    rng = np.random.default_rng(seed)
-    axis = np.linspace(0.0, 1.0, points_per_side)
-    grid = np.stack(np.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
-    uvs = grid * np.array(extent) + np.array(low) + rng.normal(0, 0.1 / points_per_side / 4, grid.shape)
-    faces = []
-    for i in range(points_per_side - 1):
-        for j in range(points_per_side - 1):
-            a = i * points_per_side + j
-            faces += [[a, a + 1, a + points_per_side + 1], [a, a + points_per_side + 1, a + points_per_side]]
-    faces = torch.tensor(faces)
-    verts = torch.tensor(np.concatenate([uvs, np.zeros((len(uvs), 1))], 1), dtype=torch.float32)
-    return Topology(verts=verts, uvs=torch.tensor(uvs, dtype=torch.float32), faces=faces, face_uvs=faces.clone())
 
 
 def test_geometry_image_reproduces_linear_functions_inside_the_mesh():
