@@ -45,7 +45,8 @@ def _download(url: str) -> bytes:
                 break  # a client error will not go away by asking again
         except requests.RequestException as error:
             last_error = error
-        time.sleep(min(2.0**attempt, 10.0) * 0.5)
+        if attempt + 1 < ATTEMPTS:
+            time.sleep(min(2.0**attempt, 10.0) * 0.5)
     raise UserError(
         f"cannot download the Ava-256 face topology from {url} ({last_error}); download it by hand "
         f"and pass --model.topology PATH (or set {URL_ENV} to a mirror)"

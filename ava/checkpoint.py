@@ -1,0 +1,326 @@
+"""The one checkpoint format: a single safetensors file (DESIGN.md "Checkpoint").
+
+Tensors (names are prefixes plus the original names):
+  model.<state-dict key>                      model weights and persistent buffers
+  optimizer.state.<param index>.<name>        optimiser state tensors (Adam: step, exp_avg, ...)
+  stats.texmean [3,T,T], stats.vertmean [V,3] normalisation statistics
+  topology.verts, .uvs, .faces, .face_uvs     the mesh topology the model was built on
+  extra.<name>                                caller tensors (e.g. RNG states for exact resume)
+Metadata (strings; JSON where structured):
+  format = "ava-checkpoint", format_version, step, config (the full run config), identities,
+  cameras, stats (texstd, vertstd), optimizer (param groups and non-tensor state),
+  scheduler (its state dict), extra (caller values that are not tensors).
+
+Writes are atomic: the file is written under a temporary name in the same folder, flushed and
+fsynced, then renamed over the destination, so a crash leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ava.errors import UserError
+
+FORMAT_NAME = "ava-checkpoint"
+FORMAT_VERSION = 1
+_LISTED = 8  # names shown per kind of mismatch before "... and N more"
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value.detach()
+
+
+def _stats_fields(stats: Any) -> tuple[torch.Tensor, float, torch.Tensor, float]:
+    get = stats.get if isinstance(stats, dict) else lambda name: getattr(stats, name)
+    return (
+        _as_tensor(get("texmean")).float(),
+        float(get("texstd")),
+        _as_tensor(get("vertmean")).float(),
+        float(get("vertstd")),
+    )
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the {what} cannot be stored in a checkpoint: {error}") from None
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.state.{index}.{name}"] = value
+            else:
+                plain.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported everywhere (e.g. Windows); the rename itself is still atomic
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module | None = None,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler_state: dict | None = None,
+    stats: Any,
+    topology: Any,
+    identities: list[str],
+    cameras: list[str],
+    config: dict,
+    step: int,
+    extra_state: dict | None = None,
+) -> Path:
+    """Write one checkpoint atomically and return its path.
+
+    Pass `model` (its state dict is saved; a DDP wrapper is unwrapped) or `model_state`.
+    `stats` has texmean [3,T,T], texstd, vertmean [V,3], vertstd (ava.data.stats.NormStats or a
+    dict); `topology` is an ava.nn.uvmap.Topology; `extra_state` values may be tensors or JSON.
+    """
+    from safetensors.torch import save_file
+
+    if (model is None) == (model_state is None):
+        raise TypeError("save_checkpoint needs exactly one of model= or model_state=")
+    if model is not None:
+        model = getattr(model, "module", model)
+        model_state = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {f"model.{key}": value for key, value in model_state.items()}
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "step": str(int(step))}
+    if optimizer is not None:
+        optimizer_tensors, optimizer_json = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(optimizer_tensors)
+        metadata["optimizer"] = _json(optimizer_json, "optimizer state")
+    if scheduler_state is not None:
+        metadata["scheduler"] = _json(scheduler_state, "scheduler state")
+    texmean, texstd, vertmean, vertstd = _stats_fields(stats)
+    tensors["stats.texmean"] = texmean
+    tensors["stats.vertmean"] = vertmean
+    metadata["stats"] = json.dumps({"texstd": texstd, "vertstd": vertstd})
+    for name in ("verts", "uvs", "faces", "face_uvs"):
+        tensors[f"topology.{name}"] = getattr(topology, name)
+    extra_plain = {}
+    for name, value in (extra_state or {}).items():
+        if isinstance(value, (torch.Tensor, np.ndarray)):
+            tensors[f"extra.{name}"] = _as_tensor(value)
+        else:
+            extra_plain[name] = value
+    metadata["extra"] = _json(extra_plain, "extra state")
+    metadata["identities"] = _json([str(item) for item in identities], "identity list")
+    metadata["cameras"] = _json([str(item) for item in cameras], "camera list")
+    metadata["config"] = _json(config, "config")
+    # safetensors refuses views and shared storage: give every tensor its own contiguous CPU copy.
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        with open(temporary, "rb+") as handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" ... and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def compare_state(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between two state dicts (missing, unexpected, shape); [] if equal."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{key} {tuple(found[key].shape)} (model wants {tuple(expected[key].shape)})"
+        for key in sorted(set(expected) & set(found))
+        if tuple(expected[key].shape) != tuple(found[key].shape)
+    ]
+    if missing:
+        problems.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} with another shape: {_listing(shapes)}")
+    return problems
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint holds, loaded (see `load_checkpoint`)."""
+
+    path: Path
+    format_version: int
+    step: int
+    config: dict
+    model_state: dict[str, torch.Tensor]
+    stats: Any
+    """ava.data.stats.NormStats: texmean f32 [3,T,T], texstd, vertmean f32 [V,3], vertstd."""
+    topology: Any
+    """ava.nn.uvmap.Topology the model was built on."""
+    identities: list[str]
+    cameras: list[str]
+    optimizer_state: dict | None = None
+    """In torch's `Optimizer.state_dict()` layout, or None if none was saved."""
+    scheduler_state: dict | None = None
+    extra_state: dict = field(default_factory=dict)
+
+    def model_config(self) -> Any:
+        """The ava.nn.config.ModelConfig saved in `config["model"]` (or `config` itself)."""
+        from ava.nn.config import ModelConfig
+
+        values = self.config.get("model", self.config)
+        return ModelConfig.from_dict(values)
+
+    def restore_model(self, model: torch.nn.Module) -> None:
+        """Load the weights into `model` (DDP wrappers are unwrapped); every key and shape must match."""
+        model = getattr(model, "module", model)
+        problems = compare_state(model.state_dict(), self.model_state)
+        if problems:
+            raise UserError(
+                f"checkpoint {self.path} does not fit this model ("
+                + "; ".join(problems)
+                + "); was it saved with another --model preset, topology or dataset?"
+            )
+        model.load_state_dict(self.model_state, strict=True)
+        set_normalisation = getattr(getattr(model, "decoder_assembler", None), "set_normalisation", None)
+        if set_normalisation is not None:
+            set_normalisation(torch.from_numpy(self.stats.vertmean), self.stats.vertstd)
+
+    def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Load the saved optimiser state; the optimiser must have the same parameter groups."""
+        if self.optimizer_state is None:
+            raise UserError(f"checkpoint {self.path} holds no optimiser state")
+        saved_groups = self.optimizer_state["param_groups"]
+        groups = optimizer.param_groups
+        if len(saved_groups) != len(groups) or any(
+            len(saved["params"]) != len(group["params"]) for saved, group in zip(saved_groups, groups)
+        ):
+            raise UserError(
+                f"checkpoint {self.path} has optimiser groups of sizes {[len(g['params']) for g in saved_groups]} "
+                f"but this optimiser has {[len(g['params']) for g in groups]}"
+            )
+        optimizer.load_state_dict(self.optimizer_state)
+
+    def build_autoencoder(self, raymarch_backend: str | None = None) -> torch.nn.Module:
+        """A model built from the saved config, topology and statistics, with the weights loaded."""
+        from ava.nn.autoencoder import build_autoencoder
+
+        model = build_autoencoder(
+            self.model_config(),
+            self.topology,
+            vertmean=torch.from_numpy(self.stats.vertmean),
+            vertstd=self.stats.vertstd,
+            num_cameras=len(self.cameras),
+            num_identities=len(self.identities),
+            raymarch_backend=raymarch_backend,
+        )
+        self.restore_model(model)
+        return model
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key[len("optimizer.state.") :].split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in saved.get("plain_state", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`, checking its format and version."""
+    from safetensors import SafetensorError, safe_open
+
+    from ava.data.stats import NormStats
+    from ava.nn.uvmap import Topology
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
+            metadata = reader.metadata() or {}
+            if metadata.get("format") != FORMAT_NAME:
+                raise UserError(
+                    f"{path} is not an ava checkpoint (a state dict of the original code? "
+                    "import it with `ava convert`)"
+                )
+            version = int(metadata.get("format_version", "0"))
+            if version > FORMAT_VERSION:
+                raise UserError(
+                    f"{path} has checkpoint format version {version}, this ava reads up to "
+                    f"{FORMAT_VERSION}; upgrade ava"
+                )
+            if version < 1:
+                raise UserError(f"{path} has an invalid checkpoint format version {version}")
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    except SafetensorError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error} (truncated or not a safetensors file?)") from None
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+    try:
+        scalars = json.loads(metadata["stats"])
+        stats = NormStats(
+            texmean=tensors["stats.texmean"].cpu().numpy(),
+            texstd=float(scalars["texstd"]),
+            vertmean=tensors["stats.vertmean"].cpu().numpy(),
+            vertstd=float(scalars["vertstd"]),
+        )
+        topology = Topology(**{name: tensors[f"topology.{name}"].cpu() for name in ("verts", "uvs", "faces", "face_uvs")})
+        optimizer_tensors = {key: value for key, value in tensors.items() if key.startswith("optimizer.state.")}
+        optimizer_state = (
+            _unflatten_optimizer(optimizer_tensors, json.loads(metadata["optimizer"])) if "optimizer" in metadata else None
+        )
+        extra_state: dict[str, Any] = dict(json.loads(metadata.get("extra", "{}")))
+        extra_state.update(group("extra."))
+        return Checkpoint(
+            path=path,
+            format_version=version,
+            step=int(metadata["step"]),
+            config=json.loads(metadata["config"]),
+            model_state=group("model."),
+            stats=stats,
+            topology=topology,
+            identities=list(json.loads(metadata["identities"])),
+            cameras=list(json.loads(metadata["cameras"])),
+            optimizer_state=optimizer_state,
+            scheduler_state=json.loads(metadata["scheduler"]) if "scheduler" in metadata else None,
+            extra_state=extra_state,
+        )
+    except (KeyError, ValueError) as error:
+        raise UserError(f"checkpoint {path} is incomplete or damaged (missing or bad {error})") from None
