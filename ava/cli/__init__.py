@@ -16,6 +16,7 @@ from typing import Sequence
 # name shown on the command line -> module in ava.cli. Only subcommands that work are listed.
 SUBCOMMANDS: dict[str, str] = {
     "download": "download",
+    "convert": "convert",
 }
 
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             description="ava: Ava-256 face avatars with a Triton MVP raymarcher.",
         )
     except UserError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
