@@ -24,29 +24,27 @@ def _trilinear_gather(volume: torch.Tensor, index: torch.Tensor, coords: torch.T
     """Trilinear fetch with align_corners=True and zeros outside.
 
     volume [P, D, H, W, C] (P primitives), index [S] primitive per sample, coords [S, 3] in
-    [-1, 1] with x -> W, y -> H, z -> D. Returns [S, C].
+    [-1, 1] with x -> W, y -> H, z -> D. Returns [S, C]. All 8 corners are gathered in one
+    indexing operation, which is several times faster on the CPU than 8 separate ones.
     """
     _, depth, height, width, channels = volume.shape
     flat = volume.reshape(-1, channels)
     sizes = coords.new_tensor([width - 1, height - 1, depth - 1])
-    position = (coords + 1.0) * 0.5 * sizes
+    # Clamping far-outside points keeps integer conversion safe; their corners stay outside.
+    position = ((coords + 1.0) * 0.5 * sizes).clamp(-2.0, max(width, height, depth) + 1.0)
     base = torch.floor(position)
     frac = position - base
-    base = base.long()
-    result = coords.new_zeros(coords.shape[0], channels)
-    for corner in range(8):
-        offset = torch.tensor([corner & 1, (corner >> 1) & 1, (corner >> 2) & 1], device=coords.device)
-        cell = base + offset
-        weight = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)
-        inside = (
-            (cell[:, 0] >= 0) & (cell[:, 0] < width)
-            & (cell[:, 1] >= 0) & (cell[:, 1] < height)
-            & (cell[:, 2] >= 0) & (cell[:, 2] < depth)
-        )
-        cell = torch.where(inside[:, None], cell, torch.zeros_like(cell))
-        row = ((index * depth + cell[:, 2]) * height + cell[:, 1]) * width + cell[:, 0]
-        result = result + (weight * inside)[:, None] * flat[row]
-    return result
+    bits = torch.tensor(
+        [[(corner >> axis) & 1 for axis in range(3)] for corner in range(8)], device=coords.device
+    )  # [8, 3]
+    cell = base.long()[:, None, :] + bits[None]  # [S, 8, 3]
+    weight = torch.where(bits[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(dim=-1)  # [S, 8]
+    limits = torch.tensor([width, height, depth], device=coords.device)
+    inside = ((cell >= 0) & (cell < limits)).all(dim=-1)
+    cell = torch.where(inside[..., None], cell, torch.zeros_like(cell))
+    row = ((index[:, None] * depth + cell[..., 2]) * height + cell[..., 1]) * width + cell[..., 0]
+    values = flat[row]  # [S, 8, C]
+    return ((weight * inside)[..., None] * values).sum(dim=1)
 
 
 def _candidate_samples(origin, direction, tmin, tmax, primpos, primrot, primscale, dt):

@@ -1,0 +1,97 @@
+"""The raymarcher's reference workload (DESIGN.md "Performance targets"), built synthetically.
+
+A head-sized closed-ish surface (an ellipsoid of half-axes 75 x 100 x 95 mm with a nose, brows
+and cheeks as smooth bumps) is parameterised over a 1024x1024 UV image whose longitude runs
+along u (the front 85% of the way around) and latitude along v (rows 0..1023 = top..bottom, the
+flipped-UV layout). Primitives are placed on that position image exactly as the decoder places
+them (`ava.nn.placement`: a 128x128 grid of centres, TBN frames, scale 0.8 * 2 / spacing so that
+neighbours overlap by about 25%). Four cameras 1 m away (yaw -30, -10, 10, 30 degrees) with the
+original's ÷8 intrinsics (fx = fy ≈ 1294 px) look at it through 512x334 pixels. Templates are
+8^3 RGBA with rgb around 100 and alpha around 40, which makes most covered rays saturate within a
+few samples, as a trained head does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+VOLRADIUS = 256.0
+
+
+def head_position_image(size: int = 1024, device="cpu") -> torch.Tensor:
+    """[1, 3, size, size] surface positions in volume units, flipped-UV layout."""
+    texel = (torch.arange(size, device=device, dtype=torch.float64) + 0.5) / size
+    v = 1.0 - texel[:, None]  # row r <-> v = 1 - (r + 0.5) / size
+    u = texel[None, :]
+    longitude = (u - 0.5) * 2.0 * math.pi * 0.85
+    latitude = (v - 0.5) * math.pi * 0.85
+    bumps = (
+        0.10 * torch.exp(-((longitude / 0.18) ** 2 + ((latitude + 0.05) / 0.25) ** 2))  # nose
+        + 0.03 * torch.exp(-((longitude.abs() - 0.35) / 0.2) ** 2 - ((latitude - 0.25) / 0.08) ** 2)  # brows
+        + 0.025 * torch.exp(-((longitude.abs() - 0.55) / 0.25) ** 2 - ((latitude + 0.2) / 0.2) ** 2)  # cheeks
+    )
+    radius = 1.0 + bumps
+    x = 75.0 * radius * torch.cos(latitude) * torch.sin(longitude)
+    y = -100.0 * radius * torch.sin(latitude)  # image-style y: down is +y, so the top of the head is -y
+    z = -95.0 * radius * torch.cos(latitude) * torch.cos(longitude)  # the face looks towards -z
+    return (torch.stack([x, y, z], dim=0)[None] / VOLRADIUS).float()
+
+
+def look_at_cameras(yaws_deg, distance_mm: float = 1000.0, device="cpu"):
+    """campos [N,3] (mm) and camrot [N,3,3] (world->camera rows) for cameras on a circle around
+    the y axis, looking at the origin, image y pointing down (+y)."""
+    campos, camrot = [], []
+    for yaw in yaws_deg:
+        angle = math.radians(yaw)
+        position = torch.tensor([distance_mm * math.sin(angle), 0.0, -distance_mm * math.cos(angle)])
+        forward = -position / position.norm()
+        down = torch.tensor([0.0, 1.0, 0.0])
+        right = torch.linalg.cross(down, forward)
+        right = right / right.norm()
+        down = torch.linalg.cross(forward, right)
+        campos.append(position)
+        camrot.append(torch.stack([right, down, forward]))
+    return torch.stack(campos).to(device), torch.stack(camrot).to(device)
+
+
+def head_scene(batch: int = 4, height: int = 512, width: int = 334, prims_per_side: int = 128,
+               voxels: int = 8, uv_size: int = 1024, random_order: bool = False, seed: int = 0,
+               distance_mm: float = 1000.0, device="cuda") -> dict:
+    """mvp_raymarch keyword arguments for the reference workload."""
+    from ava.kernels import compute_raydirs
+    from ava.nn.placement import place_primitives, primitive_spacing
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    postex = head_position_image(uv_size, device=device)
+    primpos, primrot = place_primitives(postex, prims_per_side)
+    spacing = primitive_spacing(postex, prims_per_side)
+    primscale = (0.8 * 2.0 / spacing)[..., None].expand(-1, -1, 3)
+    count = prims_per_side * prims_per_side
+    primpos = primpos.expand(batch, count, 3).contiguous()
+    primrot = primrot.expand(batch, count, 3, 3).contiguous()
+    primscale = primscale.expand(batch, count, 3).contiguous()
+    shape = (batch, count, voxels, voxels, voxels)
+    rgb = torch.relu(25.0 * torch.randn(*shape, 3, generator=generator) + 100.0)
+    alpha = 40.0 * torch.nn.functional.softplus(torch.randn(*shape, 1, generator=generator) + 0.5)
+    template = torch.cat([rgb, alpha], dim=-1).to(device)
+    if random_order:
+        order = torch.randperm(count, generator=generator).to(device)
+        primpos, primrot, primscale, template = (x[:, order].contiguous() for x in (primpos, primrot, primscale, template))
+
+    yaws = [-30.0, -10.0, 10.0, 30.0, -45.0, 45.0, 0.0, 20.0][:batch]
+    campos, camrot = look_at_cameras(yaws, distance_mm=distance_mm, device=device)
+    focal = torch.full((batch, 2), 10355.0 / 8.0, device=device)
+    princpt = torch.tensor([[width / 2.0, height / 2.0]], device=device).expand(batch, 2).contiguous()
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    pixelcoords = torch.stack([xs, ys], dim=-1).expand(batch, height, width, 2).contiguous()
+    raypos, raydir, tminmax = compute_raydirs(campos, camrot, focal, princpt, pixelcoords, VOLRADIUS)
+    return dict(
+        raypos=raypos, raydir=raydir, stepsize=1.0 / VOLRADIUS, tminmax=tminmax, primpos=primpos,
+        primrot=primrot, primscale=primscale, template=template, warp=None,
+    )
