@@ -1,0 +1,27 @@
+"""Synthetic Ava-256 captures (`ava synth`): same layout as the real data, rendered with ava.kernels.
+
+`generate(dir, SynthConfig(...))` writes the dataset; `ensure_generated(dir)` does so only when
+`dir` does not already hold it. Next to the capture folders: `ids.csv` (the ids list),
+`face_topology.obj` (the head topology the model layer should use) and `synth_config.json`.
+"""
+
+from __future__ import annotations
+
+from ava.data.synth.config import IDS_FILENAME, MANIFEST_FILENAME, TOPOLOGY_FILENAME, SynthConfig
+
+
+def generate(output_dir, config: SynthConfig, progress: bool = True):
+    """See `ava.data.synth.generate.generate`."""
+    from ava.data.synth.generate import generate as run
+
+    return run(output_dir, config, progress=progress)
+
+
+def ensure_generated(output_dir, config: SynthConfig | None = None, progress: bool = True):
+    """See `ava.data.synth.generate.ensure_generated`."""
+    from ava.data.synth.generate import ensure_generated as run
+
+    return run(output_dir, config, progress=progress)
+
+
+__all__ = ["IDS_FILENAME", "MANIFEST_FILENAME", "TOPOLOGY_FILENAME", "SynthConfig", "generate", "ensure_generated"]

@@ -1,0 +1,66 @@
+"""Configuration of `ava synth` (dataclasses only, so `ava --help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Files `ava synth` writes next to the capture folders.
+IDS_FILENAME = "ids.csv"
+TOPOLOGY_FILENAME = "face_topology.obj"
+MANIFEST_FILENAME = "synth_config.json"
+SYNTH_FORMAT_VERSION = 1
+
+
+@dataclass
+class SynthConfig:
+    """What to generate; the same config and seed always give the same files."""
+
+    n_ids: int = 4
+    """Number of synthetic subjects, one capture folder each."""
+    n_frames: int = 12
+    """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
+    n_cams: int = 8
+    """Cameras in the dome of each capture."""
+    seed: int = 0
+    """Random seed; everything (shapes, colours, cameras, ids) follows from it."""
+    texture_size: int = 256
+    """Side of the unwrapped textures and the mean texture (a power of two; the real data use 1024)."""
+    downsample: int = 32
+    """Stored images are the 2668x4096 sensor divided by this (8 gives 333x512, 32 gives 83x128)."""
+    prims_per_side: int = 32
+    """The ground-truth primitives form a grid of this many per side on the UV map (32 -> 1024)."""
+    voxels: int = 8
+    """Voxels per side of each ground-truth primitive's template."""
+    mesh_columns: int = 64
+    """Vertices around each ring of the procedural head mesh."""
+    mesh_rows: int = 48
+    """Rings of the procedural head mesh (from the neck to the crown)."""
+    keypoints: bool = True
+    """Also write keypoints_3d (mesh landmarks in the world frame)."""
+    workers: int = 0
+    """Processes that render frames; 0 uses every CPU core (at most 8)."""
+    overwrite: bool = False
+    """Replace an existing dataset in the output folder that was generated with other settings."""
+
+    def check(self) -> None:
+        from ava.errors import UserError
+
+        problems = []
+        for name in ("n_ids", "n_frames", "n_cams", "downsample", "voxels"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.voxels < 2:
+            problems.append("--voxels must be at least 2")
+        size = self.texture_size
+        if size < 16 or size & (size - 1):
+            problems.append("--texture-size must be a power of two of at least 16")
+        if self.prims_per_side < 2 or size % self.prims_per_side or (size // self.prims_per_side) % 2:
+            problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive")
+        if self.mesh_columns < 8 or self.mesh_rows < 8:
+            problems.append("--mesh-columns and --mesh-rows must be at least 8")
+        if self.n_ids > 900:
+            problems.append("--n-ids is at most 900")
+        if self.n_cams > 2000:
+            problems.append("--n-cams is at most 2000")
+        if problems:
+            raise UserError("; ".join(problems))

@@ -1,0 +1,421 @@
+"""`ava synth`: synthetic captures in the real on-disk layout (SPEC §1), rendered with ava.kernels.
+
+Per subject: a procedural head (head.py) with its own shape and colours, a dome of calibrated
+cameras (dome.py), a frame list of expression segments starting with EXP_neutral_peak, smooth
+head motion, per-frame meshes (PLY), textures (AVIF), head poses, camera images (AVIF, rendered
+with render.py over a per-camera background), the mean mesh/texture and their variances, and
+optionally 3D keypoints. Next to the captures: the ids CSV, the topology OBJ and a manifest of the
+settings, written last, which marks the dataset complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from ava.data import layout as names
+from ava.data.calibration import Camera, calibration_document, camera_in_head_frame
+from ava.data.formats import (
+    encode_avif,
+    encode_png,
+    format_frame_list,
+    format_head_pose,
+    format_npy,
+    format_ply_vertices,
+    member_frame,
+)
+from ava.data.ids import CaptureId, format_ids_csv
+from ava.data.layout import NEUTRAL_SEGMENT
+from ava.data.synth.config import (
+    IDS_FILENAME,
+    MANIFEST_FILENAME,
+    SYNTH_FORMAT_VERSION,
+    TOPOLOGY_FILENAME,
+    SynthConfig,
+)
+from ava.data.synth.dome import base_head_pose, head_motion, make_dome
+from ava.data.synth.head import (
+    Expression,
+    HeadGrid,
+    Identity,
+    expression_offsets,
+    make_head_grid,
+    neutral_shape,
+    to_topology,
+)
+from ava.data.synth.writer import CaptureWriter, write_file_atomically
+from ava.errors import UserError
+
+SEGMENTS = (
+    NEUTRAL_SEGMENT,
+    "EXP_jaw_open",
+    "EXP_smile",
+    "EXP_eyes_blink_light_medium_hard_wink",
+    "EXP_brows_raise",
+    "EXP_free_face",
+)
+MAX_KEYPOINTS = 68
+
+
+@dataclass
+class SubjectPlan:
+    """Everything random about one subject, drawn up front so frames can render in any process."""
+
+    capture: CaptureId
+    identity: Identity
+    cameras: list[Camera]
+    backgrounds: np.ndarray  # [C,2,3] top and bottom colour of each camera's backdrop
+    frames: list[tuple[str, str]]  # (segment, frame id) in file order
+    expressions: list[Expression]
+    poses: np.ndarray  # [F,3,4] head -> world
+
+
+@dataclass
+class FrameTask:
+    subject: int
+    frame: int
+    plan: SubjectPlan
+    config: SynthConfig
+
+
+@dataclass
+class FrameResult:
+    subject: int
+    frame: int
+    vertices: np.ndarray  # f32 [V,3]
+    texture: np.ndarray  # u8 [S,S,3]
+    texture_avif: bytes
+    images: dict[str, bytes]  # camera id -> AVIF
+
+
+def _segment_lengths(count: int) -> list[int]:
+    """Frames per segment: at least one neutral frame, the rest shared round-robin."""
+    lengths = [0] * len(SEGMENTS)
+    lengths[0] = max(1, count // (2 * len(SEGMENTS)))
+    for index in range(count - lengths[0]):
+        lengths[1 + index % (len(SEGMENTS) - 1)] += 1
+    return lengths
+
+
+def _segment_expression(segment: str, phase: float, rng: np.random.Generator) -> Expression:
+    """The expression at `phase` (0..1) through a segment: rises and falls back."""
+    peak = math.sin(math.pi * phase)
+    if segment == "EXP_jaw_open":
+        return Expression(jaw=peak)
+    if segment == "EXP_smile":
+        return Expression(smile=peak, jaw=0.15 * peak)
+    if segment.startswith("EXP_eyes_blink"):
+        return Expression(blink=math.sin(3 * math.pi * phase) ** 2)
+    if segment == "EXP_brows_raise":
+        return Expression(brows=peak)
+    if segment == "EXP_free_face":
+        return Expression(jaw=rng.uniform(0, 0.8), smile=rng.uniform(0, 1), blink=rng.uniform(0, 1) ** 3,
+                          brows=rng.uniform(-0.5, 1))
+    return Expression()
+
+
+def _capture_ids(count: int, rng: np.random.Generator) -> list[CaptureId]:
+    """Distinct subjects with plausible dates and times, sorted by sid like 256_ids.csv."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    sids: set[str] = set()
+    while len(sids) < count:
+        sids.add("".join(rng.choice(list(letters), 3)) + f"{int(rng.integers(0, 1000)):03d}")
+    captures = []
+    for sid in sorted(sids):
+        day = int(rng.integers(0, 365))
+        date = np.datetime64("2026-01-01") + np.timedelta64(day, "D")
+        mct = f"{int(rng.integers(7, 19)):02d}{int(rng.integers(0, 60)):02d}"
+        captures.append(CaptureId(mcd=str(date).replace("-", ""), mct=mct, sid=sid))
+    return captures
+
+
+def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
+    """Draws every subject's identity, cameras, frames, expressions and motion from the seed."""
+    captures = _capture_ids(config.n_ids, np.random.default_rng([config.seed, 0]))
+    plans = []
+    for index, capture in enumerate(captures):
+        rng = np.random.default_rng([config.seed, 1, index])
+        identity = Identity.sample(rng)
+        base = base_head_pose(rng)
+        cameras = make_dome(config.n_cams, base, rng)
+        greys = rng.uniform(60, 190, (config.n_cams, 1, 1))
+        backgrounds = np.clip(greys + rng.uniform(-25, 25, (config.n_cams, 2, 3)), 0, 255)
+        frames, expressions = [], []
+        frame_number = int(rng.integers(1000, 40000))
+        for segment, length in zip(SEGMENTS, _segment_lengths(config.n_frames)):
+            for step in range(length):
+                frames.append((segment, str(frame_number)))
+                expressions.append(_segment_expression(segment, (step + 0.5) / length, rng))
+                frame_number += 1
+            frame_number += int(rng.integers(5, 50))  # captures skip frames between segments
+        plans.append(SubjectPlan(capture, identity, cameras, backgrounds, frames, expressions,
+                                 head_motion(base, config.n_frames, rng)))
+    return plans
+
+
+# --- work done per frame (in worker processes) -------------------------------------------------
+
+_WORKER_CACHE: dict = {}
+
+
+def _grid_and_maps(config: SynthConfig):
+    key = (config.mesh_columns, config.mesh_rows, config.texture_size)
+    if key not in _WORKER_CACHE:
+        from ava.nn.uvmap import build_uv_maps
+
+        grid = make_head_grid(config.mesh_columns, config.mesh_rows)
+        topology = to_topology(grid, np.zeros((grid.num_verts, 3)))
+        _WORKER_CACHE[key] = (grid, build_uv_maps(topology, config.texture_size, use_cache=False))
+    return _WORKER_CACHE[key]
+
+
+def frame_vertices(grid: HeadGrid, identity: Identity, expression: Expression) -> np.ndarray:
+    """f32 [V,3] head-frame mesh (mm) of `identity` making `expression`."""
+    shape = neutral_shape(identity, grid.theta, grid.phi) + expression_offsets(grid.theta, grid.phi, expression)
+    return shape.astype(np.float32)
+
+
+def _background(colours: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[H,W,3] a soft vertical gradient between the two colours, slightly darker at the sides."""
+    rows = np.linspace(0.0, 1.0, height)[:, None, None]
+    columns = np.linspace(-1.0, 1.0, width)[None, :, None]
+    gradient = colours[0] * (1 - rows) + colours[1] * rows
+    return gradient * (1.0 - 0.12 * columns**2)
+
+
+def render_frame(task: FrameTask) -> FrameResult:
+    """Mesh, texture and every camera's image of one frame."""
+    import torch
+
+    from ava.data.synth.appearance import render_texture
+    from ava.data.synth.render import RenderSettings, View, build_primitives, render_views
+
+    torch.set_num_threads(1)
+    config, plan = task.config, task.plan
+    grid, uvmaps = _grid_and_maps(config)
+    expression = plan.expressions[task.frame]
+    vertices = frame_vertices(grid, plan.identity, expression)
+    texture = render_texture(plan.identity, expression, config.texture_size)
+    settings = RenderSettings(prims_per_side=config.prims_per_side, voxels=config.voxels)
+    verts_mm = torch.from_numpy(vertices)
+    primitives = build_primitives(verts_mm, texture, uvmaps, settings)
+    pose = plan.poses[task.frame]
+    views = []
+    for camera in plan.cameras:
+        camrot, campos = camera_in_head_frame(camera, pose)
+        views.append(View(
+            camrot=torch.from_numpy(camrot).float(),
+            campos=torch.from_numpy(campos).float(),
+            focal=torch.from_numpy(camera.focal / config.downsample).float(),
+            princpt=torch.from_numpy(camera.principal_point / config.downsample).float(),
+        ))
+    height = plan.cameras[0].height // config.downsample
+    width = plan.cameras[0].width // config.downsample
+    with torch.no_grad():
+        rayrgba = render_views(primitives, views, height, width, verts_mm, torch.from_numpy(grid.faces), settings)
+    images = {}
+    for index, camera in enumerate(plan.cameras):
+        rgba = rayrgba[index].numpy().astype(np.float64)
+        pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
+        images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images)
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+def _keypoint_vertices(grid: HeadGrid) -> np.ndarray:
+    """Up to 68 vertex ids spread over the face, used as the synthetic keypoints."""
+    face = np.nonzero((np.cos(grid.phi) > 0.4) & (grid.theta > 0.3 * np.pi) & (grid.theta < 0.68 * np.pi))[0]
+    return face[np.linspace(0, len(face) - 1, min(MAX_KEYPOINTS, len(face))).astype(int)]
+
+
+def _keypoints(vertices: np.ndarray, pose: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (SPEC §1.11)."""
+    world = vertices[chosen].astype(np.float64) @ pose[:, :3].T + pose[:, 3]
+    inliers = rng.integers(3, 20, len(chosen)).astype(np.float64)
+    confidence = inliers * rng.uniform(0.5, 1.0, len(chosen))
+    rows = np.concatenate([np.arange(len(chosen))[:, None], world, confidence[:, None], inliers[:, None]], axis=1)
+    return rows.astype(np.float32)
+
+
+class _CaptureAssembly:
+    """Accumulates one subject's frames into its CaptureWriter, then writes the means and variances."""
+
+    def __init__(self, root: Path, plan: SubjectPlan, config: SynthConfig, keypoint_ids: np.ndarray,
+                 subject: int) -> None:
+        self.plan, self.config, self.keypoint_ids = plan, config, keypoint_ids
+        self.writer = CaptureWriter(root)
+        layout = self.writer.layout
+        self.writer.write_json(layout.calibration, calibration_document(plan.cameras))
+        self.writer.write(layout.frame_list, format_frame_list(plan.frames))
+        self.vertex_sum = self.vertex_square = self.texture_sum = self.texture_square = None
+        self.rng = np.random.default_rng([config.seed, 2, subject])
+
+    def add(self, result: FrameResult) -> None:
+        layout, writer = self.writer.layout, self.writer
+        frame = member_frame(self.plan.frames[result.frame][1])
+        pose = self.plan.poses[result.frame]
+        writer.add_member(layout.vertices_zip, names.vertices_member(frame), format_ply_vertices(result.vertices))
+        writer.add_member(layout.head_pose_zip, names.head_pose_member(frame), format_head_pose(pose))
+        writer.add_member(layout.texture_zip, names.texture_member(frame), result.texture_avif)
+        for camera_id, data in result.images.items():
+            writer.add_member(layout.image_zip(camera_id), names.image_member(camera_id, frame), data)
+        if self.config.keypoints:
+            rows = _keypoints(result.vertices, pose, self.keypoint_ids, self.rng)
+            writer.add_member(layout.keypoints_zip, names.keypoints_member(frame), format_npy(rows))
+        vertices = result.vertices.astype(np.float64)
+        texture = result.texture.astype(np.float64)
+        if self.vertex_sum is None:
+            self.vertex_sum, self.vertex_square = np.zeros_like(vertices), np.zeros_like(vertices)
+            self.texture_sum, self.texture_square = np.zeros_like(texture), np.zeros_like(texture)
+        self.vertex_sum += vertices
+        self.vertex_square += vertices**2
+        self.texture_sum += texture
+        self.texture_square += texture**2
+
+    def commit(self) -> Path:
+        """Means, and variances of the frames about the per-element mean (one scalar each)."""
+        count = len(self.plan.frames)
+        layout = self.writer.layout
+        vertex_mean = self.vertex_sum / count
+        texture_mean = self.texture_sum / count
+        vertex_variance = float(np.mean(self.vertex_square / count - vertex_mean**2).clip(min=0))
+        texture_variance = float(np.mean(self.texture_square / count - texture_mean**2).clip(min=0))
+        self.writer.write(layout.vertices_mean, format_npy(vertex_mean.astype(np.float32)))
+        self.writer.write(layout.vertices_variance, f"{vertex_variance:.9g}\n")
+        self.writer.write(layout.texture_mean, encode_png(np.clip(np.rint(texture_mean), 0, 255).astype(np.uint8)))
+        self.writer.write(layout.texture_variance, f"{texture_variance:.9g}\n")
+        return self.writer.commit()
+
+
+def read_manifest(output_dir: Path) -> dict | None:
+    path = Path(output_dir) / MANIFEST_FILENAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _manifest(config: SynthConfig, captures: list[CaptureId]) -> dict:
+    settings = {key: value for key, value in asdict(config).items() if key not in ("workers", "overwrite")}
+    return {"format_version": SYNTH_FORMAT_VERSION, "config": settings, "captures": [c.folder for c in captures]}
+
+
+def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
+    """True when `output_dir` already holds a complete dataset generated with these settings."""
+    manifest = read_manifest(Path(output_dir))
+    if manifest is None:
+        return False
+    expected = _manifest(config, [])
+    if manifest.get("format_version") != expected["format_version"] or manifest.get("config") != expected["config"]:
+        return False
+    return all((Path(output_dir) / folder).is_dir() for folder in manifest.get("captures", []))
+
+
+def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True) -> list[CaptureId]:
+    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order)."""
+    config.check()
+    output_dir = Path(output_dir)
+    manifest = read_manifest(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
+        if manifest is None:
+            raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
+        if not is_generated(output_dir, config):
+            raise UserError(f"{output_dir} holds a synthetic dataset made with other settings; pass --overwrite to replace it")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if manifest is not None:
+        (output_dir / MANIFEST_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten at the end
+    plans = plan_subjects(config)
+    grid = make_head_grid(config.mesh_columns, config.mesh_rows)
+    keypoint_ids = _keypoint_vertices(grid)
+    tasks = [FrameTask(s, f, plan, config) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
+    workers = config.workers or min(os.cpu_count() or 1, 8)
+    workers = max(1, min(workers, len(tasks)))
+
+    with _progress_bar(progress) as bar:
+        job = bar.add_task("rendering synthetic captures", total=len(tasks) * config.n_cams) if bar else None
+        assembly = None
+        try:
+            with _executor(workers) as pool:
+                results = pool.map(render_frame, tasks, chunksize=1) if pool else map(render_frame, tasks)
+                for result in results:
+                    plan = plans[result.subject]
+                    if assembly is None or assembly.plan is not plan:
+                        if assembly is not None:
+                            assembly.commit()
+                        assembly = _CaptureAssembly(output_dir / plan.capture.folder, plan, config, keypoint_ids,
+                                                    result.subject)
+                    assembly.add(result)
+                    if bar:
+                        bar.update(job, advance=config.n_cams, description=f"rendering {plan.capture.folder}")
+            assembly.commit()
+        except BaseException:
+            if assembly is not None:
+                assembly.writer.abort()  # completed captures stay; the manifest is not written
+            raise
+
+    captures = [plan.capture for plan in plans]
+    mean_shape = np.mean([neutral_shape(p.identity, grid.theta, grid.phi) for p in plans], axis=0)
+    from ava.nn.uvmap import format_obj
+
+    write_file_atomically(output_dir / TOPOLOGY_FILENAME, format_obj(to_topology(grid, mean_shape)).encode())
+    write_file_atomically(output_dir / IDS_FILENAME, format_ids_csv(captures).encode())
+    write_file_atomically(output_dir / MANIFEST_FILENAME, json.dumps(_manifest(config, captures), indent=1).encode())
+    return captures
+
+
+def ensure_generated(output_dir: str | Path, config: SynthConfig | None = None, progress: bool = True) -> Path:
+    """Generates the dataset unless `output_dir` already holds it (for `ava train`'s default data)."""
+    config = config or SynthConfig()
+    if not is_generated(output_dir, config):
+        generate(output_dir, config, progress=progress)
+    return Path(output_dir)
+
+
+class _executor:
+    """A spawn-based process pool (torch and fork do not mix), or None for a single worker."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+class _progress_bar:
+    def __init__(self, enabled: bool) -> None:
+        self.progress = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self.progress
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
