@@ -34,7 +34,7 @@ def _with_grad(scene):
     return {k: (v.detach().clone().requires_grad_(True) if k in GRAD_NAMES else v) for k, v in scene.items()}
 
 
-def time_call(fn, reps: int, warmup: int = 3) -> float:
+def time_call(fn, reps: int, warmup: int = 10) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median reported)")
     parser.add_argument("--vector-reps", type=int, default=5, help="repetitions for the vectorised path")
     parser.add_argument("--no-vectorised", action="store_true", help="skip the vectorised PyTorch path")
-    parser.add_argument("--distance", type=float, default=1000.0, help="camera distance in mm")
+    parser.add_argument("--distance", type=float, default=700.0, help="camera distance in mm")
     parser.add_argument("--against", default=None, help="MODULE:FUNCTION with the original's signature")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--profile", action="store_true", help="print a per-kernel GPU time table")

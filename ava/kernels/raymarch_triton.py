@@ -2,8 +2,8 @@
 
 Work is organised in screen tiles of TILE_H x TILE_W rays (one Triton program each):
 
-1. `tile_bounds` (PyTorch) summarises each tile's rays conservatively: a ball holding every
-   origin, a cone holding every direction and the range of t.
+1. `_bounds_kernel` summarises each tile's rays conservatively: a ball holding every origin, a
+   cone holding every direction and the range of t.
 2. `_cull_kernel` tests primitives' bounding spheres against those bounds and writes, per tile,
    the primitives that some ray of the tile may hit, in ascending index, each with the range of t
    in which that can happen. It runs twice (count, then write), so lists have exact sizes and no
@@ -23,91 +23,123 @@ import torch
 import triton
 import triton.language as tl
 
+# One warp per tile of 8 rows x 4 columns. Measured on an H100 at the reference workload
+# (tools/tune_raymarch.py): 8x4 beat 8x8, 4x8 and 16x4 in both forward and backward; smaller
+# tiles get shorter primitive lists and diverge less.
 TILE_H = 8
-TILE_W = 8
+TILE_W = 4
 SUPER_TILE = 4  # super-tiles are SUPER_TILE x SUPER_TILE tiles
-
-
-# --------------------------------------------------------------------------------------------
-# Tile bounds (PyTorch): conservative summaries of each tile's rays.
-# --------------------------------------------------------------------------------------------
-
-
-def tile_bounds(raypos, raydir, tminmax, tile_h: int, tile_w: int) -> torch.Tensor:
-    """Returns [N, TY, TX, 13]: origin centre (3), origin radius, cone axis (3), cos and sin of
-    the cone half-angle, t lower bound, t upper bound, 1/|d| max (for t scaling).
-    Tiles with no ray that can produce samples get t lower > t upper."""
-    n, h, w, _ = raypos.shape
-    ty, tx = triton.cdiv(h, tile_h), triton.cdiv(w, tile_w)
-    pad = (0, 0, 0, tx * tile_w - w, 0, ty * tile_h - h)
-
-    def tiles(x, fill):
-        x = torch.nn.functional.pad(x, pad, value=fill)
-        c = x.shape[-1]
-        return x.reshape(n, ty, tile_h, tx, tile_w, c).permute(0, 1, 3, 2, 4, 5).reshape(n, ty, tx, -1, c)
-
-    tmin = tminmax[..., 0:1]
-    tmax = tminmax[..., 1:2]
-    live = tiles((tmin < tmax).float(), 0.0)[..., 0] > 0  # [n,ty,tx,R]
-    origin = tiles(raypos, 0.0)
-    dnorm = raydir.norm(dim=-1, keepdim=True)
-    unit = tiles(raydir / dnorm.clamp(min=1e-30), 0.0)
-    dnorm_t = tiles(dnorm, 1.0)[..., 0]
-    count = live.sum(-1).clamp(min=1)[..., None]
-    livef = live[..., None].float()
-    centre = (origin * livef).sum(-2) / count
-    oradius = torch.where(live, (origin - centre[..., None, :]).norm(dim=-1), 0.0).amax(-1)
-    axis = (unit * livef).sum(-2)
-    axis_len = axis.norm(dim=-1, keepdim=True)
-    axis = axis / axis_len.clamp(min=1e-30)
-    # Half-angle from the largest cross product with the axis (precise for narrow cones), widened
-    # for rounding; a tile whose directions spread over a hemisphere or more accepts everything.
-    min_dot = torch.where(live, (unit * axis[..., None, :]).sum(-1), 2.0).amin(-1)
-    cross = torch.linalg.cross(unit, axis[..., None, :].expand_as(unit), dim=-1).norm(dim=-1)
-    sin_t = torch.where(live, cross, 0.0).amax(-1) * 1.001 + 1e-6
-    wide = (min_dot <= 0.0) | (axis_len[..., 0] < 1e-6) | (sin_t >= 1.0)
-    sin_t = torch.where(wide, 1.0, sin_t.clamp(max=1.0))
-    cos_t = torch.where(wide, -1.0, (1.0 - sin_t * sin_t).clamp(min=0.0).sqrt())
-    t_lo = torch.where(live, tiles(tmin, 0.0)[..., 0], torch.inf).amin(-1)
-    t_hi = torch.where(live, tiles(tmax, 0.0)[..., 0], -torch.inf).amax(-1)
-    inv_dmin = torch.where(live, 1.0 / dnorm_t, 0.0).amax(-1)
-    inv_dmax = torch.where(live, 1.0 / dnorm_t, torch.inf).amin(-1)
-    return torch.cat(
-        [centre, oradius[..., None], axis, cos_t[..., None], sin_t[..., None], t_lo[..., None],
-         t_hi[..., None], inv_dmin[..., None], inv_dmax[..., None]],
-        dim=-1,
-    ).contiguous()
-
-
-def primitive_spheres(primpos, primscale) -> torch.Tensor:
-    """[N, K, 4]: centre and radius of each primitive box's bounding sphere (half-diagonal)."""
-    half_extent = 1.0 / primscale.abs()
-    radius = half_extent.norm(dim=-1, keepdim=True)
-    radius = torch.nan_to_num(radius, nan=torch.inf)
-    return torch.cat([primpos, radius], dim=-1).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
 # Culling
 # --------------------------------------------------------------------------------------------
 
+BOUNDS = 13  # floats per tile summary, see _bounds_kernel
+
+
+@triton.jit
+def _tile_rays(tile, tiles_y, tiles_x, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    per_image = tiles_y * tiles_x
+    batch = tile // per_image
+    rest = tile % per_image
+    lane = tl.arange(0, TILE_H * TILE_W)
+    row = (rest // tiles_x) * TILE_H + lane // TILE_W
+    col = (rest % tiles_x) * TILE_W + lane % TILE_W
+    in_image = (row < height) & (col < width)
+    ray = (batch * height + row) * width + col
+    ray = tl.where(in_image, ray, 0)
+    return batch, ray, in_image
+
+
+@triton.jit
+def _bounds_kernel(
+    raypos_ptr, raydir_ptr, tminmax_ptr, out_ptr, tiles_y, tiles_x, height, width,
+    TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+):
+    """Conservative summary of one tile's rays (those with tmin < tmax): a ball holding every
+    origin (centre 0-2, radius 3), a cone holding every direction (axis 4-6, cos 7, sin 8 of
+    the half-angle), the t range (9, 10) and max/min of 1/|d| (11, 12) to turn distances into t.
+    A tile without such rays gets t range (inf, -inf)."""
+    tile = tl.program_id(0)
+    batch, ray, in_image = _tile_rays(tile, tiles_y, tiles_x, height, width, TILE_H, TILE_W)
+    ox = tl.load(raypos_ptr + ray * 3 + 0)
+    oy = tl.load(raypos_ptr + ray * 3 + 1)
+    oz = tl.load(raypos_ptr + ray * 3 + 2)
+    dx = tl.load(raydir_ptr + ray * 3 + 0)
+    dy = tl.load(raydir_ptr + ray * 3 + 1)
+    dz = tl.load(raydir_ptr + ray * 3 + 2)
+    tmin = tl.load(tminmax_ptr + ray * 2 + 0)
+    tmax = tl.load(tminmax_ptr + ray * 2 + 1)
+    live = in_image & (tmin < tmax)
+    count = tl.maximum(tl.sum(live.to(tl.float32), 0), 1.0)
+    cx = tl.sum(tl.where(live, ox, 0.0), 0) / count
+    cy = tl.sum(tl.where(live, oy, 0.0), 0) / count
+    cz = tl.sum(tl.where(live, oz, 0.0), 0) / count
+    spread = tl.sqrt((ox - cx) * (ox - cx) + (oy - cy) * (oy - cy) + (oz - cz) * (oz - cz))
+    oradius = tl.max(tl.where(live, spread, 0.0), 0)
+    dnorm = tl.sqrt(dx * dx + dy * dy + dz * dz)
+    ux = dx / dnorm
+    uy = dy / dnorm
+    uz = dz / dnorm
+    ax = tl.sum(tl.where(live, ux, 0.0), 0)
+    ay = tl.sum(tl.where(live, uy, 0.0), 0)
+    az = tl.sum(tl.where(live, uz, 0.0), 0)
+    axis_len = tl.sqrt(ax * ax + ay * ay + az * az)
+    inv_len = 1.0 / tl.maximum(axis_len, 1e-30)
+    ax = ax * inv_len
+    ay = ay * inv_len
+    az = az * inv_len
+    min_dot = tl.min(tl.where(live, ux * ax + uy * ay + uz * az, 2.0), 0)
+    # Half-angle from the largest cross product with the axis (precise for narrow cones),
+    # widened for rounding; directions spreading over a hemisphere or more accept everything.
+    kx = uy * az - uz * ay
+    ky = uz * ax - ux * az
+    kz = ux * ay - uy * ax
+    sin_t = tl.max(tl.where(live, tl.sqrt(kx * kx + ky * ky + kz * kz), 0.0), 0) * 1.001 + 1e-6
+    wide = (min_dot <= 0.0) | (axis_len < 1e-6 * count) | (sin_t >= 1.0)
+    sin_t = tl.where(wide, 1.0, tl.minimum(sin_t, 1.0))
+    cos_t = tl.where(wide, -1.0, tl.sqrt(tl.maximum(1.0 - sin_t * sin_t, 0.0)))
+    t_lo = tl.min(tl.where(live, tmin, float("inf")), 0)
+    t_hi = tl.max(tl.where(live, tmax, float("-inf")), 0)
+    inv_dmin = tl.max(tl.where(live, 1.0 / dnorm, 0.0), 0)
+    inv_dmax = tl.min(tl.where(live, 1.0 / dnorm, float("inf")), 0)
+    out = out_ptr + tile * 13
+    tl.store(out + 0, cx)
+    tl.store(out + 1, cy)
+    tl.store(out + 2, cz)
+    tl.store(out + 3, oradius)
+    tl.store(out + 4, ax)
+    tl.store(out + 5, ay)
+    tl.store(out + 6, az)
+    tl.store(out + 7, cos_t)
+    tl.store(out + 8, sin_t)
+    tl.store(out + 9, t_lo)
+    tl.store(out + 10, t_hi)
+    tl.store(out + 11, inv_dmin)
+    tl.store(out + 12, inv_dmax)
+
 
 @triton.jit
 def _cull_kernel(
-    bounds_ptr,  # [num_tiles, 13] per-tile bounds
-    batch_ptr,  # [num_tiles] batch element of each tile
-    cand_start_ptr,  # [num_tiles] where the tile's candidates start in cand_ptr
-    cand_count_ptr,  # [num_tiles]
-    cand_ptr,  # candidate primitive ids (ascending within a tile)
-    spheres_ptr,  # [N, K, 4]
+    bounds_ptr,  # [num_tiles, 13] tile summaries
+    pos_ptr, scale_ptr,  # primitives, [N, K, 3] each
     num_prims,
-    out_start_ptr,  # [num_tiles] (write pass) where to write the tile's hits
+    tiles_y, tiles_x,  # this level's tile grid
+    parent_tiles_y, parent_tiles_x,  # the coarse level's grid (fine pass only)
+    cand_start_ptr, cand_count_ptr, cand_ptr,  # the coarse level's lists (fine pass only)
+    out_start_ptr,  # [num_tiles] (write pass) where the tile's hits go
     out_count_ptr,  # [num_tiles] (count pass) number of hits
-    out_prim_ptr,  # hits: primitive id
-    out_trange_ptr,  # hits: [2] t range
+    out_prim_ptr,  # hits: primitive index
+    out_trange_ptr,  # hits: t range [2]
+    ALL_CANDIDATES: tl.constexpr,  # coarse pass: every primitive of the batch element
+    SUPER: tl.constexpr,  # tiles per coarse tile side (fine pass)
     WRITE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """Tests the bounding spheres of a tile's candidate primitives against the tile's rays and
+    counts (WRITE=False) or writes (WRITE=True) the hits, ascending in index, each with the t
+    range in which the tile's rays can be inside the sphere."""
     tile = tl.program_id(0)
     bp = bounds_ptr + tile * 13
     ox = tl.load(bp + 0)
@@ -123,24 +155,39 @@ def _cull_kernel(
     t_hi = tl.load(bp + 10)
     inv_dmin = tl.load(bp + 11)
     inv_dmax = tl.load(bp + 12)
-    batch = tl.load(batch_ptr + tile).to(tl.int64)
-    cand_start = tl.load(cand_start_ptr + tile)
-    cand_count = tl.load(cand_count_ptr + tile)
+    per_image = tiles_y * tiles_x
+    batch = tile // per_image
+    if ALL_CANDIDATES:
+        cand_start = 0
+        cand_count = num_prims
+    else:
+        rest = tile % per_image
+        parent = (batch * parent_tiles_y + (rest // tiles_x) // SUPER) * parent_tiles_x + (rest % tiles_x) // SUPER
+        cand_start = tl.load(cand_start_ptr + parent)
+        cand_count = tl.load(cand_count_ptr + parent)
     if t_lo > t_hi:
-        cand_count = cand_count * 0
+        cand_count = 0
     if WRITE:
         cursor = tl.load(out_start_ptr + tile)
     else:
-        cursor = cand_start * 0
+        cursor = 0
     lanes = tl.arange(0, BLOCK)
+    prim_base = batch.to(tl.int64) * num_prims
     for first in range(0, cand_count, BLOCK):
         in_range = first + lanes < cand_count
-        prim = tl.load(cand_ptr + cand_start + first + lanes, mask=in_range, other=0)
-        sp = spheres_ptr + (batch * num_prims + prim) * 4
-        cx = tl.load(sp + 0, mask=in_range, other=0.0) - ox
-        cy = tl.load(sp + 1, mask=in_range, other=0.0) - oy
-        cz = tl.load(sp + 2, mask=in_range, other=0.0) - oz
-        radius = tl.load(sp + 3, mask=in_range, other=0.0)
+        if ALL_CANDIDATES:
+            prim = first + lanes
+        else:
+            prim = tl.load(cand_ptr + cand_start + first + lanes, mask=in_range, other=0)
+        index = prim_base + prim
+        cx = tl.load(pos_ptr + index * 3 + 0, mask=in_range, other=0.0) - ox
+        cy = tl.load(pos_ptr + index * 3 + 1, mask=in_range, other=0.0) - oy
+        cz = tl.load(pos_ptr + index * 3 + 2, mask=in_range, other=0.0) - oz
+        # Bounding sphere of the box: its half-diagonal, sqrt(sum (1/s_j)^2) (inf when s_j = 0).
+        hx = 1.0 / tl.abs(tl.load(scale_ptr + index * 3 + 0, mask=in_range, other=1.0))
+        hy = 1.0 / tl.abs(tl.load(scale_ptr + index * 3 + 1, mask=in_range, other=1.0))
+        hz = 1.0 / tl.abs(tl.load(scale_ptr + index * 3 + 2, mask=in_range, other=1.0))
+        radius = tl.sqrt(hx * hx + hy * hy + hz * hz)
         dist = tl.sqrt(cx * cx + cy * cy + cz * cz)
         reach = radius + oradius
         reach = reach + 1e-5 + 1e-4 * reach  # rounding slack: culling may only err towards keeping
@@ -157,10 +204,8 @@ def _cull_kernel(
         in_cone = (dist <= reach) | ((to_surface <= reach) & ahead) | (dist * 0.0 + cos_t <= 0.0)
         near = dist - reach
         far = dist + reach
-        seg_lo = tl.minimum(near * inv_dmin, near * inv_dmax)
-        seg_hi = far * inv_dmin
-        seg_lo = tl.maximum(seg_lo, t_lo)
-        seg_hi = tl.minimum(seg_hi, t_hi)
+        seg_lo = tl.maximum(tl.minimum(near * inv_dmin, near * inv_dmax), t_lo)
+        seg_hi = tl.minimum(far * inv_dmin, t_hi)
         hit = in_range & in_cone & (seg_lo <= seg_hi)
         hit_i = hit.to(tl.int32)
         if WRITE:
@@ -173,28 +218,6 @@ def _cull_kernel(
         tl.store(out_count_ptr + tile, cursor)
 
 
-def _run_cull(bounds, batch_of_tile, cand_start, cand_count, candidates, spheres):
-    num_tiles = bounds.shape[0]
-    device = bounds.device
-    counts = torch.empty(num_tiles, dtype=torch.int32, device=device)
-    grid = (num_tiles,)
-    common = dict(BLOCK=128, num_warps=4)
-    _cull_kernel[grid](
-        bounds, batch_of_tile, cand_start, cand_count, candidates, spheres, spheres.shape[1],
-        counts, counts, candidates, bounds, WRITE=False, **common,
-    )
-    starts = torch.cumsum(counts, 0, dtype=torch.int64) - counts
-    total = int(counts.sum())
-    prims = torch.empty(max(total, 1), dtype=torch.int32, device=device)
-    tranges = torch.empty(max(total, 1), 2, dtype=torch.float32, device=device)
-    starts32 = starts.to(torch.int32)
-    _cull_kernel[grid](
-        bounds, batch_of_tile, cand_start, cand_count, candidates, spheres, spheres.shape[1],
-        starts32, counts, prims, tranges, WRITE=True, **common,
-    )
-    return starts32, counts, prims, tranges
-
-
 class TileLists:
     """Per-tile primitive lists (ascending index) with their t ranges."""
 
@@ -203,38 +226,37 @@ class TileLists:
         self.tiles_y, self.tiles_x = tiles_y, tiles_x
 
 
-def build_tile_lists(raypos, raydir, tminmax, primpos, primscale) -> TileLists:
+def _cull_level(raypos, raydir, tminmax, primpos, primscale, tile_h, tile_w, parent=None, super_tile=1):
     n, h, w, _ = raypos.shape
-    num_prims = primpos.shape[1]
+    tiles_y, tiles_x = triton.cdiv(h, tile_h), triton.cdiv(w, tile_w)
+    num_tiles = n * tiles_y * tiles_x
     device = raypos.device
-    spheres = primitive_spheres(primpos, primscale)
-
-    # Coarse pass over super-tiles: every primitive of the batch element is a candidate.
-    sh, sw = TILE_H * SUPER_TILE, TILE_W * SUPER_TILE
-    coarse = tile_bounds(raypos, raydir, tminmax, sh, sw)
-    sy, sx = coarse.shape[1], coarse.shape[2]
-    coarse_batch = torch.arange(n, device=device, dtype=torch.int32).repeat_interleave(sy * sx)
-    all_prims = torch.arange(num_prims, device=device, dtype=torch.int32).repeat(n)
-    coarse_count = torch.full_like(coarse_batch, num_prims)
-    # Candidates of super-tile s of batch n are all_prims[n*K : (n+1)*K] -> start n*K.
-    coarse_start = (coarse_batch.long() * num_prims).to(torch.int32)
-    c_start, c_count, c_prims, _ = _run_cull(
-        coarse.reshape(-1, 13), coarse_batch, coarse_start, coarse_count, all_prims, spheres
+    bounds = torch.empty(num_tiles, BOUNDS, dtype=torch.float32, device=device)
+    _bounds_kernel[(num_tiles,)](
+        raypos, raydir, tminmax, bounds, tiles_y, tiles_x, h, w,
+        TILE_H=tile_h, TILE_W=tile_w, num_warps=max(1, min(8, tile_h * tile_w // 128)),
     )
+    counts = torch.empty(num_tiles, dtype=torch.int32, device=device)
+    if parent is None:
+        parent_args = (1, 1, counts, counts, counts)
+    else:
+        parent_args = (parent.tiles_y, parent.tiles_x, parent.start, parent.count, parent.prims)
+    common = dict(ALL_CANDIDATES=parent is None, SUPER=super_tile, BLOCK=128, num_warps=4)
+    args = (bounds, primpos, primscale, primpos.shape[1], tiles_y, tiles_x, *parent_args)
+    _cull_kernel[(num_tiles,)](*args, counts, counts, counts, bounds, WRITE=False, **common)
+    starts = (torch.cumsum(counts, 0, dtype=torch.int32) - counts)
+    total = int(starts[-1] + counts[-1]) if num_tiles else 0  # the one host sync of this level
+    prims = torch.empty(max(total, 1), dtype=torch.int32, device=device)
+    tranges = torch.empty(max(total, 1), 2, dtype=torch.float32, device=device)
+    _cull_kernel[(num_tiles,)](*args, starts, counts, prims, tranges, WRITE=True, **common)
+    return TileLists(starts, counts, prims, tranges, tiles_y, tiles_x)
 
-    # Fine pass over tiles: candidates are the enclosing super-tile's hits.
-    fine = tile_bounds(raypos, raydir, tminmax, TILE_H, TILE_W)
-    ty, tx = fine.shape[1], fine.shape[2]
-    yy = torch.arange(ty, device=device) // SUPER_TILE
-    xx = torch.arange(tx, device=device) // SUPER_TILE
-    parent = (torch.arange(n, device=device)[:, None, None] * sy + yy[None, :, None]) * sx + xx[None, None, :]
-    parent = parent.reshape(-1)
-    fine_batch = torch.arange(n, device=device, dtype=torch.int32).repeat_interleave(ty * tx)
-    start, count, prims, tranges = _run_cull(
-        fine.reshape(-1, 13), fine_batch, c_start[parent].contiguous(), c_count[parent].contiguous(),
-        c_prims, spheres,
-    )
-    return TileLists(start, count, prims, tranges, ty, tx)
+
+def build_tile_lists(raypos, raydir, tminmax, primpos, primscale) -> TileLists:
+    """Coarse pass over super-tiles against every primitive, then the fine pass over tiles
+    against their super-tile's hits."""
+    coarse = _cull_level(raypos, raydir, tminmax, primpos, primscale, TILE_H * SUPER_TILE, TILE_W * SUPER_TILE)
+    return _cull_level(raypos, raydir, tminmax, primpos, primscale, TILE_H, TILE_W, coarse, SUPER_TILE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,20 +334,6 @@ def _column(block, index: tl.constexpr):
     """Extracts channel `index` of a [BLOCK, 4] tensor as [BLOCK]."""
     channel = tl.arange(0, 4)
     return tl.sum(tl.where(channel[None, :] == index, block, 0.0), axis=1)
-
-
-@triton.jit
-def _tile_rays(tile, tiles_y, tiles_x, height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-    per_image = tiles_y * tiles_x
-    batch = tile // per_image
-    rest = tile % per_image
-    lane = tl.arange(0, TILE_H * TILE_W)
-    row = (rest // tiles_x) * TILE_H + lane // TILE_W
-    col = (rest % tiles_x) * TILE_W + lane % TILE_W
-    in_image = (row < height) & (col < width)
-    ray = (batch * height + row) * width + col
-    ray = tl.where(in_image, ray, 0)
-    return batch, ray, in_image
 
 
 @triton.jit
@@ -489,7 +497,7 @@ def _trilinear_backward(
     cmask = ok[:, :, None] & (channel < C)
     offset = voxel[:, :, None] * C + channel
     value = tl.load(base_ptr + offset, mask=cmask, other=0.0)
-    tl.atomic_add(grad_base_ptr + offset, (lx * ly * lz)[:, :, None] * upstream[:, None, :], mask=cmask)
+    tl.atomic_add(grad_base_ptr + offset, (lx * ly * lz)[:, :, None] * upstream[:, None, :], mask=cmask, sem="relaxed")
     dot = tl.sum(value * upstream[:, None, :], axis=2)
     corner = tl.arange(0, 8)
     sign_x = tl.where((corner & 1) == 1, 1.0, -1.0)[None, :]
@@ -509,7 +517,7 @@ def _backward_kernel(
     pos_ptr, rot_ptr, scale_ptr, template_ptr, warp_ptr,
     list_start_ptr, list_count_ptr, list_prim_ptr, list_trange_ptr,
     sat_ptr, grad_out_ptr,
-    grad_pos_ptr, grad_rot_ptr, grad_scale_ptr, grad_template_ptr, grad_warp_ptr,
+    grad_prim_ptr, grad_template_ptr, grad_warp_ptr,
     tiles_y, tiles_x, height, width, num_prims,
     dt, fadescale, fadeexp,
     TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
@@ -647,30 +655,24 @@ def _backward_kernel(
                         gyx = tl.where(inside, gyx, 0.0)
                         gyy = tl.where(inside, gyy, 0.0)
                         gyz = tl.where(inside, gyz, 0.0)
-                        # y = (q @ R) * s: scale, rotation and position gradients, reduced over the tile.
-                        tl.atomic_add(grad_scale_ptr + prim * 3 + 0, tl.sum(gyx * lx, 0))
-                        tl.atomic_add(grad_scale_ptr + prim * 3 + 1, tl.sum(gyy * ly, 0))
-                        tl.atomic_add(grad_scale_ptr + prim * 3 + 2, tl.sum(gyz * lz, 0))
+                        # y = (q @ R) * s with q = x - p: per lane, d/dp = -R h, d/dR[i][j] = q_i h_j
+                        # and d/ds_j = l_j dL/dy_j, with h = s * dL/dy and l = q @ R. The 15 values are
+                        # packed in one [BLOCK, 16] tile so that the tile reduces them in a single
+                        # pass and 16 lanes issue one relaxed atomic each.
                         hx = gyx * s0
                         hy = gyy * s1
                         hz = gyz * s2
-                        rp = grad_rot_ptr + prim * 9
-                        tl.atomic_add(rp + 0, tl.sum(qx * hx, 0))
-                        tl.atomic_add(rp + 1, tl.sum(qx * hy, 0))
-                        tl.atomic_add(rp + 2, tl.sum(qx * hz, 0))
-                        tl.atomic_add(rp + 3, tl.sum(qy * hx, 0))
-                        tl.atomic_add(rp + 4, tl.sum(qy * hy, 0))
-                        tl.atomic_add(rp + 5, tl.sum(qy * hz, 0))
-                        tl.atomic_add(rp + 6, tl.sum(qz * hx, 0))
-                        tl.atomic_add(rp + 7, tl.sum(qz * hy, 0))
-                        tl.atomic_add(rp + 8, tl.sum(qz * hz, 0))
-                        sum_hx = tl.sum(hx, 0)
-                        sum_hy = tl.sum(hy, 0)
-                        sum_hz = tl.sum(hz, 0)
-                        pp = grad_pos_ptr + prim * 3
-                        tl.atomic_add(pp + 0, -(r00 * sum_hx + r01 * sum_hy + r02 * sum_hz))
-                        tl.atomic_add(pp + 1, -(r10 * sum_hx + r11 * sum_hy + r12 * sum_hz))
-                        tl.atomic_add(pp + 2, -(r20 * sum_hx + r21 * sum_hy + r22 * sum_hz))
+                        col = tl.arange(0, 16)[None, :]
+                        rot_col = col - 3
+                        q_i = tl.where(rot_col // 3 == 0, qx[:, None], tl.where(rot_col // 3 == 1, qy[:, None], qz[:, None]))
+                        h_j = tl.where(rot_col % 3 == 0, hx[:, None], tl.where(rot_col % 3 == 1, hy[:, None], hz[:, None]))
+                        pos_part = tl.where(
+                            col == 0, (r00 * hx + r01 * hy + r02 * hz)[:, None],
+                            tl.where(col == 1, (r10 * hx + r11 * hy + r12 * hz)[:, None], (r20 * hx + r21 * hy + r22 * hz)[:, None]),
+                        )
+                        scale_part = tl.where(col == 12, (gyx * lx)[:, None], tl.where(col == 13, (gyy * ly)[:, None], (gyz * lz)[:, None]))
+                        packed = tl.where(col < 3, -pos_part, tl.where(col < 12, q_i * h_j, tl.where(col < 15, scale_part, 0.0)))
+                        tl.atomic_add(grad_prim_ptr + prim * 16 + tl.arange(0, 16), tl.sum(packed, axis=0), sem="relaxed")
                         acc_a += weight
                         saturated = saturated | becomes
             if touched == 0:
@@ -713,7 +715,7 @@ def forward(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, temp
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None, SAVE_SAT=save_saturation,
-        TILE_H=TILE_H, TILE_W=TILE_W, num_warps=2,
+        TILE_H=TILE_H, TILE_W=TILE_W, num_warps=max(1, TILE_H * TILE_W // 32),
     )
     return rayrgba, raysat, lists
 
@@ -721,9 +723,9 @@ def forward(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, temp
 def backward(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
              fadescale, fadeexp, raysat, lists):
     n, h, w, _ = raypos.shape
-    grad_pos = torch.zeros_like(primpos)
-    grad_rot = torch.zeros_like(primrot)
-    grad_scale = torch.zeros_like(primscale)
+    n_prims = primpos.shape[1]
+    # Packed per-primitive gradient: position (3), rotation (9, row-major), scale (3), padding.
+    grad_prim = torch.zeros(n, n_prims, 16, dtype=torch.float32, device=primpos.device)
     grad_template = torch.zeros_like(template)
     grad_warp = torch.zeros_like(warp) if warp is not None else None
     td, th, tw = _volume_dims(template)
@@ -734,12 +736,15 @@ def backward(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, pri
         warp if warp is not None else template,
         lists.start, lists.count, lists.prims, lists.tranges,
         raysat, grad_rgba.contiguous(),
-        grad_pos, grad_rot, grad_scale, grad_template,
+        grad_prim, grad_template,
         grad_warp if grad_warp is not None else grad_template,
         lists.tiles_y, lists.tiles_x, h, w, primpos.shape[1],
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None,
-        TILE_H=TILE_H, TILE_W=TILE_W, num_warps=2,
+        TILE_H=TILE_H, TILE_W=TILE_W, num_warps=max(1, TILE_H * TILE_W // 32),
     )
+    grad_pos = grad_prim[..., 0:3]
+    grad_rot = grad_prim[..., 3:12].reshape(n, n_prims, 3, 3)
+    grad_scale = grad_prim[..., 12:15]
     return grad_pos, grad_rot, grad_scale, grad_template, grad_warp
