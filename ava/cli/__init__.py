@@ -17,6 +17,7 @@ from typing import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "download": "download",
     "convert": "convert",
+    "synth": "synth",
 }
 
 

@@ -17,7 +17,7 @@ class SynthConfig:
 
     n_ids: int = 4
     """Number of synthetic subjects, one capture folder each."""
-    n_frames: int = 12
+    n_frames: int = 8
     """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
     n_cams: int = 8
     """Cameras in the dome of each capture."""

@@ -50,8 +50,9 @@ from ava.data.synth.head import (
     neutral_shape,
     to_topology,
 )
-from ava.data.synth.writer import CaptureWriter, write_file_atomically
+from ava.data.synth.writer import CaptureWriter
 from ava.errors import UserError
+from ava.nn.cachedir import write_atomically
 
 SEGMENTS = (
     NEUTRAL_SEGMENT,
@@ -366,9 +367,9 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True)
     mean_shape = np.mean([neutral_shape(p.identity, grid.theta, grid.phi) for p in plans], axis=0)
     from ava.nn.uvmap import format_obj
 
-    write_file_atomically(output_dir / TOPOLOGY_FILENAME, format_obj(to_topology(grid, mean_shape)).encode())
-    write_file_atomically(output_dir / IDS_FILENAME, format_ids_csv(captures).encode())
-    write_file_atomically(output_dir / MANIFEST_FILENAME, json.dumps(_manifest(config, captures), indent=1).encode())
+    write_atomically(output_dir / TOPOLOGY_FILENAME, format_obj(to_topology(grid, mean_shape)).encode())
+    write_atomically(output_dir / IDS_FILENAME, format_ids_csv(captures).encode())
+    write_atomically(output_dir / MANIFEST_FILENAME, json.dumps(_manifest(config, captures), indent=1).encode())
     return captures
 
 

@@ -5,7 +5,8 @@ The surface is a sphere parameterised by its UV square: u runs around the vertic
 v runs from the neck (v = 0, polar angle theta = 0) to the crown (v = 1, theta = pi); both maps
 are warped so that the face gets a larger share of the texture (and so more primitives). The grid's
 cells split into triangles that tile the whole unit square, as the Ava-256 topology does; the
-seam column and the two poles share geometry vertices between several UVs.
+seam column shares geometry vertices between two UVs. The neck is open and the crown keeps a
+pin-hole (rings stop just short of the poles), which the primitives cover.
 
 With this orientation the decoder's frame (SPEC §3.9) has T along +u, B along the texture rows
 and N = T x dv pointing out of the head.
@@ -32,6 +33,10 @@ def directions(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
 # (1 would be a plain sphere map; smaller gives the face more texels, and so more primitives).
 _FACE_U_SLOPE = 0.45
 _FACE_V_SLOPE = 0.6
+# The first and last rings stop this far (radians) short of the poles. A single pole vertex would
+# give triangles with two corners on the same point, where the decoder's frame (T from a one-texel
+# step along u) degenerates; the crown keeps a pin-hole that the primitives cover.
+_POLE_GAP = 0.01
 
 
 def uv_to_angles(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -39,13 +44,14 @@ def uv_to_angles(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = 1.0 - 2.0 * np.asarray(u, dtype=np.float64)
     phi = np.pi * (_FACE_U_SLOPE * s + (1.0 - _FACE_U_SLOPE) * s**3)
     v = np.asarray(v, dtype=np.float64)
-    theta = np.pi * (v - (1.0 - _FACE_V_SLOPE) * np.sin(2.0 * np.pi * (v - 0.5)) / (2.0 * np.pi))
+    warped = v - (1.0 - _FACE_V_SLOPE) * np.sin(2.0 * np.pi * (v - 0.5)) / (2.0 * np.pi)
+    theta = _POLE_GAP + (np.pi - 2.0 * _POLE_GAP) * warped
     return theta, phi
 
 
 @dataclass
 class HeadGrid:
-    """The procedural topology: `columns` x `rows` UV cells, two poles."""
+    """The procedural topology: `columns` x `rows` UV cells on `rows + 1` rings of `columns` vertices."""
 
     columns: int
     rows: int
@@ -61,18 +67,17 @@ class HeadGrid:
 
 
 def make_head_grid(columns: int = 64, rows: int = 48) -> HeadGrid:
-    """Vertices: bottom pole, (rows-1) rings of `columns`, top pole. UVs: a (columns+1) x (rows+1) grid."""
+    """Vertices: rings from the neck to the crown. UVs: a (columns+1) x (rows+1) grid; the seam
+    column (u = 0 and u = 1) shares its geometry vertices."""
     if columns < 4 or rows < 4:
         raise ValueError("the head grid needs at least 4 columns and 4 rows")
-    ring_theta, _ = uv_to_angles(np.zeros(rows - 1), np.arange(1, rows) / rows)
+    ring_theta, _ = uv_to_angles(np.zeros(rows + 1), np.arange(rows + 1) / rows)
     _, ring_phi = uv_to_angles(np.arange(columns) / columns, np.zeros(columns))
-    theta = np.concatenate([[0.0], np.repeat(ring_theta, columns), [np.pi]])
-    phi = np.concatenate([[0.0], np.tile(ring_phi, rows - 1), [0.0]])
-    top = 1 + (rows - 1) * columns
+    theta = np.repeat(ring_theta, columns)
+    phi = np.tile(ring_phi, rows + 1)
 
     def vertex(column: np.ndarray, row: np.ndarray) -> np.ndarray:
-        ring = 1 + (row - 1) * columns + column % columns
-        return np.where(row == 0, 0, np.where(row == rows, top, ring))
+        return row * columns + column % columns
 
     grid_u, grid_v = np.meshgrid(np.arange(columns + 1) / columns, np.arange(rows + 1) / rows)
     uvs = np.stack([grid_u.ravel(), grid_v.ravel()], axis=1)

@@ -74,6 +74,10 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     stride = size // count
     postex = geometry_image(verts_mm[None].float() / VOLRADIUS, uvmaps)  # [1,3,S,S]
     primpos, primrot = place_primitives(postex, count)
+    # A frame degenerates where a one-texel step along u does not move on the surface; such a
+    # primitive would fill all space, so the topology must never produce one.
+    if (torch.linalg.det(primrot[0]).abs() < 0.5).any():
+        raise ValueError("degenerate primitive frame: the head topology has a zero-length step along u")
     spacing = primitive_spacing(postex, count)[0].clamp(min=1e-6)  # [K]
     lateral = 0.8 * 2.0 / spacing  # the decoder's scale, SPEC §3.9 step 6
     normal = torch.full_like(lateral, VOLRADIUS / settings.shell_mm)

@@ -16,17 +16,6 @@ from pathlib import Path
 from ava.data.layout import CaptureLayout
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` through a temporary file (flush, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
@@ -64,7 +53,10 @@ class CaptureWriter:
             archive.parent.mkdir(parents=True, exist_ok=True)
             handle = zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED)
             self._archives[archive] = handle
-        handle.writestr(member, data)
+        # A fixed timestamp keeps archives byte-identical from run to run.
+        info = zipfile.ZipInfo(member, date_time=(2026, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_STORED
+        handle.writestr(info, data)
 
     def write(self, path: Path, data: bytes | str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
