@@ -80,7 +80,7 @@ class BadDataReport:
             from rich.console import Console
 
             self.console = Console(stderr=True)
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def add(self, problems: list[Problem]) -> list[Problem]:
         """Records problems; prints and returns the ones never seen before."""

@@ -190,7 +190,7 @@ class CaptureDataset(Dataset):
         }
         if reader.with_segmentation:
             labels = reader.load_segmentation(camera.camera_id, frame, (self.width, self.height))
-            sample["segmentation"] = torch.from_numpy(np.ascontiguousarray(labels))[None]
+            sample["segmentation"] = torch.from_numpy(np.array(labels))[None]
         if reader.with_keypoints:
             values, valid = reader.load_keypoints(frame)
             sample["keypoints3d"] = torch.from_numpy(values)
