@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ava.kernels import vectorized
+from ava.kernels import ops, vectorized
 from ava.kernels.checks import check_same_device_dtype, check_tensor
 
 
@@ -17,36 +17,6 @@ def _interpreting() -> bool:
 def default_backend(device: torch.device) -> str:
     """'triton' for CUDA tensors or under TRITON_INTERPRET=1, else the vectorised 'torch' path."""
     return "triton" if device.type == "cuda" or _interpreting() else "torch"
-
-
-class _MVPRaymarchTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
-                fadescale, fadeexp):
-        from ava.kernels import raymarch_triton
-
-        needs_grad = any(ctx.needs_input_grad[4:9])
-        rayrgba, raysat, lists = raymarch_triton.forward(
-            raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
-            fadescale, fadeexp, save_saturation=needs_grad,
-        )
-        if needs_grad:
-            ctx.save_for_backward(raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat)
-            ctx.lists = lists
-            ctx.scalars = (stepsize, fadescale, fadeexp)
-        return rayrgba
-
-    @staticmethod
-    def backward(ctx, grad_rgba):
-        from ava.kernels import raymarch_triton
-
-        raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat = ctx.saved_tensors
-        stepsize, fadescale, fadeexp = ctx.scalars
-        grad_pos, grad_rot, grad_scale, grad_template, grad_warp = raymarch_triton.backward(
-            grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
-            fadescale, fadeexp, raysat, ctx.lists,
-        )
-        return None, None, None, None, grad_pos, grad_rot, grad_scale, grad_template, grad_warp, None, None
 
 
 def mvp_raymarch(
@@ -99,14 +69,21 @@ def mvp_raymarch(
     primpos, primrot, primscale, template = (x.contiguous() for x in (primpos, primrot, primscale, template))
     warp = warp.contiguous() if warp is not None else None
 
+    scalars = dict(stepsize=float(stepsize), fadescale=float(fadescale), fadeexp=float(fadeexp))
     if backend == "torch":
-        return vectorized.mvp_raymarch(
-            raypos, raydir, float(stepsize), tminmax, primpos, primrot, primscale, template, warp,
-            fadescale=float(fadescale), fadeexp=float(fadeexp),
-        )
+        if torch.compiler.is_compiling():
+            return ops.mvp_raymarch_torch(raypos, raydir, scalars["stepsize"], tminmax, primpos, primrot, primscale,
+                                          template, warp, scalars["fadescale"], scalars["fadeexp"])
+        return vectorized.mvp_raymarch(raypos, raydir, scalars["stepsize"], tminmax, primpos, primrot, primscale,
+                                       template, warp, fadescale=scalars["fadescale"], fadeexp=scalars["fadeexp"])
     if raypos.device.type != "cuda" and not _interpreting():
         raise ValueError("the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
-    return _MVPRaymarchTriton.apply(
-        raypos, raydir, float(stepsize), tminmax, primpos, primrot, primscale, template, warp,
-        float(fadescale), float(fadeexp),
+    # The saturation record is only needed (and only written) when a gradient will be taken.
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (primpos, primrot, primscale, template, warp)
     )
+    rayrgba, *_ = ops.mvp_raymarch_triton(
+        raypos, raydir, scalars["stepsize"], tminmax, primpos, primrot, primscale, template, warp,
+        scalars["fadescale"], scalars["fadeexp"], needs_grad,
+    )
+    return rayrgba

@@ -697,12 +697,18 @@ def _volume_dims(volume):
     return volume.shape[2], volume.shape[3], volume.shape[4]
 
 
+def tile_grid(height: int, width: int) -> tuple[int, int]:
+    return triton.cdiv(height, TILE_H), triton.cdiv(width, TILE_W)
+
+
 def forward(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
             fadescale, fadeexp, save_saturation):
+    """Returns rayrgba [N,H,W,4], raysat ([N,H,W,4] if save_saturation else empty) and the tile
+    lists (start, count, prims, tranges) that the backward pass reuses."""
     n, h, w, _ = raypos.shape
     lists = build_tile_lists(raypos, raydir, tminmax, primpos, primscale)
     rayrgba = torch.zeros(n, h, w, 4, dtype=torch.float32, device=raypos.device)
-    raysat = torch.zeros(n, h, w, 4, dtype=torch.float32, device=raypos.device) if save_saturation else rayrgba
+    raysat = torch.zeros(n, h, w, 4, dtype=torch.float32, device=raypos.device) if save_saturation else None
     td, th, tw = _volume_dims(template)
     wd, wh, ww = _volume_dims(warp)
     num_tiles = n * lists.tiles_y * lists.tiles_x
@@ -710,19 +716,24 @@ def forward(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, temp
         raypos, raydir, tminmax, primpos, primrot, primscale, template,
         warp if warp is not None else template,
         lists.start, lists.count, lists.prims, lists.tranges,
-        rayrgba, raysat,
+        rayrgba, raysat if raysat is not None else rayrgba,
         lists.tiles_y, lists.tiles_x, h, w, primpos.shape[1],
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None, SAVE_SAT=save_saturation,
         TILE_H=TILE_H, TILE_W=TILE_W, num_warps=max(1, TILE_H * TILE_W // 32),
     )
-    return rayrgba, raysat, lists
+    if raysat is None:
+        raysat = rayrgba.new_zeros(0)
+    return rayrgba, raysat, lists.start, lists.count, lists.prims, lists.tranges
 
 
 def backward(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
-             fadescale, fadeexp, raysat, lists):
+             fadescale, fadeexp, raysat, list_start, list_count, list_prims, list_tranges):
+    """Gradients (primpos, primrot, primscale, template, warp or None) from the forward's
+    saturation record and tile lists."""
     n, h, w, _ = raypos.shape
+    tiles_y, tiles_x = tile_grid(h, w)
     n_prims = primpos.shape[1]
     # Packed per-primitive gradient: position (3), rotation (9, row-major), scale (3), padding.
     grad_prim = torch.zeros(n, n_prims, 16, dtype=torch.float32, device=primpos.device)
@@ -730,15 +741,15 @@ def backward(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, pri
     grad_warp = torch.zeros_like(warp) if warp is not None else None
     td, th, tw = _volume_dims(template)
     wd, wh, ww = _volume_dims(warp)
-    num_tiles = n * lists.tiles_y * lists.tiles_x
+    num_tiles = n * tiles_y * tiles_x
     _backward_kernel[(num_tiles,)](
         raypos, raydir, tminmax, primpos, primrot, primscale, template,
         warp if warp is not None else template,
-        lists.start, lists.count, lists.prims, lists.tranges,
+        list_start, list_count, list_prims, list_tranges,
         raysat, grad_rgba.contiguous(),
         grad_prim, grad_template,
         grad_warp if grad_warp is not None else grad_template,
-        lists.tiles_y, lists.tiles_x, h, w, primpos.shape[1],
+        tiles_y, tiles_x, h, w, n_prims,
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None,

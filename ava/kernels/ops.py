@@ -1,0 +1,174 @@
+"""The raymarcher as `torch.library` custom ops, so that models calling it compile with
+`torch.compile(fullgraph=True)`: to the compiler each op is one opaque call with a fake
+(shape-only) implementation and a registered backward.
+
+- `ava::mvp_raymarch_triton` runs the Triton forward and returns, besides rayrgba, what its
+  backward needs: the saturation record and the per-tile primitive lists. The lists' length
+  depends on the data, so the fake implementation gives it a fresh unbacked size.
+- `ava::mvp_raymarch_torch` wraps the vectorised PyTorch path, whose data-dependent shapes the
+  compiler could not trace; its backward re-runs it under autograd. Eager code does not come
+  here (it differentiates the vectorised path directly, at half the cost).
+
+Scalars (stepsize, fadescale, fadeexp) are `float` in the schemas, so they reach the Triton
+launch as plain fp32 kernel arguments rather than as tensors that would need a device sync or
+a recompile per value.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ava.kernels import vectorized
+
+
+@torch.library.custom_op("ava::mvp_raymarch_triton", mutates_args=())
+def mvp_raymarch_triton(
+    raypos: torch.Tensor, raydir: torch.Tensor, stepsize: float, tminmax: torch.Tensor,
+    primpos: torch.Tensor, primrot: torch.Tensor, primscale: torch.Tensor, template: torch.Tensor,
+    warp: Optional[torch.Tensor], fadescale: float, fadeexp: float, save_saturation: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ava.kernels import raymarch_triton
+
+    return raymarch_triton.forward(
+        raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+        fadescale, fadeexp, save_saturation,
+    )
+
+
+@mvp_raymarch_triton.register_fake
+def _(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale, fadeexp,
+      save_saturation):
+    from ava.kernels import raymarch_triton
+
+    n, h, w, _ = raypos.shape
+    tiles_y, tiles_x = raymarch_triton.tile_grid(h, w)
+    num_tiles = n * tiles_y * tiles_x
+    entries = torch.library.get_ctx().new_dynamic_size()
+    return (
+        raypos.new_empty(n, h, w, 4),
+        raypos.new_empty(n, h, w, 4) if save_saturation else raypos.new_empty(0),
+        raypos.new_empty(num_tiles, dtype=torch.int32),
+        raypos.new_empty(num_tiles, dtype=torch.int32),
+        raypos.new_empty(entries, dtype=torch.int32),
+        raypos.new_empty(entries, 2),
+    )
+
+
+@torch.library.custom_op("ava::mvp_raymarch_triton_backward", mutates_args=())
+def mvp_raymarch_triton_backward(
+    grad_rgba: torch.Tensor, raypos: torch.Tensor, raydir: torch.Tensor, stepsize: float,
+    tminmax: torch.Tensor, primpos: torch.Tensor, primrot: torch.Tensor, primscale: torch.Tensor,
+    template: torch.Tensor, warp: Optional[torch.Tensor], fadescale: float, fadeexp: float,
+    raysat: torch.Tensor, list_start: torch.Tensor, list_count: torch.Tensor, list_prims: torch.Tensor,
+    list_tranges: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ava.kernels import raymarch_triton
+
+    grads = raymarch_triton.backward(
+        grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+        fadescale, fadeexp, raysat, list_start, list_count, list_prims, list_tranges,
+    )
+    grad_warp = grads[4] if grads[4] is not None else template.new_zeros(0)
+    # Custom ops may not return views of one buffer; the packed primitive gradient is split here.
+    return grads[0].contiguous(), grads[1].contiguous(), grads[2].contiguous(), grads[3], grad_warp
+
+
+@mvp_raymarch_triton_backward.register_fake
+def _(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale,
+      fadeexp, raysat, list_start, list_count, list_prims, list_tranges):
+    return (
+        torch.empty_like(primpos), torch.empty_like(primrot), torch.empty_like(primscale),
+        torch.empty_like(template), torch.empty_like(warp) if warp is not None else template.new_empty(0),
+    )
+
+
+def _triton_setup_context(ctx, inputs, output):
+    raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale, fadeexp, _ = inputs
+    _, raysat, list_start, list_count, list_prims, list_tranges = output
+    ctx.save_for_backward(raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat,
+                          list_start, list_count, list_prims, list_tranges)
+    ctx.scalars = (stepsize, fadescale, fadeexp)
+    ctx.has_warp = warp is not None
+
+
+def _triton_backward(ctx, grad_rgba, *unused_grads):
+    raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, raysat, *lists = ctx.saved_tensors
+    stepsize, fadescale, fadeexp = ctx.scalars
+    grad_pos, grad_rot, grad_scale, grad_template, grad_warp = mvp_raymarch_triton_backward(
+        grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp,
+        fadescale, fadeexp, raysat, *lists,
+    )
+    return (None, None, None, None, grad_pos, grad_rot, grad_scale, grad_template,
+            grad_warp if ctx.has_warp else None, None, None, None)
+
+
+mvp_raymarch_triton.register_autograd(_triton_backward, setup_context=_triton_setup_context)
+
+
+@torch.library.custom_op("ava::mvp_raymarch_torch", mutates_args=())
+def mvp_raymarch_torch(
+    raypos: torch.Tensor, raydir: torch.Tensor, stepsize: float, tminmax: torch.Tensor,
+    primpos: torch.Tensor, primrot: torch.Tensor, primscale: torch.Tensor, template: torch.Tensor,
+    warp: Optional[torch.Tensor], fadescale: float, fadeexp: float,
+) -> torch.Tensor:
+    with torch.no_grad():
+        return vectorized.mvp_raymarch(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template,
+                                       warp, fadescale=fadescale, fadeexp=fadeexp)
+
+
+@mvp_raymarch_torch.register_fake
+def _(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale, fadeexp):
+    n, h, w, _ = raypos.shape
+    return raypos.new_empty(n, h, w, 4)
+
+
+@torch.library.custom_op("ava::mvp_raymarch_torch_backward", mutates_args=())
+def mvp_raymarch_torch_backward(
+    grad_rgba: torch.Tensor, raypos: torch.Tensor, raydir: torch.Tensor, stepsize: float, tminmax: torch.Tensor,
+    primpos: torch.Tensor, primrot: torch.Tensor, primscale: torch.Tensor, template: torch.Tensor,
+    warp: Optional[torch.Tensor], fadescale: float, fadeexp: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # Custom-op bodies run below the autograd dispatch key, so a nested backward cannot use
+    # torch.autograd; torch.func.vjp brings its own autograd layer.
+    def render(*differentiable):
+        return vectorized.mvp_raymarch(raypos, raydir, stepsize, tminmax, *differentiable[:4],
+                                       differentiable[4] if warp is not None else None,
+                                       fadescale=fadescale, fadeexp=fadeexp)
+
+    inputs = [primpos, primrot, primscale, template] + ([warp] if warp is not None else [])
+    _, pullback = torch.func.vjp(render, *inputs)
+    grads = list(pullback(grad_rgba))
+    if warp is None:
+        grads.append(template.new_zeros(0))
+    return tuple(grads)
+
+
+@mvp_raymarch_torch_backward.register_fake
+def _(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale,
+      fadeexp):
+    return (
+        torch.empty_like(primpos), torch.empty_like(primrot), torch.empty_like(primscale),
+        torch.empty_like(template), torch.empty_like(warp) if warp is not None else template.new_empty(0),
+    )
+
+
+def _torch_setup_context(ctx, inputs, output):
+    raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale, fadeexp = inputs
+    ctx.save_for_backward(raypos, raydir, tminmax, primpos, primrot, primscale, template, warp)
+    ctx.scalars = (stepsize, fadescale, fadeexp)
+    ctx.has_warp = warp is not None
+
+
+def _torch_backward(ctx, grad_rgba):
+    raypos, raydir, tminmax, primpos, primrot, primscale, template, warp = ctx.saved_tensors
+    stepsize, fadescale, fadeexp = ctx.scalars
+    grad_pos, grad_rot, grad_scale, grad_template, grad_warp = mvp_raymarch_torch_backward(
+        grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template, warp, fadescale, fadeexp
+    )
+    return (None, None, None, None, grad_pos, grad_rot, grad_scale, grad_template,
+            grad_warp if ctx.has_warp else None, None, None)
+
+
+mvp_raymarch_torch.register_autograd(_torch_backward, setup_context=_torch_setup_context)
