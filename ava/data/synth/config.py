@@ -19,7 +19,7 @@ class SynthConfig:
     """Number of synthetic subjects, one capture folder each."""
     n_frames: int = 8
     """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
-    n_cams: int = 8
+    n_cams: int = 6
     """Cameras in the dome of each capture."""
     seed: int = 0
     """Random seed; everything (shapes, colours, cameras, ids) follows from it."""
