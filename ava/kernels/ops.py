@@ -72,7 +72,7 @@ def mvp_raymarch_triton_backward(
     )
     grad_warp = grads[4] if grads[4] is not None else template.new_zeros(0)
     # Custom ops may not return views of one buffer; the packed primitive gradient is split here.
-    return grads[0].contiguous(), grads[1].contiguous(), grads[2].contiguous(), grads[3], grad_warp
+    return grads[0].clone(), grads[1].clone(), grads[2].clone(), grads[3], grad_warp
 
 
 @mvp_raymarch_triton_backward.register_fake
