@@ -83,7 +83,7 @@ scene_parameters = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=10)
+@settings(max_examples=25)
 @given(params=scene_parameters)
 def test_triton_and_vectorised_match_reference(params):
     scene = _to_device(random_scene(**params))
