@@ -50,7 +50,7 @@ def time_call(fn, reps: int, warmup: int = 10) -> float:
     return statistics.median(times)
 
 
-def measure(name, render, scene, reps, results):
+def measure(name, render, scene, reps, results, warmup: int = 10):
     """render(scene_with_grad) -> rayrgba. Records forward, forward+backward and peak memory."""
     inputs = _with_grad(scene)
     cotangent = torch.randn_like(scene["raypos"][..., :1].expand(*scene["raypos"].shape[:3], 4).contiguous())
@@ -65,8 +65,8 @@ def measure(name, render, scene, reps, results):
         out = render(inputs)
         torch.autograd.backward(out, cotangent)
 
-    fwd_ms = time_call(forward, reps)
-    fb_ms = time_call(forward_backward, reps)
+    fwd_ms = time_call(forward, reps, warmup)
+    fb_ms = time_call(forward_backward, reps, warmup)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -130,14 +130,16 @@ def main() -> None:
     if not args.no_vectorised:
         compiled = torch.compile(vectorized.mvp_raymarch)
         vec_out = measure(
-            "vectorised torch (eager)", lambda s: vectorized.mvp_raymarch(**s), scene, args.vector_reps, results
+            "vectorised torch (eager)", lambda s: vectorized.mvp_raymarch(**s), scene, args.vector_reps, results,
+            warmup=1,
         )
         diff = (vec_out - reference_out).abs()
         results["triton_vs_vectorised_max_abs_alpha"] = float(diff[..., 3].max())
         results["triton_vs_vectorised_max_abs_rgb"] = float(diff[..., :3].max())
         print(f"triton vs vectorised: max |d alpha| {diff[..., 3].max():.2e}  max |d rgb| {diff[..., :3].max():.2e}")
         try:
-            measure("vectorised torch (torch.compile)", lambda s: compiled(**s), scene, args.vector_reps, results)
+            measure("vectorised torch (torch.compile)", lambda s: compiled(**s), scene, args.vector_reps, results,
+                    warmup=1)
         except Exception as error:  # a compile failure is a result worth recording, not a crash
             results["vectorised_compile_error"] = repr(error)[:500]
             print(f"torch.compile of the vectorised path failed: {error!r}"[:500])
