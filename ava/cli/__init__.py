@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, str] = {
     "download": "download",
     "convert": "convert",
     "synth": "synth",
+    "train": "train",
+    "render": "render",
 }
 
 

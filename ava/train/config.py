@@ -1,0 +1,210 @@
+"""`ava train` configuration: the original's keys (SPEC.md §6.1) as dataclass fields, and presets.
+
+Only dataclasses live here (no torch import), so `ava --help` stays fast. Field names follow the
+original's config, so `--train.maxiter`, `--train.init-learning-rate`, `--progress.output-path`
+and so on mean what they meant there; what the original hard-coded (warm-up length, image and
+checkpoint cadence, held-out cameras) became fields too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ava.data.synth.config import SynthConfig
+from ava.nn.config import ModelConfig, model_preset
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms (SPEC.md §6.3); a weight of 0 drops the term."""
+
+    irgbl1: float = 1.0
+    """Mean absolute error of the rendered image against the photo (0..255 units)."""
+    vertl1: float = 0.1
+    """Mean absolute error of the decoded mesh against the tracked mesh (mm)."""
+    kldiv: float = 1e-3
+    """The bottleneck's KL term (`kl_loss_stable`)."""
+    primvolsum: float = 0.01
+    """Sum over primitives of their volume (prod of 1/primscale), averaged over the batch."""
+
+
+@dataclass
+class TrainSection:
+    """Data, optimisation and schedule (the original's `train.*` keys, plus what it hard-coded)."""
+
+    dataset_dir: Path | None = None
+    """Folder holding one folder per capture. None: the demo synthetic set, generated once into
+    the cache (~/.cache/ava or $AVA_CACHE_DIR) with the --synth.* settings."""
+    data_csv: str = "256_ids.csv"
+    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is
+    looked up in the dataset folder first, then in the working directory."""
+    ids: tuple[str, ...] = ()
+    """Train on these captures (MCD--MCT--SID or subject ids, looked up in the ids CSV) instead
+    of the first --train.nids rows."""
+    nids: int = 4
+    """Number of captures: the first N rows of the ids CSV."""
+    checkpoint: str = ""
+    """Initialise the model weights from this ava checkpoint (weights only; the step, optimiser
+    and schedule start fresh). To continue a run, use --resume instead."""
+    maxiter: int = 10_000_000
+    """Stop after this many optimiser steps (counted across resumes)."""
+    num_epochs: int = 10
+    """Stop after this many passes over the data, if maxiter comes later."""
+    init_learning_rate: float = 2e-4
+    """Adam's learning rate at step 0."""
+    lr_scheduler_iter: int = 10_000
+    """Steps between learning-rate changes (StepLR's step size)."""
+    gamma: float = 1.4
+    """Factor applied to the learning rate every lr_scheduler_iter steps. The original's 1.4 makes
+    the rate *rise* (2e-4 -> 2.8e-4), probably by accident; it is kept in the ava256 preset so runs
+    match the released models. Use a value below 1 for a decay."""
+    lr_scheduler_changes: int = 1
+    """How many times gamma is applied. The original stops stepping its scheduler after the first
+    change (step lr_scheduler_iter), so 1 reproduces it."""
+    downsample: int = 8
+    """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank (0 loads in the training process)."""
+    batchsize: int = 4
+    """Samples per step and per rank (the global batch is batchsize x world size)."""
+    clip: float = 1.0
+    """Gradient norm clipping threshold (after NaN/inf gradients are zeroed)."""
+    losses: LossWeights = field(default_factory=LossWeights)
+    """Loss weights."""
+    warmup_iters: int = 100
+    """Steps that place primitives on the ground-truth mesh, with position and rotation residuals
+    off and the primitive scale estimated from the mesh (the original hard-codes 100)."""
+    holdout_cameras: tuple[str, ...] = ()
+    """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
+    num_holdout_cameras: int = 0
+    """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the
+    captures, keeping at least one training camera each)."""
+
+
+@dataclass
+class TensorboardSection:
+    """TensorBoard event files (written only when the tensorboard package is installed)."""
+
+    log_freq: int = 10
+    """Write scalars every N steps."""
+    logdir: str = "log"
+    """Folder for the event files, relative to the run folder."""
+
+
+@dataclass
+class ProgressSection:
+    """What the run writes and when (the original's `progress.*` keys plus cadences)."""
+
+    output_path: Path = Path("run")
+    """Run folder: checkpoints/, metrics.jsonl, config.json, progress/, x-id/, log/."""
+    cross_id: bool = True
+    """Write cross-identity strips [gt | self | other identities] with the progress images."""
+    cross_id_n_subjects: int = 3
+    """Other identities per cross-identity strip (at most nids - 1)."""
+    image_freq: int = 1000
+    """Write progress images every N steps (and at the last step)."""
+    checkpoint_freq: int = 2000
+    """Write a checkpoint every N steps (and at the last step)."""
+    keep_checkpoints: int = 5
+    """Keep the newest N step checkpoints (0 keeps all)."""
+    psnr_freq: int = 1000
+    """Evaluate PSNR on held-out cameras (and a few training views) every N steps and at the end."""
+    psnr_samples: int = 32
+    """At most this many held-out samples per PSNR evaluation (spread over captures and frames)."""
+    tensorboard: TensorboardSection = field(default_factory=TensorboardSection)
+    """TensorBoard settings."""
+
+
+@dataclass
+class TrainConfig:
+    """Train an Ava-256 universal decoder: `ava train` (demo preset: synthetic data, small model,
+    CPU-friendly) or `ava train ava256 --train.dataset-dir DIR` (the original configuration).
+    Runs alone on a CPU or GPU, or under torchrun on several GPUs or nodes."""
+
+    train: TrainSection = field(default_factory=TrainSection)
+    """Data, optimisation and schedule."""
+    progress: ProgressSection = field(default_factory=ProgressSection)
+    """Outputs and their cadence."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model size."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """The synthetic set generated when --train.dataset-dir is not given."""
+    resume: str | None = None
+    """Continue a run: a checkpoint path, or `auto` for the newest checkpoint in the run folder
+    (starting fresh if there is none). Restores weights, optimiser, schedule, step and RNG state."""
+    seed: int = 0
+    """Random seed (data order, latent noise); each rank adds its rank."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto: CUDA when available."""
+    raymarch_backend: Literal["auto", "torch", "triton"] = "auto"
+    """Raymarcher: Triton on CUDA, the vectorised PyTorch path on a CPU (auto), or forced."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+
+
+def _demo() -> TrainConfig:
+    # Sized so that a 2-core CPU generates the data and trains in about a quarter of an hour
+    # (BENCHMARKS.md has the measurements behind these numbers).
+    return TrainConfig(
+        train=TrainSection(
+            data_csv="ids.csv",
+            nids=4,
+            maxiter=1200,
+            num_epochs=1000,
+            init_learning_rate=1e-3,
+            lr_scheduler_iter=800,
+            gamma=0.3,
+            downsample=32,
+            num_workers=1,
+            batchsize=4,
+            warmup_iters=100,
+            num_holdout_cameras=4,
+        ),
+        progress=ProgressSection(
+            image_freq=200,
+            checkpoint_freq=400,
+            keep_checkpoints=3,
+            psnr_freq=400,
+            psnr_samples=24,
+        ),
+        model=ModelConfig(uv_size=128, prims_per_side=16, voxels_per_prim=8, warp_size=16),
+        synth=SynthConfig(),
+    )
+
+
+def _ava256() -> TrainConfig:
+    return TrainConfig(
+        train=TrainSection(),
+        progress=ProgressSection(image_freq=1000, checkpoint_freq=2000, psnr_freq=2000),
+        model=model_preset("ava256"),
+    )
+
+
+PRESETS: dict[str, TrainConfig] = {"demo": _demo(), "ava256": _ava256()}
+"""demo: synthetic data generated once, a small model, minutes on a CPU. ava256: the original's
+configuration (SPEC.md §6.1) for the real dataset."""
+
+PRESET_HELP = {
+    "demo": "The default: a synthetic capture set generated once into the cache and a small model; "
+    "finishes on a laptop CPU in minutes.",
+    "ava256": "The original configuration (SPEC.md §6.1): 1024^2 UV maps, 16384 primitives, batch 4 at "
+    "downsample 8, Adam 2e-4; needs --train.dataset-dir.",
+}
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    """JSON-ready dict of the whole config (paths as strings)."""
+
+    def convert(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(item) for item in value]
+        return value
+
+    return convert(dataclasses.asdict(config))

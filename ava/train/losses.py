@@ -1,0 +1,51 @@
+"""The training loss of SPEC.md §6.3: image L1, mesh L1, KL and primitive volume, weighted."""
+
+from __future__ import annotations
+
+import torch
+
+from ava.nn.bottleneck import kl_loss_stable
+from ava.train.config import LossWeights
+
+# Model outputs the loss needs beyond the ones always returned.
+LOSS_OUTPUTS = frozenset({"primscale"})
+
+
+def loss_terms(output: dict, batch: dict, vertmean: torch.Tensor, vertstd: float) -> dict[str, torch.Tensor]:
+    """Unweighted terms (scalars).
+
+    output: the model's dict (irgbrec [N,3,H,W] 0..255, verts [N,V,3] mm, expr_mu/expr_logstd
+    [N,16,4,4], primscale [N,K,3]); batch: image [N,3,H,W] 0..255, verts [N,V,3] normalised;
+    vertmean [V,3] (mm) and vertstd undo the normalisation of the target mesh.
+    """
+    target_verts = batch["verts"] * vertstd + vertmean
+    return {
+        "irgbl1": (output["irgbrec"] - batch["image"]).abs().mean(),
+        "vertl1": (output["verts"] - target_verts).abs().mean(),
+        "kldiv": kl_loss_stable(output["expr_mu"], output["expr_logstd"]).mean(),
+        "primvolsum": torch.prod(1.0 / output["primscale"], dim=-1).sum(dim=-1).mean(),
+    }
+
+
+def total_loss(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """sum of weight x term over the terms with a non-zero weight."""
+    total = None
+    for name, value in terms.items():
+        weight = float(getattr(weights, name))
+        if weight == 0.0:
+            continue
+        total = weight * value if total is None else total + weight * value
+    if total is None:
+        raise ValueError("every loss weight is zero; nothing to train")
+    return total
+
+
+def sanitise_gradients(parameters, clip: float) -> torch.Tensor:
+    """Zero NaN/inf gradient entries (as the original does), then clip the global norm to `clip`.
+    Returns the norm before clipping."""
+    with_grad = [parameter for parameter in parameters if parameter.grad is not None]
+    for parameter in with_grad:
+        torch.nan_to_num_(parameter.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if not with_grad:
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(with_grad, clip)
