@@ -221,6 +221,9 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         drop_last=True,
         pin_memory=pin_memory,
         persistent_workers=False,
+        # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
+        # epoch, which would make the latent noise after a resume differ from an unbroken run.
+        generator=torch.Generator().manual_seed(sampler.seed),
     )
 
 

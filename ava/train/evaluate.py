@@ -9,7 +9,9 @@ fitted by least squares to ONE calibration frame of the held-out camera, weighte
 background the model shows there (1 - alpha), and the PSNR is measured on OTHER frames of that
 camera with the plate as background. The head itself comes only from the decoder, which never
 saw the camera. `psnr_holdout_model_bg` reports the same frames with the model's own (untrained)
-background row, for comparison.
+background row, for comparison, and `psnr_holdout_head` the plate-composited frames inside the
+head's silhouette only (the tracked mesh projected into the camera), where the background plays
+no part.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ def fit_plate(foreground: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor
     return (basis @ cells).T.reshape(3, height, width)
 
 
+def head_mask(sample: dict, vertmean: torch.Tensor, vertstd: float) -> torch.Tensor:
+    """bool [H,W]: pixels under the projected tracked mesh of one (unbatched) sample, its vertex
+    splats closed by a 3x3 dilation. Pixel (x, y) looks along the ray through column x, row y."""
+    height, width = sample["image"].shape[-2:]
+    verts = sample["verts"] * vertstd + vertmean  # [V,3] mm, head frame
+    in_camera = (verts - sample["campos"]) @ sample["camrot"].T
+    depth = in_camera[:, 2].clamp_min(1e-6)
+    pixels = (sample["focal"] * in_camera[:, :2] / depth[:, None] + sample["princpt"]).round().long()
+    inside = (in_camera[:, 2] > 0) & (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+    mask = torch.zeros(height, width)
+    mask[pixels[inside, 1], pixels[inside, 0]] = 1.0
+    return F.max_pool2d(mask[None, None], 3, stride=1, padding=1)[0, 0] > 0
+
+
 @torch.no_grad()
 def _render_split(model, sample: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(foreground [3,H,W] without background, alpha [1,H,W], model background [3,H,W])."""
@@ -88,7 +104,7 @@ def _render_split(model, sample: dict, device) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def holdout_psnr(model, holdout: ConcatDataset, count: int, device) -> dict[str, float]:
+def holdout_psnr(model, holdout: ConcatDataset, count: int, device, stats) -> dict[str, float]:
     """PSNR on up to `count` held-out samples (see the module docstring); {} if none."""
     by_camera: dict[tuple[int, str], list[int]] = defaultdict(list)  # (part, camera) -> indices
     for index in range(len(holdout)):
@@ -100,8 +116,9 @@ def holdout_psnr(model, holdout: ConcatDataset, count: int, device) -> dict[str,
     if not chosen:
         return {}
     plates: dict[tuple[int, str], torch.Tensor] = {}
-    squared_plate = squared_model = 0.0
-    pixels = 0
+    squared_plate = squared_model = squared_head = 0.0
+    pixels = head_pixels = 0
+    vertmean = torch.from_numpy(stats.vertmean)
     for index in chosen:
         part, local = _locate(holdout, index)
         key = (id(part), part.sample_ids(local)[1])
@@ -114,12 +131,17 @@ def holdout_psnr(model, holdout: ConcatDataset, count: int, device) -> dict[str,
         image = sample["image"].to(device)
         with_plate = foreground + (1.0 - alpha) * plates[key]
         with_model_bg = foreground + (1.0 - alpha) * background
-        squared_plate += float(((with_plate.clamp(0, 255) - image) ** 2).sum())
+        plate_error = (with_plate.clamp(0, 255) - image) ** 2
+        squared_plate += float(plate_error.sum())
         squared_model += float(((with_model_bg.clamp(0, 255) - image) ** 2).sum())
         pixels += image.numel()
+        mask = head_mask(sample, vertmean, stats.vertstd).to(device)
+        squared_head += float(plate_error[:, mask].sum())
+        head_pixels += int(mask.sum()) * image.shape[0]
     return {
         "psnr_holdout": psnr_from_mse(squared_plate / pixels),
         "psnr_holdout_model_bg": psnr_from_mse(squared_model / pixels),
+        "psnr_holdout_head": psnr_from_mse(squared_head / max(head_pixels, 1)),
         "holdout_samples": len(chosen),
     }
 

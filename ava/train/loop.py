@@ -291,7 +291,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
         model.eval()
         record: dict = {"step": step, "kind": "eval"}
         if data.holdout is not None:
-            record.update(holdout_psnr(model, data.holdout, config.progress.psnr_samples, ctx.device))
+            record.update(holdout_psnr(model, data.holdout, config.progress.psnr_samples, ctx.device, stats))
         record["psnr_train"] = training_view_psnr(model, data.train, min(config.progress.psnr_samples, 8), ctx.device)
         model.train()
         run.log(record)
