@@ -350,6 +350,68 @@ def _tile_t_span(list_start, list_count, tranges_ptr, BLOCK: tl.constexpr):
     return tl.min(span_lo, 0), tl.max(span_hi, 0)
 
 
+@triton.jit
+def _load_rays(raypos_ptr, raydir_ptr, tminmax_ptr, ray):
+    return (
+        tl.load(raypos_ptr + ray * 3 + 0), tl.load(raypos_ptr + ray * 3 + 1), tl.load(raypos_ptr + ray * 3 + 2),
+        tl.load(raydir_ptr + ray * 3 + 0), tl.load(raydir_ptr + ray * 3 + 1), tl.load(raydir_ptr + ray * 3 + 2),
+        tl.load(tminmax_ptr + ray * 2 + 0), tl.load(tminmax_ptr + ray * 2 + 1),
+    )
+
+
+@triton.jit
+def _window(step, tmin, tmax, in_image, saturated, span_hi, dt):
+    """Each ray's t at `step`, which rays still march, the tile's lowest t and whether to go on."""
+    t = tmin + step * dt
+    live = in_image & (t < tmax) & (~saturated)
+    window_lo = tl.min(tl.where(live, t, float("inf")), 0)
+    return t, live, window_lo, window_lo <= span_hi
+
+
+@triton.jit
+def _advance(step, touched, next_lo, tmin, dt):
+    """One step on; after a step where no entry was near, jump to just before the next entry."""
+    step_on = step + 1.0
+    if touched == 0:
+        jump = tl.maximum(tl.ceil((next_lo - tmin) / dt) - 1.0, step_on)
+        step_on = tl.where(next_lo < float("inf"), jump, step_on)
+    return step_on
+
+
+@triton.jit
+def _to_local(px, py, pz, p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2):
+    """q = x - p, l = q @ R (unscaled local coordinates) and y = l * s."""
+    qx = px - p0
+    qy = py - p1
+    qz = pz - p2
+    lx = qx * r00 + qy * r10 + qz * r20
+    ly = qx * r01 + qy * r11 + qz * r21
+    lz = qx * r02 + qy * r12 + qz * r22
+    return qx, qy, qz, lx, ly, lz, lx * s0, ly * s1, lz * s2
+
+
+@triton.jit
+def _sample(prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp,
+            TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
+            WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HAS_WARP: tl.constexpr):
+    """|y|^fadeexp per axis, the fade, the (warped) template coordinates and the RGBA sample."""
+    pow_x = tl.exp2(fadeexp * tl.log2(tl.abs(yx)))
+    pow_y = tl.exp2(fadeexp * tl.log2(tl.abs(yy)))
+    pow_z = tl.exp2(fadeexp * tl.log2(tl.abs(yz)))
+    fade = tl.exp(-fadescale * (pow_x + pow_y + pow_z))
+    if HAS_WARP:
+        warped = _trilinear(warp_ptr + prim * (WD * WH * WW * 3), yx, yy, yz, inside, WD, WH, WW, 3)
+        cx = _column(warped, 0)
+        cy = _column(warped, 1)
+        cz = _column(warped, 2)
+    else:
+        cx = yx
+        cy = yy
+        cz = yz
+    sample = _trilinear(template_ptr + prim * (TD * TH * TW * 4), cx, cy, cz, inside, TD, TH, TW, 4)
+    return pow_x, pow_y, pow_z, fade, cx, cy, cz, sample
+
+
 # --------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------
@@ -374,20 +436,8 @@ def _forward_kernel(
     if list_count > 0:
         list_start = tl.load(list_start_ptr + tile)
         batch, ray, in_image = _tile_rays(tile, tiles_y, tiles_x, height, width, TILE_H, TILE_W)
-        ox = tl.load(raypos_ptr + ray * 3 + 0)
-        oy = tl.load(raypos_ptr + ray * 3 + 1)
-        oz = tl.load(raypos_ptr + ray * 3 + 2)
-        dx = tl.load(raydir_ptr + ray * 3 + 0)
-        dy = tl.load(raydir_ptr + ray * 3 + 1)
-        dz = tl.load(raydir_ptr + ray * 3 + 2)
-        tmin = tl.load(tminmax_ptr + ray * 2 + 0)
-        tmax = tl.load(tminmax_ptr + ray * 2 + 1)
+        ox, oy, oz, dx, dy, dz, tmin, tmax = _load_rays(raypos_ptr, raydir_ptr, tminmax_ptr, ray)
         span_lo, span_hi = _tile_t_span(list_start, list_count, list_trange_ptr, 64)
-
-        # First step of each ray: one step before the first possible hit (rounding slack).
-        step = tl.maximum(tl.ceil((span_lo - tmin) / dt) - 1.0, 0.0)
-        t = tmin + step * dt
-        live = in_image & (t < tmax)
         saturated = tl.zeros_like(tmin) > 1.0
         acc_r = tl.zeros_like(tmin)
         acc_g = tl.zeros_like(tmin)
@@ -396,10 +446,9 @@ def _forward_kernel(
         sat_r = tl.zeros_like(tmin)
         sat_g = tl.zeros_like(tmin)
         sat_b = tl.zeros_like(tmin)
-        window_lo = tl.min(tl.where(live, t, float("inf")), 0)
-        go = window_lo <= span_hi
-        voxels = TD * TH * TW
-        wvoxels = WD * WH * WW
+        # First step of each ray: one step before the first possible hit (rounding slack).
+        step = tl.maximum(tl.ceil((span_lo - tmin) / dt) - 1.0, 0.0)
+        t, live, window_lo, go = _window(step, tmin, tmax, in_image, saturated, span_hi, dt)
         while go:
             window_hi = tl.max(tl.where(live, t, float("-inf")), 0)
             next_lo = span_lo * 0.0 + float("inf")
@@ -419,29 +468,15 @@ def _forward_kernel(
                     p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2 = _load_prim(
                         pos_ptr, rot_ptr, scale_ptr, prim
                     )
-                    qx = px - p0
-                    qy = py - p1
-                    qz = pz - p2
-                    yx = (qx * r00 + qy * r10 + qz * r20) * s0
-                    yy = (qx * r01 + qy * r11 + qz * r21) * s1
-                    yz = (qx * r02 + qy * r12 + qz * r22) * s2
+                    qx, qy, qz, lx, ly, lz, yx, yy, yz = _to_local(
+                        px, py, pz, p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2
+                    )
                     inside = live & (~saturated) & (tl.abs(yx) < 1.0) & (tl.abs(yy) < 1.0) & (tl.abs(yz) < 1.0)
                     if tl.max(inside.to(tl.int32), 0) > 0:
-                        fade = tl.exp(-fadescale * (
-                            tl.exp2(fadeexp * tl.log2(tl.abs(yx)))
-                            + tl.exp2(fadeexp * tl.log2(tl.abs(yy)))
-                            + tl.exp2(fadeexp * tl.log2(tl.abs(yz)))
-                        ))
-                        if HAS_WARP:
-                            warped = _trilinear(warp_ptr + prim * wvoxels * 3, yx, yy, yz, inside, WD, WH, WW, 3)
-                            cx = _column(warped, 0)
-                            cy = _column(warped, 1)
-                            cz = _column(warped, 2)
-                        else:
-                            cx = yx
-                            cy = yy
-                            cz = yz
-                        sample = _trilinear(template_ptr + prim * voxels * 4, cx, cy, cz, inside, TD, TH, TW, 4)
+                        pow_x, pow_y, pow_z, fade, cx, cy, cz, sample = _sample(
+                            prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp,
+                            TD, TH, TW, WD, WH, WW, HAS_WARP,
+                        )
                         rgb_r = _column(sample, 0)
                         rgb_g = _column(sample, 1)
                         rgb_b = _column(sample, 2)
@@ -457,16 +492,8 @@ def _forward_kernel(
                         sat_g = tl.where(becomes, rgb_g, sat_g)
                         sat_b = tl.where(becomes, rgb_b, sat_b)
                         saturated = saturated | becomes
-            if touched == 0:
-                # Nothing near this window: jump every ray to just before the next entry.
-                jump = tl.maximum(tl.ceil((next_lo - tmin) / dt) - 1.0, step + 1.0)
-                step = tl.where(next_lo < float("inf"), jump, step + 1.0)
-            else:
-                step = step + 1.0
-            t = tmin + step * dt
-            live = in_image & (t < tmax) & (~saturated)
-            window_lo = tl.min(tl.where(live, t, float("inf")), 0)
-            go = window_lo <= span_hi
+            step = _advance(step, touched, next_lo, tmin, dt)
+            t, live, window_lo, go = _window(step, tmin, tmax, in_image, saturated, span_hi, dt)
         out = out_ptr + ray * 4
         tl.store(out + 0, acc_r, mask=in_image)
         tl.store(out + 1, acc_g, mask=in_image)
@@ -530,14 +557,7 @@ def _backward_kernel(
     if list_count > 0:
         list_start = tl.load(list_start_ptr + tile)
         batch, ray, in_image = _tile_rays(tile, tiles_y, tiles_x, height, width, TILE_H, TILE_W)
-        ox = tl.load(raypos_ptr + ray * 3 + 0)
-        oy = tl.load(raypos_ptr + ray * 3 + 1)
-        oz = tl.load(raypos_ptr + ray * 3 + 2)
-        dx = tl.load(raydir_ptr + ray * 3 + 0)
-        dy = tl.load(raydir_ptr + ray * 3 + 1)
-        dz = tl.load(raydir_ptr + ray * 3 + 2)
-        tmin = tl.load(tminmax_ptr + ray * 2 + 0)
-        tmax = tl.load(tminmax_ptr + ray * 2 + 1)
+        ox, oy, oz, dx, dy, dz, tmin, tmax = _load_rays(raypos_ptr, raydir_ptr, tminmax_ptr, ray)
         g_r = tl.load(grad_out_ptr + ray * 4 + 0, mask=in_image, other=0.0)
         g_g = tl.load(grad_out_ptr + ray * 4 + 1, mask=in_image, other=0.0)
         g_b = tl.load(grad_out_ptr + ray * 4 + 2, mask=in_image, other=0.0)
@@ -548,13 +568,10 @@ def _backward_kernel(
         ends_saturated = tl.load(sat_ptr + ray * 4 + 3) > 0.5
         span_lo, span_hi = _tile_t_span(list_start, list_count, list_trange_ptr, 64)
 
-        step = tl.maximum(tl.ceil((span_lo - tmin) / dt) - 1.0, 0.0)
-        t = tmin + step * dt
-        live = in_image & (t < tmax)
         saturated = tl.zeros_like(tmin) > 1.0
         acc_a = tl.zeros_like(tmin)
-        window_lo = tl.min(tl.where(live, t, float("inf")), 0)
-        go = window_lo <= span_hi
+        step = tl.maximum(tl.ceil((span_lo - tmin) / dt) - 1.0, 0.0)
+        t, live, window_lo, go = _window(step, tmin, tmax, in_image, saturated, span_hi, dt)
         voxels = TD * TH * TW
         wvoxels = WD * WH * WW
         channel = tl.arange(0, 4)
@@ -577,31 +594,15 @@ def _backward_kernel(
                     p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2 = _load_prim(
                         pos_ptr, rot_ptr, scale_ptr, prim
                     )
-                    qx = px - p0
-                    qy = py - p1
-                    qz = pz - p2
-                    lx = qx * r00 + qy * r10 + qz * r20
-                    ly = qx * r01 + qy * r11 + qz * r21
-                    lz = qx * r02 + qy * r12 + qz * r22
-                    yx = lx * s0
-                    yy = ly * s1
-                    yz = lz * s2
+                    qx, qy, qz, lx, ly, lz, yx, yy, yz = _to_local(
+                        px, py, pz, p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2
+                    )
                     inside = live & (~saturated) & (tl.abs(yx) < 1.0) & (tl.abs(yy) < 1.0) & (tl.abs(yz) < 1.0)
                     if tl.max(inside.to(tl.int32), 0) > 0:
-                        pow_x = tl.exp2(fadeexp * tl.log2(tl.abs(yx)))
-                        pow_y = tl.exp2(fadeexp * tl.log2(tl.abs(yy)))
-                        pow_z = tl.exp2(fadeexp * tl.log2(tl.abs(yz)))
-                        fade = tl.exp(-fadescale * (pow_x + pow_y + pow_z))
-                        if HAS_WARP:
-                            warped = _trilinear(warp_ptr + prim * wvoxels * 3, yx, yy, yz, inside, WD, WH, WW, 3)
-                            cx = _column(warped, 0)
-                            cy = _column(warped, 1)
-                            cz = _column(warped, 2)
-                        else:
-                            cx = yx
-                            cy = yy
-                            cz = yz
-                        sample = _trilinear(template_ptr + prim * voxels * 4, cx, cy, cz, inside, TD, TH, TW, 4)
+                        pow_x, pow_y, pow_z, fade, cx, cy, cz, sample = _sample(
+                            prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp,
+                            TD, TH, TW, WD, WH, WW, HAS_WARP,
+                        )
                         rgb_r = _column(sample, 0)
                         rgb_g = _column(sample, 1)
                         rgb_b = _column(sample, 2)
@@ -675,15 +676,8 @@ def _backward_kernel(
                         tl.atomic_add(grad_prim_ptr + prim * 16 + tl.arange(0, 16), tl.sum(packed, axis=0), sem="relaxed")
                         acc_a += weight
                         saturated = saturated | becomes
-            if touched == 0:
-                jump = tl.maximum(tl.ceil((next_lo - tmin) / dt) - 1.0, step + 1.0)
-                step = tl.where(next_lo < float("inf"), jump, step + 1.0)
-            else:
-                step = step + 1.0
-            t = tmin + step * dt
-            live = in_image & (t < tmax) & (~saturated)
-            window_lo = tl.min(tl.where(live, t, float("inf")), 0)
-            go = window_lo <= span_hi
+            step = _advance(step, touched, next_lo, tmin, dt)
+            t, live, window_lo, go = _window(step, tmin, tmax, in_image, saturated, span_hi, dt)
 
 
 # --------------------------------------------------------------------------------------------
