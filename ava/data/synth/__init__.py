@@ -11,15 +11,15 @@ from ava.data.synth.config import IDS_FILENAME, MANIFEST_FILENAME, TOPOLOGY_FILE
 
 
 def generate(output_dir, config: SynthConfig, progress: bool = True):
-    """See `ava.data.synth.generate.generate`."""
-    from ava.data.synth.generate import generate as run
+    """See `ava.data.synth.pipeline.generate`."""
+    from ava.data.synth.pipeline import generate as run
 
     return run(output_dir, config, progress=progress)
 
 
 def ensure_generated(output_dir, config: SynthConfig | None = None, progress: bool = True):
-    """See `ava.data.synth.generate.ensure_generated`."""
-    from ava.data.synth.generate import ensure_generated as run
+    """See `ava.data.synth.pipeline.ensure_generated`."""
+    from ava.data.synth.pipeline import ensure_generated as run
 
     return run(output_dir, config, progress=progress)
 
