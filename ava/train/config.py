@@ -152,10 +152,10 @@ def _demo() -> TrainConfig:
         train=TrainSection(
             data_csv="ids.csv",
             nids=4,
-            maxiter=700,
+            maxiter=400,
             num_epochs=1000,
             init_learning_rate=1e-3,
-            lr_scheduler_iter=500,
+            lr_scheduler_iter=300,
             gamma=0.3,
             downsample=64,
             num_workers=1,
@@ -165,12 +165,12 @@ def _demo() -> TrainConfig:
         ),
         progress=ProgressSection(
             image_freq=100,
-            checkpoint_freq=350,
+            checkpoint_freq=200,
             keep_checkpoints=3,
-            psnr_freq=350,
+            psnr_freq=200,
             psnr_samples=24,
         ),
-        model=ModelConfig(uv_size=128, prims_per_side=16, voxels_per_prim=8, warp_size=16, raymarch_step=4.0),
+        model=ModelConfig(uv_size=128, prims_per_side=16, voxels_per_prim=8, warp_size=16, raymarch_step=6.0),
         synth=SynthConfig(texture_size=128, downsample=32),
     )
 

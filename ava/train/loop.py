@@ -237,8 +237,11 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
 
     network = model
     if ctx.enabled:
+        # Some parameters get no gradient in some steps (as in the original, which passes the same
+        # flag), so DDP must look for them.
         network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True)
 
     # --- run folder -----------------------------------------------------------------------------
     run = None
