@@ -1,8 +1,9 @@
 """Vectorised PyTorch MVP raymarcher: the CPU path, differentiable through plain autograd.
 
 Instead of marching, it enumerates the samples directly:
-1. For every (ray, primitive) pair, a slab test in the primitive's frame gives the segment of the
-   ray inside the primitive's box; pairs that miss are dropped (done in chunks to bound memory).
+1. Every (ray, primitive) pair is tested against the primitive's bounding sphere (two small
+   matrix products per chunk of rays), and the survivors get an exact slab test in the
+   primitive's frame, which gives the segment of the ray inside the box.
 2. Each hit pair expands into the step indices i whose sample t_i = tmin + i*dt may fall inside
    the box (one step of slack on each side; the exact strict test on y decides).
 3. All samples are evaluated at once (fade, optional warp, trilinear template fetch).
@@ -58,13 +59,37 @@ def _candidate_samples(origin, direction, tmin, tmax, primpos, primrot, primscal
     rays_per_chunk = max(1, _PAIR_CHUNK // max(num_prims, 1))
     ray_ids, prim_ids, first_steps, counts = [], [], [], []
     with torch.no_grad():
-        # Direction and offset in each primitive's frame; the t parameter is unchanged by the map.
+        # Bounding sphere of each box (half-diagonal; inf for a zero scale).
+        radius2 = torch.nan_to_num((1.0 / primscale).square().sum(-1), nan=torch.inf)
         for start in range(0, num_rays, rays_per_chunk):
             stop = min(start + rays_per_chunk, num_rays)
             o = origin[start:stop]
             d = direction[start:stop]
-            local_origin = torch.einsum("rki,kij->rkj", o[:, None, :] - primpos[None], primrot) * primscale
-            local_dir = torch.einsum("ri,kij->rkj", d, primrot) * primscale
+            seg_tmin = tmin[start:stop]
+            seg_tmax = tmax[start:stop]
+            # 1. All pairs against bounding spheres, as two [R,3] x [3,K] products (cheap): the
+            #    squared distance of each centre from each ray's line, and where along it. Points
+            #    are taken relative to the chunk's mean origin to limit cancellation, and the
+            #    test gets slack for what cancellation remains: it may only keep too much.
+            anchor = o.mean(0)
+            o_rel = o - anchor
+            c_rel = primpos - anchor
+            dd = (d * d).sum(-1, keepdim=True)  # [R,1]
+            along = d @ c_rel.T - (o_rel * d).sum(-1, keepdim=True)  # (c - o).d  [R,K]
+            centre2 = (c_rel * c_rel).sum(-1)[None] - 2.0 * (o_rel @ c_rel.T) + (o_rel * o_rel).sum(-1, keepdim=True)
+            dist2 = centre2 - along.square() / dd
+            reach2 = radius2[None] + 1e-5 * (centre2.abs() + 1.0)
+            t_centre = along / dd
+            half = torch.sqrt((reach2 - dist2).clamp(min=0.0) / dd)
+            maybe = (dist2 <= reach2) & (t_centre + half >= seg_tmin[:, None]) & (t_centre - half <= seg_tmax[:, None])
+            maybe &= (seg_tmin < seg_tmax)[:, None]
+            ray_local, prim = maybe.nonzero(as_tuple=True)
+            if ray_local.numel() == 0:
+                continue
+            # 2. The exact slab test in each surviving primitive's frame (t is unchanged by it).
+            rot = primrot[prim]
+            local_origin = torch.einsum("si,sij->sj", o[ray_local] - primpos[prim], rot) * primscale[prim]
+            local_dir = torch.einsum("si,sij->sj", d[ray_local], rot) * primscale[prim]
             t_a = (-1.0 - local_origin) / local_dir
             t_b = (1.0 - local_origin) / local_dir
             # A zero direction component leaves the slab either always (inside) or never crossed.
@@ -72,21 +97,14 @@ def _candidate_samples(origin, direction, tmin, tmax, primpos, primrot, primscal
             inside_slab = local_origin.abs() <= 1.0
             t_near_axis = torch.where(parallel, torch.where(inside_slab, -torch.inf, torch.inf), torch.minimum(t_a, t_b))
             t_far_axis = torch.where(parallel, torch.where(inside_slab, torch.inf, -torch.inf), torch.maximum(t_a, t_b))
-            t_near = t_near_axis.amax(dim=-1)
-            t_far = t_far_axis.amin(dim=-1)
-            seg_tmin = tmin[start:stop, None]
-            seg_tmax = tmax[start:stop, None]
-            t_near = torch.maximum(t_near, seg_tmin)
-            t_far = torch.minimum(t_far, seg_tmax)
-            hit = (t_near <= t_far) & (seg_tmin < seg_tmax)
-            ray_local, prim = hit.nonzero(as_tuple=True)
-            if ray_local.numel() == 0:
-                continue
             ray = ray_local + start
-            near = t_near[ray_local, prim]
-            far = t_far[ray_local, prim]
-            # Steps whose t_i may fall in [near, far], padded by one step for rounding.
-            last_step = torch.ceil((tmax[ray] - tmin[ray]) / dt) - 1
+            near = torch.maximum(t_near_axis.amax(dim=-1), tmin[ray])
+            far = torch.minimum(t_far_axis.amin(dim=-1), tmax[ray])
+            hit = near <= far
+            ray, prim, near, far = ray[hit], prim[hit], near[hit], far[hit]
+            # Steps whose t_i may fall in [near, far], padded by one step on each side (and past
+            # tmax) for rounding; the exact tests on y and t < tmax decide.
+            last_step = torch.ceil((tmax[ray] - tmin[ray]) / dt)
             step_lo = (torch.ceil((near - tmin[ray]) / dt) - 1).clamp(min=0)
             step_hi = torch.minimum(torch.floor((far - tmin[ray]) / dt) + 1, last_step)
             count = (step_hi - step_lo + 1).clamp(min=0).long()
