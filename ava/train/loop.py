@@ -365,7 +365,8 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
                           "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                           "warmup": warm, "step_time": step_time, "data_time": step_started - fetch_started,
                           "samples_per_s": config.train.batchsize * ctx.world_size / step_time}
-                utilisation = _gpu_utilisation(ctx.device)
+                # NVML sampling costs a little; once every 10 steps is enough for a utilisation trace.
+                utilisation = _gpu_utilisation(ctx.device) if step % 10 == 0 else None
                 if utilisation is not None:
                     record["gpu_utilisation"] = utilisation
                 if run is not None:
