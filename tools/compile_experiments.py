@@ -182,6 +182,7 @@ def part_c(reps, results):
 
 
 def main() -> None:
+    global MODES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="a,b,c")
     parser.add_argument("--reps", type=int, default=10)
@@ -190,7 +191,6 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("compile_experiments needs a CUDA GPU")
-    global MODES
     MODES = tuple(m.strip() for m in args.modes.split(","))
     results: dict = _Results(args.json)
     results.update(gpu=torch.cuda.get_device_name(), torch=torch.__version__)
