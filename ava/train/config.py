@@ -143,6 +143,9 @@ class TrainConfig:
     """Raymarcher: Triton on CUDA, the vectorised PyTorch path on a CPU (auto), or forced."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    compile: bool = False
+    """Compile what torch.compile speeds up: the decoder assembler (measured on an H100 with
+    tools/compile_experiments.py; compiling the whole model was slower). Costs ~30 s at the start."""
 
 
 def _demo() -> TrainConfig:

@@ -235,6 +235,13 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
     for group in optimizer.param_groups:
         group["lr"] = _learning_rate(config, start_step)
 
+    if config.compile:
+        # What tools/compile_experiments.py found on an H100 (BENCHMARKS.md): compiling the decoder
+        # assembler (mode "default") takes its forward+backward from 24.3 to 17.5 ms, while
+        # compiling the whole model made the step slower (150 vs 128 ms); max-autotune gained
+        # another 0.8 ms for 7x the compile time. In place, so parameter names do not change.
+        model.decoder_assembler.compile()
+        say("compiling the decoder assembler with torch.compile (the first steps are slow)")
     network = model
     if ctx.enabled:
         # Some parameters get no gradient in some steps (as in the original, which passes the same
