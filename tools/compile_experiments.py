@@ -132,7 +132,7 @@ def part_b(reps, results):
 
 def _training_batch(topology, batch: int, height: int, width: int, size: int, vertstd: float):
     """A random batch with the shapes and value ranges of a real one (SPEC.md §2.2)."""
-    from head_scene import VOLRADIUS, look_at_cameras  # noqa: F401
+    from head_scene import look_at_cameras
 
     campos, camrot = look_at_cameras([-30.0, -10.0, 10.0, 30.0][:batch], distance_mm=700.0, device="cuda")
     ys, xs = torch.meshgrid(torch.arange(height, device="cuda", dtype=torch.float32),

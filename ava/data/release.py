@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from ava.data.ids import CaptureId, parse_ids_csv, read_ids_csv
 from ava.errors import UserError
+from ava.files import CACHE_ENV, cache_dir, write_atomically
 
 DEFAULT_BASE_URL = "https://fb-baas-f32eacb9-8abb-11eb-b2b8-4857dd089e15.s3.amazonaws.com/ava-256"
 SIZES = ("4TB", "8TB", "16TB", "32TB")
@@ -34,7 +35,7 @@ ENV_BASE_URL = "AVA_BASE_URL"
 """Replaces the part of the remote root before `<SIZE>/` (mirrors, tests); `--base-url` wins."""
 ENV_IDS_CSV_URL = "AVA_IDS_CSV_URL"
 """Where to fetch `256_ids.csv` from instead of GitHub (its SHA-256 is checked all the same)."""
-ENV_CACHE_DIR = "AVA_CACHE_DIR"
+ENV_CACHE_DIR = CACHE_ENV
 """Cache folder (default `~/.cache/ava`); holds the fetched `256_ids.csv`."""
 
 CALIBRATION_PATH = "decoder/camera_calibration.json"
@@ -160,17 +161,13 @@ def remote_root(base_url: str, size: str) -> str:
     return f"{base_url.rstrip('/')}/{size}/"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "ava")
-
-
 def default_captures(fetch: Callable[[str], bytes]) -> list[CaptureId]:
     """The 256 captures of the original `256_ids.csv`, from the cache or fetched once with `fetch`.
 
     The SHA-256 is checked on every use, so a damaged cache is fetched again and a wrong file
     (a mirror serving something else) is refused.
     """
-    cached = cache_dir() / "256_ids.csv"
+    cached = cache_dir(create=False) / "256_ids.csv"
     if cached.is_file() and hashlib.sha256(cached.read_bytes()).hexdigest() == IDS_CSV_SHA256:
         return parse_ids_csv(cached.read_text(encoding="utf-8"), source=str(cached))
     url = os.environ.get(ENV_IDS_CSV_URL) or IDS_CSV_URL
@@ -187,10 +184,9 @@ def default_captures(fetch: Callable[[str], bytes]) -> list[CaptureId]:
             f"the capture list from {url} has SHA-256 {digest}, expected {IDS_CSV_SHA256}; "
             "pass --captures-file to use another list"
         )
-    from ava.data.http import atomic_write_bytes
 
     try:
-        atomic_write_bytes(cached, body)
+        write_atomically(cached, body)
     except OSError:
         pass  # an unwritable cache only costs a fetch next time; the list itself is fine
     return parse_ids_csv(body.decode("utf-8"), source=url)

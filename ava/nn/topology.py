@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ava.errors import UserError
-from ava.nn.cachedir import cache_dir, write_atomically
+from ava.files import cache_dir, write_atomically
 from ava.nn.uvmap import Topology, load_obj
 
 TOPOLOGY_FILENAME = "face_topology.obj"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ava.errors import UserError
-from ava.nn.cachedir import cache_dir, write_atomically
+from ava.files import cache_dir, write_atomically
 
 # Bumped whenever the rasteriser's output could change, so that stale cache files are not reused.
 _UVMAP_CACHE_VERSION = 1

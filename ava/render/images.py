@@ -54,7 +54,7 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Writes uint8 [H,W,3] as PNG atomically (a crash leaves the old file or the new one)."""
     from PIL import Image
 
-    from ava.nn.cachedir import write_atomically
+    from ava.files import write_atomically
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")

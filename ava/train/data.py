@@ -19,7 +19,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from ava.data.calibration import read_calibration
 from ava.data.dataset import CaptureDataset, MultiCaptureDataset
-from ava.data.ids import CaptureId, read_ids_csv
+from ava.data.ids import CaptureId
 from ava.data.layout import CaptureLayout
 from ava.data.synth.config import IDS_FILENAME, SynthConfig
 from ava.errors import UserError
@@ -30,7 +30,7 @@ FRONTAL_CAMERAS = ("401168", "401875", "402040", "401031")
 
 def demo_dataset_dir(settings: SynthConfig) -> Path:
     """Cache folder of the synthetic set made with `settings` (one folder per distinct setting)."""
-    from ava.nn.cachedir import cache_dir
+    from ava.files import cache_dir
 
     relevant = {key: value for key, value in asdict(settings).items() if key not in ("workers", "overwrite")}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from ava.errors import UserError
-from ava.nn.cachedir import write_atomically
+from ava.files import write_atomically
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 LATEST = "latest"

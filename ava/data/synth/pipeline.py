@@ -52,7 +52,7 @@ from ava.data.synth.head import (
 )
 from ava.data.synth.writer import CaptureWriter
 from ava.errors import UserError
-from ava.nn.cachedir import write_atomically
+from ava.files import write_atomically
 
 SEGMENTS = (
     NEUTRAL_SEGMENT,
