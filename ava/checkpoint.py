@@ -136,6 +136,8 @@ def save_checkpoint(
     # safetensors refuses views and shared storage: give every tensor its own contiguous CPU copy.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
 
+    # Streamed to a temporary file by safetensors (rather than ava.files.write_atomically, which
+    # takes bytes) so that a large checkpoint is never held twice in memory.
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")

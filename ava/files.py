@@ -23,9 +23,14 @@ def fsync_directory(path: Path) -> None:
     """Makes a rename in `path` durable (POSIX only; Windows has no directory handles to sync)."""
     if os.name == "nt":
         return
-    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems refuse directory handles; the rename itself is still atomic
     try:
         os.fsync(descriptor)
+    except OSError:
+        pass
     finally:
         os.close(descriptor)
 
