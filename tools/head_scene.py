@@ -43,17 +43,16 @@ def head_position_image(size: int = 1024, device="cpu") -> torch.Tensor:
 def look_at_cameras(yaws_deg, distance_mm: float = 1000.0, device="cpu"):
     """campos [N,3] (mm) and camrot [N,3,3] (world->camera rows) for cameras on a circle around
     the y axis, looking at the origin, image y pointing down (+y)."""
+    import numpy as np
+
+    from ava.data.calibration import look_at_rotation
+
     campos, camrot = [], []
     for yaw in yaws_deg:
         angle = math.radians(yaw)
-        position = torch.tensor([distance_mm * math.sin(angle), 0.0, -distance_mm * math.cos(angle)])
-        forward = -position / position.norm()
-        down = torch.tensor([0.0, 1.0, 0.0])
-        right = torch.linalg.cross(down, forward)
-        right = right / right.norm()
-        down = torch.linalg.cross(forward, right)
-        campos.append(position)
-        camrot.append(torch.stack([right, down, forward]))
+        position = np.array([distance_mm * math.sin(angle), 0.0, -distance_mm * math.cos(angle)])
+        campos.append(torch.from_numpy(position).float())
+        camrot.append(torch.from_numpy(look_at_rotation(position, np.zeros(3), np.array([0.0, -1.0, 0.0]))).float())
     return torch.stack(campos).to(device), torch.stack(camrot).to(device)
 
 

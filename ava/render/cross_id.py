@@ -83,20 +83,17 @@ def orbit_views(camrot: torch.Tensor, campos: torch.Tensor, centre: torch.Tensor
                 degrees: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(camrot [3,3], campos [3]) of `count` cameras swinging +-`degrees` about the camera's up
     axis through `centre` (all in the head frame), each looking at `centre`."""
-    up = -camrot[1].double()  # image rows run down, so the camera's up is -y
-    offset = (campos - centre).double()
+    from ava.data.calibration import look_at_rotation, rotation_about_axis
+
+    up = -camrot[1].double().numpy()  # image rows run down, so the camera's up is -y
+    target = centre.double().numpy()
+    offset = (campos - centre).double().numpy()
     views = []
     for index in range(count):
         angle = math.radians(degrees) * math.sin(2 * math.pi * index / count)
-        # Rodrigues rotation of the offset about `up`.
-        cosine, sine = math.cos(angle), math.sin(angle)
-        rotated = offset * cosine + torch.linalg.cross(up, offset) * sine + up * (up @ offset) * (1 - cosine)
-        position = centre.double() + rotated
-        forward = (centre.double() - position) / torch.linalg.norm(centre.double() - position)
-        right = torch.linalg.cross(-up, forward)
-        right = right / torch.linalg.norm(right)
-        down = torch.linalg.cross(forward, right)
-        views.append((torch.stack([right, down, forward]).float(), position.float()))
+        position = target + rotation_about_axis(up, angle) @ offset
+        rotation = look_at_rotation(position, target, up)
+        views.append((torch.from_numpy(rotation).float(), torch.from_numpy(position).float()))
     return views
 
 
