@@ -134,9 +134,9 @@ def _training_batch(topology, batch: int, height: int, width: int, size: int, ve
     """A random batch with the shapes and value ranges of a real one (SPEC.md §2.2)."""
     from head_scene import look_at_cameras
 
+    from ava.data.dataset import pixel_coordinates
+
     campos, camrot = look_at_cameras([-30.0, -10.0, 10.0, 30.0][:batch], distance_mm=700.0, device="cuda")
-    ys, xs = torch.meshgrid(torch.arange(height, device="cuda", dtype=torch.float32),
-                            torch.arange(width, device="cuda", dtype=torch.float32), indexing="ij")
     noise = lambda *shape: torch.randn(*shape, device="cuda")  # noqa: E731
     verts = noise(batch, topology.num_verts, 3) * 0.05
     return {
@@ -146,7 +146,7 @@ def _training_batch(topology, batch: int, height: int, width: int, size: int, ve
         "modelmatrix": torch.eye(4, device="cuda").expand(batch, 4, 4).contiguous(),
         "avgtex": noise(batch, 3, size, size) * 0.5, "verts": verts,
         "neut_avgtex": noise(batch, 3, size, size) * 0.5, "neut_verts": verts + noise(*verts.shape) * 0.01,
-        "pixelcoords": torch.stack([xs, ys], dim=-1).expand(batch, height, width, 2).contiguous(),
+        "pixelcoords": pixel_coordinates(height, width).cuda().expand(batch, height, width, 2).contiguous(),
         "idindex": torch.arange(batch, device="cuda") % 4, "camindex": torch.arange(batch, device="cuda"),
         "image": torch.rand(batch, 3, height, width, device="cuda") * 255.0,
     }

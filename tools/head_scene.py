@@ -60,6 +60,7 @@ def head_scene(batch: int = 4, height: int = 512, width: int = 334, prims_per_si
                voxels: int = 8, uv_size: int = 1024, random_order: bool = False, seed: int = 0,
                distance_mm: float = 700.0, device="cuda") -> dict:
     """mvp_raymarch keyword arguments for the reference workload."""
+    from ava.data.dataset import pixel_coordinates
     from ava.kernels import compute_raydirs
     from ava.nn.placement import place_primitives, primitive_spacing
 
@@ -84,12 +85,7 @@ def head_scene(batch: int = 4, height: int = 512, width: int = 334, prims_per_si
     campos, camrot = look_at_cameras(yaws, distance_mm=distance_mm, device=device)
     focal = torch.full((batch, 2), 10355.0 / 8.0, device=device)
     princpt = torch.tensor([[width / 2.0, height / 2.0]], device=device).expand(batch, 2).contiguous()
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device, dtype=torch.float32),
-        torch.arange(width, device=device, dtype=torch.float32),
-        indexing="ij",
-    )
-    pixelcoords = torch.stack([xs, ys], dim=-1).expand(batch, height, width, 2).contiguous()
+    pixelcoords = pixel_coordinates(height, width).to(device).expand(batch, height, width, 2).contiguous()
     raypos, raydir, tminmax = compute_raydirs(campos, camrot, focal, princpt, pixelcoords, VOLRADIUS)
     return dict(
         raypos=raypos, raydir=raydir, stepsize=1.0 / VOLRADIUS, tminmax=tminmax, primpos=primpos,
