@@ -15,7 +15,7 @@ from ava.data.calibration import read_calibration
 from ava.data.dataset import CaptureDataset, MultiCaptureDataset
 from ava.data.ids import read_ids_csv
 from ava.data.layout import CaptureLayout
-from ava.data.synth import SynthConfig, generate
+from ava.synth import SynthConfig, generate
 from ava.errors import UserError
 
 TINY = dict(n_ids=2, n_frames=4, n_cams=2, downsample=64, texture_size=32, prims_per_side=8, voxels=4,

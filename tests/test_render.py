@@ -19,7 +19,7 @@ def test_render_writes_strips_and_videos(straight_run, tiny_dataset, tmp_path): 
     from PIL import Image
 
     from ava.checkpoint import load_checkpoint
-    from ava.render.video import read_video_frames
+    from ava.runtime.video import read_video_frames
 
     checkpoint = straight_run / "checkpoints" / "step_00000004.safetensors"
     identities = load_checkpoint(checkpoint).identities
@@ -79,7 +79,7 @@ def test_orbit_views_keep_distance_and_look_at_the_centre():
 
 
 def test_strips_and_error_images():
-    from ava.render.images import error_image, hstack, to_uint8, vstack
+    from ava.runtime.images import error_image, hstack, to_uint8, vstack
 
     target = torch.full((3, 4, 5), 100.0)
     rendered = target.clone()

@@ -15,8 +15,8 @@ from ava.data.dataset import MultiCaptureDataset
 from ava.data.formats import decode_image, parse_ply_vertices
 from ava.data.ids import read_ids_csv
 from ava.data.layout import CaptureLayout
-from ava.data.synth import SynthConfig, generate
-from ava.data.synth.pipeline import plan_subjects
+from ava.synth import SynthConfig, generate
+from ava.synth.pipeline import plan_subjects
 from ava.errors import UserError
 
 TINY = dict(n_ids=2, n_frames=3, n_cams=2, downsample=64, texture_size=64, prims_per_side=16, voxels=4,
@@ -115,10 +115,10 @@ def test_round_trip_sample(dataset_dir):
 
 def test_tiled_rendering_equals_the_full_raymarch():
     from ava.data.calibration import camera_in_head_frame
-    from ava.data.synth.appearance import render_texture
-    from ava.data.synth.pipeline import frame_vertices
-    from ava.data.synth.head import make_head_grid, to_topology
-    from ava.data.synth.render import RenderSettings, View, build_primitives, render_views
+    from ava.synth.appearance import render_texture
+    from ava.synth.pipeline import frame_vertices
+    from ava.synth.head import make_head_grid, to_topology
+    from ava.synth.render import RenderSettings, View, build_primitives, render_views
     from ava.data.dataset import pixel_coordinates
     from ava.kernels import compute_raydirs, mvp_raymarch
     from ava.nn.uvmap import build_uv_maps

@@ -24,8 +24,8 @@ def run_cli(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    from ava.data.synth import generate
-    from ava.data.synth.config import SynthConfig
+    from ava.synth import generate
+    from ava.synth.config import SynthConfig
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, SynthConfig(n_ids=2, n_frames=4, n_cams=3, texture_size=64, downsample=128, prims_per_side=8,

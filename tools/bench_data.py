@@ -60,7 +60,7 @@ def timed(function, count: int) -> float:
 def main() -> None:
     from ava.data.dataset import CaptureDataset
     from ava.data.ids import read_ids_csv
-    from ava.data.synth import SynthConfig, ensure_generated
+    from ava.synth import SynthConfig, ensure_generated
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "ava-bench-data")

@@ -93,7 +93,7 @@ def part_a(reps, results):
 
 def _synthetic_model(batch: int):
     """The ava256 model (80 cameras, 4 identities) on a procedural head topology."""
-    from ava.data.synth.head import directions, make_head_grid, to_topology
+    from ava.synth.head import directions, make_head_grid, to_topology
     from ava.nn.autoencoder import build_autoencoder
     from ava.nn.config import model_preset
 
@@ -156,7 +156,7 @@ def make_training_step(mode: str, batch: int = 4, height: int = 512, width: int 
     """One ava256 optimisation step as `ava train` runs it (its own model call, losses, gradient
     sanitising and Adam), with the model compiled in `mode`."""
     from ava.train.config import LossWeights
-    from ava.train.forward import run_model
+    from ava.runtime.model import run_model
     from ava.train.losses import LOSS_OUTPUTS, loss_terms, sanitise_gradients, total_loss
 
     model, topology, config = _synthetic_model(batch)

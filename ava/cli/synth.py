@@ -8,7 +8,7 @@ from typing import Annotated
 
 import tyro
 
-from ava.data.synth.config import SynthConfig
+from ava.synth.config import SynthConfig
 
 
 @dataclass
@@ -27,7 +27,7 @@ class SynthCommand:
 def main(config: Annotated[SynthCommand, tyro.conf.arg(name="")]) -> int:
     from rich.console import Console
 
-    from ava.data.synth.pipeline import generate, is_generated
+    from ava.synth.pipeline import generate, is_generated
 
     console = Console(stderr=True)
     if is_generated(config.output_dir, config.settings) and not config.settings.overwrite:

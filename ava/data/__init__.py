@@ -1,1 +1,1 @@
-"""Ava-256 data: capture ids, the on-disk layout, datasets, download and synthetic captures."""
+"""Ava-256 data: capture ids, the on-disk layout, calibration, datasets and download (no model code)."""

@@ -14,33 +14,8 @@ from pathlib import Path
 import torch
 
 from ava.errors import UserError
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but torch sees no CUDA device")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
-    """--dataset-dir, else the folder the checkpoint was trained on (if it still exists), else
-    the demo synthetic set (generated if needed)."""
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_dir():
-            raise UserError(f"--dataset-dir {path} does not exist")
-        return path
-    recorded = checkpoint.extra_state.get("dataset_dir")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    from ava.data.synth.config import SynthConfig
-    from ava.train.data import ensure_demo_dataset
-
-    saved = checkpoint.config.get("synth")
-    settings = SynthConfig(**saved) if isinstance(saved, dict) else SynthConfig()
-    return ensure_demo_dataset(settings)
+from ava.runtime.datasets import checkpoint_capture, resolve_dataset_dir
+from ava.runtime.device import select_device
 
 
 def resolve_identity(text: str | None, identities: list[str], dataset_dir: Path, default: int) -> tuple[str, int | None]:
@@ -56,15 +31,6 @@ def resolve_identity(text: str | None, identities: list[str], dataset_dir: Path,
         return text, None
     raise UserError(f"unknown identity {text}: not among the checkpoint's {len(identities)} identities "
                     f"(e.g. {', '.join(identities[:3])}) and no folder {dataset_dir / text}")
-
-
-def _capture(dataset_dir: Path, folder: str, downsample: int, checkpoint, cameras=None, identity: int | None = None):
-    from ava.data.dataset import CaptureDataset
-
-    part = CaptureDataset(dataset_dir / folder, downsample, cameras=cameras, stats=checkpoint.stats)
-    part.camera_ids = list(checkpoint.cameras)  # camindex in the checkpoint's order
-    part.identity_index = 0 if identity is None else identity
-    return part
 
 
 def select_frames(part, segment: str | None, max_frames: int) -> list[int]:
@@ -101,13 +67,13 @@ def orbit_views(camrot: torch.Tensor, campos: torch.Tensor, centre: torch.Tensor
 def render(request, console) -> dict:
     """`request`: an ava.render.config.RenderConfig."""
     from ava.checkpoint import load_checkpoint
-    from ava.render.images import hstack, save_png, to_uint8
-    from ava.render.video import VideoWriter
-    from ava.train.data import to_device
-    from ava.train.evaluate import collate, frontal_cameras
-    from ava.train.forward import run_model
+    from ava.runtime.batch import collate, to_device
+    from ava.runtime.cameras import frontal_cameras
+    from ava.runtime.images import hstack, save_png, to_uint8
+    from ava.runtime.model import run_model
+    from ava.runtime.video import VideoWriter
 
-    device = _device(request.device)
+    device = select_device(request.device)
     checkpoint = load_checkpoint(request.checkpoint)
     model = checkpoint.build_autoencoder(raymarch_backend="torch" if device.type == "cpu" else None)
     model = model.to(device).eval()
@@ -120,7 +86,7 @@ def render(request, console) -> dict:
     if driver_index is None:
         console.print(f"[yellow]note:[/] {driver} was not trained on; its colour calibration and background "
                       "use the first identity's")
-    probe = _capture(dataset_dir, driver, downsample, checkpoint, identity=driver_index)
+    probe = checkpoint_capture(dataset_dir, driver, downsample, checkpoint, identity=driver_index)
     held_out = checkpoint.config.get("resolved", {}).get("holdout_cameras", [])
     camera = request.camera or frontal_cameras([probe], exclude=held_out)[0]
     if camera not in checkpoint.cameras:
@@ -129,9 +95,9 @@ def render(request, console) -> dict:
     if camera not in probe.reader.camera_ids:
         raise UserError(f"camera {camera} is not in {driver}'s calibration; its cameras: "
                         f"{', '.join(probe.reader.camera_ids[:8])}")
-    driver_part = _capture(dataset_dir, driver, downsample, checkpoint, cameras=[camera], identity=driver_index)
+    driver_part = checkpoint_capture(dataset_dir, driver, downsample, checkpoint, cameras=[camera], identity=driver_index)
     frames = select_frames(driver_part, request.segment, request.max_frames)
-    driven_sample = _capture(dataset_dir, driven, downsample, checkpoint, identity=driven_index)[0]
+    driven_sample = checkpoint_capture(dataset_dir, driven, downsample, checkpoint, identity=driven_index)[0]
     target = to_device({"neut_avgtex": driven_sample["neut_avgtex"][None],
                         "neut_verts": driven_sample["neut_verts"][None]}, device)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ava.data.synth.config import SynthConfig
+from ava.synth.config import SynthConfig
 from ava.nn.config import ModelConfig, model_preset
 
 

@@ -7,10 +7,8 @@ covers every camera a render may ask for; `idindex` is the capture's position in
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,28 +19,8 @@ from ava.data.calibration import read_calibration
 from ava.data.dataset import CaptureDataset, MultiCaptureDataset
 from ava.data.ids import CaptureId
 from ava.data.layout import CaptureLayout
-from ava.data.synth.config import IDS_FILENAME, SynthConfig
+from ava.synth.config import IDS_FILENAME
 from ava.errors import UserError
-
-# The original's frontal cameras of the Ava-256 dome, used for cross-identity strips when present.
-FRONTAL_CAMERAS = ("401168", "401875", "402040", "401031")
-
-
-def demo_dataset_dir(settings: SynthConfig) -> Path:
-    """Cache folder of the synthetic set made with `settings` (one folder per distinct setting)."""
-    from ava.files import cache_dir
-
-    relevant = {key: value for key, value in asdict(settings).items() if key not in ("workers", "overwrite")}
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir("demo-data", f"synth-{digest}")
-
-
-def ensure_demo_dataset(settings: SynthConfig, progress: bool = True) -> Path:
-    """Generates the synthetic set once (later calls find it complete and return at once)."""
-    from ava.data.synth import ensure_generated
-
-    return ensure_generated(demo_dataset_dir(settings), settings, progress=progress)
-
 
 def ids_csv_path(dataset_dir: Path, data_csv: str) -> Path:
     """The ids CSV: absolute, else in the dataset folder, else relative to the working directory;
@@ -225,11 +203,3 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         # epoch, which would make the latent noise after a resume differ from an unbroken run.
         generator=torch.Generator().manual_seed(sampler.seed),
     )
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors moved to `device` (non-blocking from pinned memory); other values unchanged."""
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-        for key, value in batch.items()
-    }

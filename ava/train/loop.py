@@ -20,18 +20,11 @@ from rich.console import Console
 
 from ava.errors import UserError
 from ava.train.config import TrainConfig, config_to_dict
-from ava.train.data import (
-    EpochSampler,
-    TrainingData,
-    build_training_data,
-    ensure_demo_dataset,
-    ids_csv_path,
-    make_loader,
-    select_captures,
-    to_device,
-)
+from ava.runtime.batch import to_device
+from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
+from ava.runtime.model import run_model
+from ava.train.data import EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader, select_captures
 from ava.train.distributed import Distributed, setup_distributed
-from ava.train.forward import run_model
 from ava.train.losses import LOSS_OUTPUTS, loss_terms, sanitise_gradients, total_loss
 from ava.train.rundir import RunDir, find_latest_checkpoint
 
@@ -71,8 +64,6 @@ def _resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) ->
         return path
     path = None
     if ctx.is_main:
-        from ava.train.data import demo_dataset_dir
-
         target = demo_dataset_dir(config.synth)
         console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False)
         path = ensure_demo_dataset(config.synth, progress=True)
@@ -170,8 +161,9 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
     from ava.data.ids import read_ids_csv
     from ava.nn.autoencoder import build_autoencoder
     from ava.nn.topology import resolve_topology
-    from ava.render.images import save_png
-    from ava.train.evaluate import CrossIdentity, holdout_psnr, progress_image, training_view_psnr
+    from ava.runtime.images import save_png
+    from ava.runtime.metrics import holdout_psnr, training_view_psnr
+    from ava.train.evaluate import CrossIdentity, progress_image
 
     console = Console(stderr=True)
     say = console.print if ctx.is_main else (lambda *args, **kwargs: None)

@@ -33,15 +33,15 @@ from ava.data.formats import (
 )
 from ava.data.ids import CaptureId, format_ids_csv
 from ava.data.layout import NEUTRAL_SEGMENT
-from ava.data.synth.config import (
+from ava.synth.config import (
     IDS_FILENAME,
     MANIFEST_FILENAME,
     SYNTH_FORMAT_VERSION,
     TOPOLOGY_FILENAME,
     SynthConfig,
 )
-from ava.data.synth.dome import base_head_pose, head_motion, make_dome
-from ava.data.synth.head import (
+from ava.synth.dome import base_head_pose, head_motion, make_dome
+from ava.synth.head import (
     Expression,
     HeadGrid,
     Identity,
@@ -50,7 +50,7 @@ from ava.data.synth.head import (
     neutral_shape,
     to_topology,
 )
-from ava.data.synth.writer import CaptureWriter
+from ava.synth.writer import CaptureWriter
 from ava.errors import UserError
 from ava.files import write_atomically
 
@@ -195,8 +195,8 @@ def render_frame(task: FrameTask) -> FrameResult:
     """Mesh, texture and every camera's image of one frame."""
     import torch
 
-    from ava.data.synth.appearance import render_texture
-    from ava.data.synth.render import RenderSettings, View, build_primitives, render_views
+    from ava.synth.appearance import render_texture
+    from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
     torch.set_num_threads(1)
     config, plan = task.config, task.plan

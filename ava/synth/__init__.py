@@ -7,19 +7,19 @@
 
 from __future__ import annotations
 
-from ava.data.synth.config import IDS_FILENAME, MANIFEST_FILENAME, TOPOLOGY_FILENAME, SynthConfig
+from ava.synth.config import IDS_FILENAME, MANIFEST_FILENAME, TOPOLOGY_FILENAME, SynthConfig
 
 
 def generate(output_dir, config: SynthConfig, progress: bool = True):
-    """See `ava.data.synth.pipeline.generate`."""
-    from ava.data.synth.pipeline import generate as run
+    """See `ava.synth.pipeline.generate`."""
+    from ava.synth.pipeline import generate as run
 
     return run(output_dir, config, progress=progress)
 
 
 def ensure_generated(output_dir, config: SynthConfig | None = None, progress: bool = True):
-    """See `ava.data.synth.pipeline.ensure_generated`."""
-    from ava.data.synth.pipeline import ensure_generated as run
+    """See `ava.synth.pipeline.ensure_generated`."""
+    from ava.synth.pipeline import ensure_generated as run
 
     return run(output_dir, config, progress=progress)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ava.data.synth.head import (
+from ava.synth.head import (
     BROW_THETA,
     EYE_PHI,
     EYE_THETA,

@@ -1,0 +1,55 @@
+"""Which dataset a command reads: a named folder, the one a checkpoint was trained on, or the demo
+synthetic set (generated once into the cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ava.errors import UserError
+from ava.synth.config import SynthConfig
+
+
+def demo_dataset_dir(settings: SynthConfig) -> Path:
+    """Cache folder of the synthetic set made with `settings` (one folder per distinct setting)."""
+    from ava.files import cache_dir
+
+    relevant = {key: value for key, value in asdict(settings).items() if key not in ("workers", "overwrite")}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir("demo-data", f"synth-{digest}")
+
+
+def ensure_demo_dataset(settings: SynthConfig, progress: bool = True) -> Path:
+    """Generates the synthetic set once (later calls find it complete and return at once)."""
+    from ava.synth import ensure_generated
+
+    return ensure_generated(demo_dataset_dir(settings), settings, progress=progress)
+
+
+def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
+    """--dataset-dir, else the folder the checkpoint was trained on (if it still exists), else
+    the demo synthetic set (generated if needed)."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--dataset-dir {path} does not exist")
+        return path
+    recorded = checkpoint.extra_state.get("dataset_dir")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    saved = checkpoint.config.get("synth")
+    settings = SynthConfig(**saved) if isinstance(saved, dict) else SynthConfig()
+    return ensure_demo_dataset(settings)
+
+
+def checkpoint_capture(dataset_dir: Path, folder: str, downsample: int, checkpoint, cameras=None, identity: int | None = None):
+    """The capture `folder` read as the checkpoint's model expects it: the checkpoint's statistics,
+    camindex in the checkpoint's camera order, idindex `identity` (0 for a capture not trained on)."""
+    from ava.data.dataset import CaptureDataset
+
+    part = CaptureDataset(dataset_dir / folder, downsample, cameras=cameras, stats=checkpoint.stats)
+    part.camera_ids = list(checkpoint.cameras)  # camindex in the checkpoint's order
+    part.identity_index = 0 if identity is None else identity
+    return part
