@@ -37,6 +37,11 @@ class SynthConfig:
     """Rings of the procedural head mesh (from the neck to the crown)."""
     keypoints: bool = True
     """Also write keypoints_3d (mesh landmarks in the world frame)."""
+    headset: bool = True
+    """Also write each subject's headset session (encoder/: five IR views, its own timing) and its
+    ground truth (encoder_truth.json); --no-headset skips it (about a quarter of the time)."""
+    headset_size: int = 64
+    """Side of the square headset IR images, in pixels."""
     workers: int = 0
     """Processes that render frames; 0 uses every CPU core (at most 8)."""
     overwrite: bool = False
@@ -58,6 +63,8 @@ class SynthConfig:
             problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive")
         if self.mesh_columns < 8 or self.mesh_rows < 8:
             problems.append("--mesh-columns and --mesh-rows must be at least 8")
+        if self.headset_size < 16:
+            problems.append("--headset-size must be at least 16")
         if self.n_ids > 900:
             problems.append("--n-ids is at most 900")
         if self.n_cams > 2000:
