@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synth",
     "train": "train",
     "render": "render",
+    "train-driver": "train_driver",
+    "eval-driver": "eval_driver",
 }
 
 

@@ -20,6 +20,13 @@ def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
     if config.downsample is not None and config.downsample < 1:
         raise UserError("--downsample must be at least 1")
     console = Console(stderr=True)
+    if config.driver_checkpoint is not None or config.headset is not None:
+        from ava.render.headset import render_headset
+
+        written = render_headset(config, console)
+        console.print(f"wrote {written['video']} ({len(written['frames'])} headset frames of {written['headset']} "
+                      f"driving {written['driven']}, camera {written['camera']})", highlight=False)
+        return 0
     written = render(config, console)
     console.print(f"wrote {written['video']} ({len(written['frames'])} frames, camera {written['camera']}, "
                   f"{written['driver']} driving {written['driven']})", highlight=False)

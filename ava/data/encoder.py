@@ -152,12 +152,16 @@ class HeadsetDataset(Dataset):
                             "pass a size so that they are resized to one square size")
         return torch.from_numpy(np.stack(views))
 
+    def views(self, index: int) -> torch.Tensor:
+        """uint8 [5,S,S] of frame `index`, or of its nearest decodable neighbour in the segment."""
+        return self._load_or_replace(index)[0]
+
     def preload(self, progress=None) -> None:
         """Decodes every frame once and keeps them in memory (uint8: 5 S^2 bytes a frame);
         `progress(count)` is called after each frame."""
         frames = []
         for index in range(len(self)):
-            frames.append(self._load_or_replace(index)[0])
+            frames.append(self.views(index))
             if progress is not None:
                 progress(1)
         self._preloaded = torch.stack(frames)

@@ -8,7 +8,8 @@ warp that minimises a frame-to-frame cost along a monotone path. Here the path i
 every headset frame gets exactly one dome frame (it needs one regression target), the dome index
 never decreases and advances by at most `max_step` per headset frame (a slope constraint against
 degenerate paths), both takes start and end together (j(0) = 0, j(m-1) = n-1), and an optional
-Sakoe-Chiba band keeps the path within `band` (a fraction of the segment) of the diagonal.
+Sakoe-Chiba band keeps the path within `band` (a fraction of the segment, at least one frame) of
+the diagonal.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: floa
 
     cost [m,n] (finite, e.g. squared distances between per-frame codes). Constraints: j(0) = 0,
     j(m-1) = n-1, 0 <= j(i+1) - j(i) <= max_step (default: `default_max_step`), and with `band`,
-    |j(i)/(n-1) - i/(m-1)| <= band. A single headset frame (m = 1) takes its cheapest dome frame.
+    |j(i) - i (n-1)/(m-1)| <= max(band (n-1), 1) dome frames. A single headset frame (m = 1) takes
+    its cheapest dome frame.
     Raises ValueError when the constraints admit no path.
     """
     cost = np.asarray(cost, dtype=np.float64)
@@ -56,10 +58,11 @@ def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: floa
     if step * (m - 1) < n - 1:
         raise ValueError(f"{m} headset frames cannot reach {n} dome frames in steps of at most {step}")
     local = cost.copy()
-    if band is not None:
-        if n > 1:
-            distance = np.abs(np.arange(n)[None, :] / (n - 1) - np.arange(m)[:, None] / (m - 1))
-            local[distance > band] = np.inf
+    if band is not None and n > 1:
+        # In dome frames, and never narrower than one frame, so the rounded diagonal (the linear
+        # stretch) always lies inside and a path always exists.
+        distance = np.abs(np.arange(n)[None, :] - np.arange(m)[:, None] * (n - 1) / (m - 1))
+        local[distance > max(band * (n - 1), 1.0)] = np.inf
     total = np.full((m, n), np.inf)
     came_from = np.zeros((m, n), dtype=np.int64)
     total[0, 0] = local[0, 0]
@@ -85,3 +88,28 @@ def squared_distances(predicted: np.ndarray, reference: np.ndarray) -> np.ndarra
     predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     return ((predicted[:, None, :] - reference[None, :, :]) ** 2).mean(axis=-1)
+
+
+def align_segments(segments, predicted: np.ndarray, reference: np.ndarray, *, max_step: int = 0,
+                   band: float | None = None) -> np.ndarray:
+    """Targets for every headset frame of several segments.
+
+    segments: (headset ids, dome ids) pairs of int arrays (rows of `predicted` and of `reference`
+    that belong to one segment, in recording order); predicted [N,D], reference [C,D] codes.
+    Returns int [N] (a reference row per predicted row; -1 for rows in no segment). max_step 0
+    means `default_max_step`; band >= 1 or None means no band.
+    """
+    targets = np.full(len(predicted), -1, dtype=np.int64)
+    for headset_ids, dome_ids in segments:
+        cost = squared_distances(predicted[headset_ids], reference[dome_ids])
+        path = monotone_alignment(cost, max_step=max_step or None, band=None if band is None or band >= 1 else band)
+        targets[headset_ids] = np.asarray(dome_ids)[path]
+    return targets
+
+
+def stretch_segments(segments, size: int) -> np.ndarray:
+    """Targets from a linear time stretch of every segment (the alignment before any model exists)."""
+    targets = np.full(size, -1, dtype=np.int64)
+    for headset_ids, dome_ids in segments:
+        targets[headset_ids] = np.asarray(dome_ids)[linear_stretch(len(headset_ids), len(dome_ids))]
+    return targets

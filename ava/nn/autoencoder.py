@@ -128,13 +128,16 @@ class Autoencoder(nn.Module):
         output_set=frozenset(),
         force_neutral: bool = False,
         alpha_mask: torch.Tensor | None = None,
+        expression_code: torch.Tensor | None = None,
     ) -> dict:
         """Shapes: camrot [N,3,3], campos [N,3] (head frame, mm), focal, princpt [N,2],
         modelmatrix [N,4,4], avgtex, neut_avgtex [N,3,S,S] and verts, neut_verts [N,V,3]
         (normalised), pixelcoords [N,H,W,2] (x, y), idindex, camindex i64 [N].
 
         The identity comes from the *target* neutral (default: the source neutral); the
-        expression is encoded relative to the source neutral. Returns encoding, expr_mu,
+        expression is encoded relative to the source neutral, unless `expression_code` [N,16,4,4]
+        is given: then it is decoded as it is (a headset driver's output; verts and avgtex are
+        not read, expr_mu is the code and expr_logstd zero). Returns encoding, expr_mu,
         expr_logstd [N,16,4,4], irgbrec [N,3,H,W] and verts [N,V,3] (mm) always, plus every name
         of `output_set` among id_cond (or idcond), samplecoords, primpos, primrot, primscale,
         template, bg, ialpha.
@@ -146,12 +149,15 @@ class Autoencoder(nn.Module):
             target_verts = neut_verts if target_neut_verts is None else target_neut_verts
             target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
             id_cond = self.id_encoder(target_verts, target_tex)
-        code = self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex)
-        if force_neutral:
-            # The original zeroes the features before the bottleneck, so mu is still the conv bias
-            # times 0.1 rather than 0; kept for parity.
-            code = torch.zeros_like(code)
-        encoding, expr_mu, expr_logstd = self.bottleneck(code)
+        if expression_code is not None:
+            encoding, expr_mu, expr_logstd = expression_code, expression_code, torch.zeros_like(expression_code)
+        else:
+            code = self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex)
+            if force_neutral:
+                # The original zeroes the features before the bottleneck, so mu is still the conv bias
+                # times 0.1 rather than 0; kept for parity.
+                code = torch.zeros_like(code)
+            encoding, expr_mu, expr_logstd = self.bottleneck(code)
 
         viewpos = torch.bmm((campos - modelmatrix[:, :3, 3])[:, None, :], modelmatrix[:, :3, :3])[:, 0, :]
         decout = self.decoder_assembler(id_cond, encoding, viewpos, running_avg_scale, gt_geo, residuals_weight)
