@@ -58,3 +58,11 @@ def test_impossible_constraints_are_refused():
         monotone_alignment(np.zeros((3, 10)), max_step=2)
     with pytest.raises(ValueError, match="non-finite"):
         monotone_alignment(np.array([[0.0, np.nan]]))
+
+
+@given(st.integers(2, 12), st.integers(2, 12), st.floats(0.0, 0.5))
+def test_a_band_always_admits_the_linear_stretch(headset_length, dome_length, band):
+    # Short segments: a band narrower than one frame must not leave the DP without a path.
+    rng = np.random.default_rng(headset_length * 100 + dome_length)
+    path = monotone_alignment(rng.uniform(size=(headset_length, dome_length)), band=band)
+    assert path[0] == 0 and path[-1] == dome_length - 1

@@ -33,9 +33,12 @@ class DriverTrainSection:
     batchsize: int = 32
     """Headset frames per step."""
     learning_rate: float = 1e-3
-    """Adam's learning rate at step 0; it follows a cosine down to learning_rate x final_lr_factor."""
+    """AdamW's learning rate at step 0; it follows a cosine down to learning_rate x final_lr_factor."""
     final_lr_factor: float = 0.05
-    """Learning rate at the last step, as a fraction of --train.learning-rate."""
+    """Learning rate at the end of the decay, as a fraction of --train.learning-rate."""
+    decay_steps: int = 0
+    """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be
+    extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     align_every: int = 300

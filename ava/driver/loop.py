@@ -48,6 +48,8 @@ def _check(config: DriverConfig) -> None:
     if not train.align_band > 0 or train.align_max_step < 0 or train.num_workers < 0:
         problems.append("--train.align-band must be positive; --train.align-max-step and --train.num-workers "
                         "cannot be negative")
+    if train.decay_steps < 0:
+        problems.append("--train.decay-steps cannot be negative")
     if train.downsample is not None and train.downsample < 1:
         problems.append("--train.downsample must be at least 1")
     if problems:
@@ -55,9 +57,9 @@ def _check(config: DriverConfig) -> None:
 
 
 def learning_rate(config: DriverConfig, step: int) -> float:
-    """Cosine from learning_rate at step 0 to learning_rate x final_lr_factor at maxiter."""
+    """Cosine from learning_rate at step 0 to learning_rate x final_lr_factor at decay_steps (or maxiter)."""
     train = config.train
-    progress = min(step / max(train.maxiter, 1), 1.0)
+    progress = min(step / max(train.decay_steps or train.maxiter, 1), 1.0)
     factor = train.final_lr_factor + (1 - train.final_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     return train.learning_rate * factor
 
@@ -341,7 +343,10 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
 
     batches = StepBatches(len(pool), config.train.batchsize, config.seed, state.step, last)
     workers = 0 if config.train.preload else config.train.num_workers
-    loader = DataLoader(pool, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda")
+    # Its own generator: creating the loader's iterator draws a seed, which must not come from the
+    # global RNG that dropout uses (a resumed run creates its iterator at another point).
+    loader = DataLoader(pool, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed))
     progress = _progress_bar(console)
     task = progress.add_task("driver", total=last, completed=state.step, loss=float("nan"))
     line_every = max(1, (last - state.step) // 20)
@@ -373,7 +378,8 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
             if not console.is_terminal and (state.step % line_every == 0 or state.step == last):
                 console.print(f"step {state.step}/{last} loss {value:.3f} ({step_time:.2f} s/step)", highlight=False)
             final = state.step >= last
-            if state.step % config.train.align_every == 0 and not final:
+            # Also at the last step, so a checkpoint holds the alignment a longer run would continue with.
+            if state.step % config.train.align_every == 0:
                 record = state.realign()
                 run.log(record)
                 console.print(f"step {state.step}: re-aligned the headset takes ({100 * record['align_changed']:.0f}% "
