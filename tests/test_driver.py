@@ -149,7 +149,7 @@ def test_a_perfect_driver_scores_perfectly(driver_run, decoder, dataset):
     from ava.data.encoder import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.evaluate import _evaluate_subject
-    from ava.driver.loop import load_decoder
+    from ava.driver.setup import load_decoder
     from ava.runtime.headset import frame_index
 
     driver = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
@@ -241,7 +241,7 @@ def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, with
 
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
-    from ava.driver.loop import load_decoder
+    from ava.driver.setup import load_decoder
     from ava.runtime.batch import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.model import encode_expression, run_model

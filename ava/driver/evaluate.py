@@ -66,7 +66,7 @@ class SubjectResult:
 
 
 def _decoder_for(request, driver, device):
-    from ava.driver.loop import load_decoder
+    from ava.driver.setup import load_decoder
 
     path = Path(request.checkpoint or driver.decoder.get("path", "")).expanduser()
     if not path.is_file():

@@ -39,7 +39,8 @@ class SynthConfig:
     """Also write keypoints_3d (mesh landmarks in the world frame)."""
     headset: bool = True
     """Also write each subject's headset session (encoder/: five IR views, its own timing) and its
-    ground truth (encoder_truth.json); --no-headset skips it (about a quarter of the time)."""
+    ground truth (encoder_truth.json); --no-headset skips it (at the demo size it adds about 60% to
+    the synthesis time)."""
     headset_size: int = 64
     """Side of the square headset IR images, in pixels."""
     workers: int = 0
