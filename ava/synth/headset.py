@@ -25,8 +25,9 @@ inverse-square falloff (d the distance to the camera, d0 the camera's working di
 the emitter's beam profile. The IR albedo is a compressed grey of the visible texture (skin of
 every tone is much closer in the near infrared than in visible light; the mouth cavity and the
 pupils stay dark). The shading is baked per view into the templates of the same ground-truth
-primitives the dome images use, and raymarched with the same renderer (render.py). Then sensor
-noise and 8-bit quantisation; images are stored as greyscale AVIF.
+primitives the dome images use, and raymarched with the same renderer (render.py). Then a sensor
+response with a soft shoulder (bright skin close to the emitter compresses rather than clips),
+sensor noise and 8-bit quantisation; images are stored as greyscale AVIF.
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ def voxel_positions(primitives):
 
 
 def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points):
-    """The primitives with their RGB replaced by the IR radiance seen from `camera` (0..255 grey);
+    """The primitives with their RGB replaced by the IR radiance seen from `camera` (linear grey,
+    about 0..255 at the working distance, brighter closer: `sensor_response` compresses it);
     points [K,D,D,D,3] are the voxel positions in mm (`voxel_positions` times the volume radius).
 
     Per voxel: albedo x (0.15 + 0.85 max(0, n.l)) x (d0/d)^2 x beam, with l the direction to the
@@ -223,7 +225,7 @@ def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points):
     falloff = (camera.working_distance / distance) ** 2
     radiance = infrared_albedo(primitives.template[..., :3]) * (0.15 + 0.85 * lambert) * falloff * beam
     template = primitives.template.clone()
-    template[..., :3] = (170.0 * gain * radiance).clamp(max=255.0)[..., None]
+    template[..., :3] = (170.0 * gain * radiance)[..., None]
     return Primitives(primitives.primpos, primitives.primrot, primitives.primscale, template)
 
 
@@ -257,8 +259,14 @@ def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan) -> 
         shaded = shaded_primitives(primitives, camera, plan.gain, points)
         rayrgba = render_views(shaded, [view], camera.size, camera.size, verts_mm, faces, settings)[0]
         radiance = rayrgba[..., 0].numpy().astype(np.float64) + 2.0 * (1.0 - rayrgba[..., 3].numpy())
-        images[camera.name] = occluded_view(radiance, camera)
+        images[camera.name] = sensor_response(occluded_view(radiance, camera))
     return images
+
+
+def sensor_response(linear: np.ndarray) -> np.ndarray:
+    """Linear radiance -> pixel value 0..255 with a soft shoulder, 255 (1 - exp(-x/200)): close,
+    bright skin compresses instead of clipping, as under an exposure control."""
+    return 255.0 * (1.0 - np.exp(-np.maximum(linear, 0.0) / 200.0))
 
 
 def sensor_readout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
