@@ -16,6 +16,7 @@ from ava.driver.setup import Setup
 # Each code element's spread is floored at this fraction of the typical spread, so that elements
 # the decoder barely uses are not blown up into noise in the standardised loss.
 SCALE_FLOOR = 0.05
+PREDICTION_BATCH = 256  # headset frames per encoder call when re-aligning or evaluating
 
 
 def code_statistics(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +58,13 @@ class DriverState:
         return ((codes.cpu() - mean) / scale).reshape(len(codes), -1).double().numpy()
 
     def predictions(self, pool: FramePool) -> torch.Tensor:
-        from ava.runtime.headset import predict_codes
+        """[N,16,4,4] codes of every frame of the pool (decoded by DataLoader workers unless preloaded)."""
+        from torch.utils.data import DataLoader
 
-        return predict_codes(self.encoder, pool.views(range(len(pool))), self.device)
+        workers = 0 if self.config.train.preload else self.config.train.num_workers
+        loader = DataLoader(pool, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False)
+        codes = [self.predictions_for(views) for views, _ in loader]
+        return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
 
     def _align(self, pool: FramePool, predicted: torch.Tensor) -> np.ndarray:
         train = self.config.train
