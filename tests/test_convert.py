@@ -120,7 +120,7 @@ def test_size_inference_and_camera_order():
     lambda key: f"_orig_mod.module.{key}",  # compiled DDP
     lambda key: f"module.module.{key}",  # DataParallel inside DDP
     lambda key: key.replace("decoder_assembler.", "decoder_assembler._orig_mod.", 1),  # one compiled submodule
-])
+], ids=["compiled", "ddp-compiled", "compiled-ddp", "dataparallel-in-ddp", "compiled-submodule"])
 def test_wrapper_prefixes_are_stripped_in_any_nesting(tmp_path, wrap):
     model, _, _ = small_model(num_cameras=3, num_identities=2)
     plain = model.state_dict()
