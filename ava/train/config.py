@@ -77,6 +77,10 @@ class TrainSection:
     warmup_iters: int = 100
     """Steps that place primitives on the ground-truth mesh, with position and rotation residuals
     off and the primitive scale estimated from the mesh (the original hard-codes 100)."""
+    cameras: tuple[str, ...] = ()
+    """Use only these camera ids (training and held out); empty: every camera of each capture's
+    calibration. A camera whose archive is missing or unreadable is skipped with a warning, so
+    this is also how to leave such cameras out knowingly."""
     holdout_cameras: tuple[str, ...] = ()
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0

@@ -23,7 +23,8 @@ from ava.train.config import TrainConfig, config_to_dict
 from ava.runtime.batch import to_device
 from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
 from ava.runtime.model import run_model
-from ava.train.data import EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader, select_captures
+from ava.train.data import (EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader,
+                            nonempty_batches, select_captures)
 from ava.train.distributed import Distributed, setup_distributed
 from ava.train.losses import LOSS_OUTPUTS, loss_terms, sanitise_gradients, total_loss
 from ava.train.rundir import RunDir, find_latest_checkpoint
@@ -177,15 +178,14 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
     csv = ids_csv_path(dataset_dir, config.train.data_csv)
     captures = select_captures(read_ids_csv(csv), config.train.ids, config.train.nids, str(csv))
     data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
-                               config.train.num_holdout_cameras, progress=ctx.is_main)
+                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras)
     stats = data.stats
     topology = resolve_topology(config.model.topology, dataset_dir)
     if topology.num_verts != stats.vertmean.shape[0]:
         raise UserError(f"the topology has {topology.num_verts} vertices but the dataset's meshes have "
                         f"{stats.vertmean.shape[0]}; pass the dataset's topology with --model.topology")
-    say(f"data: {len(captures)} captures, {len(data.train)} training samples at {data.train.height}x"
-        f"{data.train.width}, {len(data.cameras)} cameras ({len(data.holdout_cameras)} held out"
-        + (f": {', '.join(data.holdout_cameras)}" if data.holdout_cameras else "") + ")", highlight=False)
+    for line in data.describe():
+        say(line, highlight=False, markup=False, soft_wrap=True)
 
     # --- model, optimiser, schedule -------------------------------------------------------------
     backend = None if config.raymarch_backend == "auto" else config.raymarch_backend
@@ -335,7 +335,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
             epoch, offset = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch, offset * config.train.batchsize)
             fetch_started = time.perf_counter()
-            for batch in loader:
+            for batch in nonempty_batches(loader):
                 step_started = time.perf_counter()
                 bad_data.update(batch)
                 batch = to_device(batch, ctx.device)
