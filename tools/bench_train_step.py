@@ -22,8 +22,10 @@ States: `transparent` is the initial weights; `opaque` adds a constant to the op
 saturation of the rendered alpha are printed).
 
 Variants (ava only, comma-separated): `default` (what `ava train` does), or `+`-joined changes:
-`fusedadam` (torch.optim.Adam(fused=True)), `tf32` (TF32 matmuls and convolutions), `bf16`
-(autocast the encoders, decoders and background model to bfloat16; raymarcher and losses fp32),
+`fusedadam` (torch.optim.Adam(fused=True)); the precision (ava.nn.precision): `fp32` when
+neither of `tf32` (TF32 matmuls and convolutions) and `bf16` (autocast the encoders, decoders and
+background model; raymarcher and losses fp32) is named, with `cudnn-default` restoring PyTorch's
+default TF32 convolutions (what the original runs with);
 `chlast` (channels-last weights and activations), `compile` (the decoder assembler compiled),
 `compileparts` (encoders, decoder assembler and background model each compiled).
 
@@ -197,52 +199,24 @@ def build_ava(topology, mesh: torch.Tensor, state: dict | None):
     return model.cuda().train()
 
 
-class _Autocast(torch.nn.Module):
-    """Runs a submodule under bf16 autocast and returns its floating outputs in fp32."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:  # the model reads attributes of its submodules (e.g. idxim)
-            return getattr(super().__getattr__("inner"), name)
-
-    def forward(self, *args, **kwargs):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            output = self.inner(*args, **kwargs)
-        return _to_float(output)
-
-
-def _to_float(value):
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {key: _to_float(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_float(item) for item in value)
-    return value
-
-
 def apply_variant(model, variant: set[str]):
-    torch.backends.cuda.matmul.allow_tf32 = "tf32" in variant
-    torch.backends.cudnn.allow_tf32 = True if "tf32" in variant else torch.backends.cudnn.allow_tf32
+    """Applies the `+`-joined changes of a variant (see the module docstring) to a fresh model."""
+    from ava.nn.precision import configure_tensor_cores
+
+    precision = "bf16" if "bf16" in variant else ("tf32" if "tf32" in variant else "fp32")
+    configure_tensor_cores(precision)
+    if "cudnn-default" in variant:  # PyTorch's own default, which the original runs with
+        torch.backends.cudnn.allow_tf32 = True
+    model.set_precision(precision)
     if "chlast" in variant:
         model.to(memory_format=torch.channels_last)
-    if "bf16" in variant:
-        for name in ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel"):
-            setattr(model, name, _Autocast(getattr(model, name)))
     if "compile" in variant:
-        target = model.decoder_assembler.inner if "bf16" in variant else model.decoder_assembler
-        target.compile()
+        model.decoder_assembler.compile()
     if "compileparts" in variant:
         # Each submodule compiled on its own (the raymarcher, a custom op with data-dependent
         # sizes, stays outside), so Inductor can fuse the weight-norm, activation and skip ops.
         for name in ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel"):
-            module = getattr(model, name)
-            (module.inner if isinstance(module, _Autocast) else module).compile()
+            getattr(model, name).compile()
     return model
 
 
@@ -417,7 +391,8 @@ def main() -> None:
             _, terms = forward_loss()
             label = f"ava [{variant_name}] {state_name}"
             result = time_step(forward_loss, lambda: (sanitise(optimizer), optimizer.step()), optimizer, args.reps)
-            result["modules_forward_ms"] = module_split(model, forward_loss)
+            # Hooks inside compiled modules would be traced; the split is for eager variants.
+            result["modules_forward_ms"] = {} if "compile" in variant_name else module_split(model, forward_loss)
             result["coverage"], result["saturated"] = coverage
             result["loss_terms"] = {name: float(value) for name, value in terms.items()}
             results[label] = result
