@@ -1,9 +1,13 @@
-"""`python tests/ddp_worker.py train ...`: `ava` with the latent noise switched off, for torchrun.
+"""`python tests/ddp_worker.py [--no-latent-noise] [--reference-ddp] train ...`: `ava` for the
+distributed tests, started by torchrun.
 
-Each rank draws its own latent noise (seed x 1000 + rank), so N processes of batch B cannot
-reproduce one process of batch N x B bit for bit; with the noise off (z = mu) they must, up to
-float rounding. The distributed tests start this file under torchrun and patch their
-single-process reference with the same `noise_free`.
+--no-latent-noise: z = mu in training too. Each rank draws its own latent noise (seed x 1000 +
+rank), so N processes of batch B cannot reproduce one process of batch N x B bit for bit; with
+the noise off they must, up to float rounding. The single-process reference gets the same patch.
+
+--reference-ddp: DistributedDataParallel with torch's conservative settings, as the original and
+earlier ava used it (find_unused_parameters=True, every buffer broadcast before each forward),
+instead of ava.train.ddp's plan: the two must train identically.
 """
 
 from __future__ import annotations
@@ -21,9 +25,25 @@ def noise_free(forward):
     return forward_without_noise
 
 
-if __name__ == "__main__":
-    from ava.cli import main
-    from ava.nn.bottleneck import VAEBottleneck
+def reference_ddp(model, ctx, plan):
+    import torch
 
-    VAEBottleneck.forward = noise_free(VAEBottleneck.forward)
-    main(sys.argv[1:])
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=True)
+
+
+if __name__ == "__main__":
+    arguments = sys.argv[1:]
+    if "--no-latent-noise" in arguments:
+        from ava.nn.bottleneck import VAEBottleneck
+
+        arguments.remove("--no-latent-noise")
+        VAEBottleneck.forward = noise_free(VAEBottleneck.forward)
+    if "--reference-ddp" in arguments:
+        import ava.train.setup
+
+        arguments.remove("--reference-ddp")
+        ava.train.setup.wrap_ddp = reference_ddp
+    from ava.cli import main
+
+    main(arguments)

@@ -66,10 +66,16 @@ class TrainSection:
     change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
     """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
-    num_workers: int = 4
-    """DataLoader worker processes per rank (0 loads in the training process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes per rank (0 loads in the training process). None: one less
+    than this rank's share of the CPU cores (the cores this process may use divided by the
+    processes on this node), at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
     """Samples per step and per rank (the global batch is batchsize x world size)."""
+    ddp_bucket_mb: float = 25.0
+    """Gradient bucket size of DistributedDataParallel, in MB (torch's default 25): each bucket's
+    all-reduce starts as soon as backward has filled it, overlapping communication with the rest
+    of backward. Larger buckets mean fewer, larger all-reduces but later starts."""
     clip: float = 1.0
     """Gradient norm clipping threshold (after NaN/inf gradients are zeroed)."""
     losses: LossWeights = field(default_factory=LossWeights)

@@ -8,6 +8,7 @@ covers every camera a render may ask for; `idindex` is the capture's position in
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -275,6 +276,24 @@ def nonempty_batches(loader: DataLoader) -> Iterator[dict]:
                         "lower --train.batchsize or train on fewer processes")
 
 
+MAX_AUTO_WORKERS = 8
+"""Cap of the automatic worker count: a worker delivers about 30 ava256 samples/s (BENCHMARKS.md,
+data loading), so 8 feed well over 100 samples/s per GPU; more would only cost memory."""
+
+
+def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
+    """Loader workers per process when --train.num-workers is not given: this process's share of
+    the usable cores (`cpus`, default: those this process may run on) among the `local_world_size`
+    processes of the node, less one core for the training process itself; 0..MAX_AUTO_WORKERS."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))  # honours taskset, cgroups cpusets and SLURM bindings
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+    share = cpus // max(local_world_size, 1)
+    return max(0, min(MAX_AUTO_WORKERS, share - 1))
+
+
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
 
@@ -286,7 +305,11 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         collate_fn=collate_samples,
         drop_last=True,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # Workers live for the whole run: starting them again each epoch costs seconds of data
+        # wait per epoch, which dominates on small sets. The sampler is still iterated in this
+        # process, so set_epoch takes effect, and the dataset draws no random numbers, so a
+        # resumed run loads exactly what an unbroken one would.
+        persistent_workers=num_workers > 0,
         # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
         # epoch, which would make the latent noise after a resume differ from an unbroken run.
         generator=torch.Generator().manual_seed(sampler.seed),
