@@ -23,6 +23,9 @@ def test_runs_scale_the_gpu_count_then_match_the_largest_global_batch_on_one():
     assert [(run.nproc, run.batch) for run in plan_runs(4, 2, [4, 1, 2])] == [(1, 2), (2, 2), (4, 2), (1, 8)]
     assert [(run.nproc, run.batch) for run in plan_runs(1, 4)] == [(1, 4)]
     assert [(run.nproc, run.batch) for run in plan_runs(2, 4, same_global_batch=False)] == [(1, 4), (2, 4)]
+    with_buckets = plan_runs(2, 4, bucket_sizes=[10, 100])
+    assert [(run.name, run.nproc, run.bucket_mb) for run in with_buckets[3:]] == [
+        ("2x4-bucket10", 2, 10), ("2x4-bucket100", 2, 100)]
     with pytest.raises(ValueError, match="must lie in"):
         plan_runs(2, 4, [1, 3])
 
@@ -32,11 +35,17 @@ def test_arguments_are_checked_and_train_flags_pass_through(capsys):
                        "--model.uv-size", "64"])
     assert args.extra == ["--model.uv-size", "64"] and [run.name for run in args.runs] == ["1x4", "2x4", "1x8"]
     assert args.replicas == 16
+    command = bench_scaling.train_command(RunSpec("2x4-bucket10", 2, 4, 10.0), args, Path("/d"), 3, Path("/r"))
+    assert command[command.index("--nproc-per-node") + 1] == "2" and command[-2:] == ["--model.uv-size", "64"]
+    for flag, value in (("--train.ddp-bucket-mb", "10"), ("--train.batchsize", "4"), ("--train.nids", "3"),
+                        ("--train.maxiter", "10"), ("--device", "cpu"), ("--train.dataset-dir", "/d")):
+        assert command[command.index(flag) + 1] == value, flag
     for argv, message in ((["--device", "cpu"], "--nproc is required"),
                           (["--device", "cpu", "--nproc", "2", "--steps", "10", "--skip", "10"], "leaves none"),
                           (["--device", "cpu", "--nproc", "2", "--counts", "3"], "must lie in"),
                           (["--device", "cpu", "--nproc", "0"], "at least 1"),
-                          (["--device", "cpu", "--nproc", "2", "--synth-ids", "1"], "two different captures")):
+                          (["--device", "cpu", "--nproc", "2", "--synth-ids", "1"], "two different captures"),
+                          (["--device", "cpu", "--nproc", "2", "--bucket-mb", "0"], "must be positive")):
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err
@@ -70,8 +79,8 @@ def test_summary_table_and_curve_comparison(tmp_path):
     assert same.efficiency == pytest.approx(1.0)  # its own 1-GPU baseline
     table = format_table([one, two, same]).splitlines()
     assert len(table) == 5 and table[0].startswith("| GPUs")
-    assert table[3].split("|")[1:6] == [" 2 ", " 4 ", " 8 ", " 72.7 ", " 91% "]
-    assert "| — |" in table[4]  # no GPU utilisation
+    assert table[3].split("|")[1:7] == [" 2 ", " 4 ", " 8 ", " 25 MB ", " 72.7 ", " 91% "]
+    assert table[4].split("|")[4] == " — " and table[4].split("|")[9] == " — "  # 1 GPU: no buckets; no NVML
     comparison = compare_curves(same, two)
     assert comparison["mean_abs_difference"] == 0 and comparison["from_step"] == 11 and comparison["steps"] == 30
     shifted = summarise(RunSpec("2x4", 2, 4), read_steps(made_up_run(tmp_path / "d", 0.11, [x + 1 for x in losses], 10)),
@@ -108,7 +117,7 @@ def test_a_tiny_cpu_run_end_to_end(tiny_dataset, tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     [run] = summary["runs"]
     assert run["steps"] == 3 and run["timed_steps"] == 2 and run["efficiency"] == pytest.approx(1.0)
-    assert run["spec"] == {"name": "1x2", "nproc": 1, "batch": 2} and run["num_workers"] == 0
+    assert run["spec"] == {"name": "1x2", "nproc": 1, "batch": 2, "bucket_mb": None} and run["num_workers"] == 0
     assert "| 1 | 2 | 2 |" in out and "100%" in out
     assert (tmp_path / "out" / "1x2" / "metrics.jsonl").is_file() and (tmp_path / "out" / "1x2.log").is_file()
     assert not (tmp_path / "out" / "1x2" / "checkpoints").exists()

@@ -12,7 +12,8 @@
    (hours) never show. A --data folder that already has an ids.csv is used as is.
 2. Runs, one after the other, each `torchrun --standalone --nproc-per-node k -m ava train ava256`
    on the set for --steps steps: k = 1 .. N GPUs with the same --per-gpu-batch (throughput), then
-   1 GPU with batch N x per-GPU batch, the global batch of the N-GPU run (loss curves).
+   1 GPU with batch N x per-GPU batch, the global batch of the N-GPU run (loss curves), then N
+   GPUs again for each DDP bucket size of --bucket-mb (e.g. `--bucket-mb 10,100`).
    Periodic work is pushed past the run's end (one evaluation and checkpoint at the last step,
    outside the timed steps). Every process gets NCCL_NVLS_ENABLE=0,
    TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 (NVLink multicast off).
@@ -51,6 +52,7 @@ from pathlib import Path
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 NEVER = 10**9  # a period no run reaches: the periodic action happens only at the last step
 SMOOTHING = 10  # steps in the running mean that compares loss curves
+DEFAULT_BUCKET_MB = 25.0  # ava train's --train.ddp-bucket-mb
 
 
 @dataclass
@@ -61,6 +63,8 @@ class RunSpec:
     nproc: int
     batch: int
     """Per process."""
+    bucket_mb: float | None = None
+    """--train.ddp-bucket-mb (None: ava's default)."""
 
     @property
     def global_batch(self) -> int:
@@ -87,9 +91,10 @@ class RunSummary:
 
 
 def plan_runs(nproc: int, per_gpu_batch: int, counts: list[int] | None = None,
-              same_global_batch: bool = True) -> list[RunSpec]:
+              same_global_batch: bool = True, bucket_sizes: list[float] | None = None) -> list[RunSpec]:
     """k GPUs at the same per-GPU batch for every k in `counts` (default 1..nproc), then one GPU at
-    the largest run's global batch when that run has several GPUs."""
+    the largest run's global batch when that run has several GPUs, then the largest run again
+    with each DDP bucket size of `bucket_sizes` (MB)."""
     counts = sorted(set(counts or range(1, nproc + 1)))
     if not counts or counts[0] < 1 or counts[-1] > nproc:
         raise ValueError(f"GPU counts {counts} must lie in 1..{nproc}")
@@ -97,6 +102,9 @@ def plan_runs(nproc: int, per_gpu_batch: int, counts: list[int] | None = None,
     largest = counts[-1]
     if same_global_batch and largest > 1:
         runs.append(RunSpec(f"1x{largest * per_gpu_batch}", 1, largest * per_gpu_batch))
+    if largest > 1:
+        runs += [RunSpec(f"{largest}x{per_gpu_batch}-bucket{size:g}", largest, per_gpu_batch, size)
+                 for size in bucket_sizes or ()]
     return runs
 
 
@@ -174,13 +182,14 @@ def _cell(value, fmt: str) -> str:
 
 def format_table(summaries: list[RunSummary]) -> str:
     """Markdown table, one row per run."""
-    lines = ["| GPUs | batch per GPU | global batch | samples/s | scaling efficiency | step | data wait | "
-             "GPU utilisation | loss, last 10% of steps |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| GPUs | batch per GPU | global batch | DDP buckets | samples/s | scaling efficiency | step | "
+             "data wait | GPU utilisation | loss, last 10% of steps |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for summary in summaries:
         spec = summary.spec
         efficiency = None if summary.efficiency is None else 100 * summary.efficiency
-        lines.append(f"| {spec.nproc} | {spec.batch} | {spec.global_batch} | {summary.samples_per_s:.1f} | "
+        buckets = "—" if spec.nproc == 1 else f"{spec.bucket_mb or DEFAULT_BUCKET_MB:g} MB"
+        lines.append(f"| {spec.nproc} | {spec.batch} | {spec.global_batch} | {buckets} | {summary.samples_per_s:.1f} | "
                      f"{_cell(efficiency, '.0f')}{'%' if efficiency is not None else ''} | "
                      f"{summary.step_ms:.1f} ms | {summary.data_ms:.1f} ms | "
                      f"{_cell(summary.gpu_utilisation, '.0f')}{'%' if summary.gpu_utilisation is not None else ''} | "
@@ -296,7 +305,8 @@ def train_command(spec: RunSpec, args, data: Path, captures: int, run: Path) -> 
             "--train.num-holdout-cameras", "0", "--progress.output-path", str(run),
             "--progress.image-freq", str(NEVER), "--progress.checkpoint-freq", str(NEVER),
             "--progress.psnr-freq", str(NEVER), "--progress.psnr-samples", "1", "--progress.no-cross-id",
-            "--device", args.device, *args.extra]
+            "--device", args.device,
+            *(["--train.ddp-bucket-mb", f"{spec.bucket_mb:g}"] if spec.bucket_mb is not None else []), *args.extra]
 
 
 def environment() -> dict[str, str]:
@@ -367,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-gpu-batch", type=int, default=4, help="batch per GPU (ava256: 4)")
     parser.add_argument("--no-same-global-batch", action="store_true",
                         help="skip the 1-GPU run at the largest run's global batch")
+    parser.add_argument("--bucket-mb", default=None,
+                        help="comma-separated DDP bucket sizes (MB) to run the largest GPU count with as well")
     parser.add_argument("--steps", type=int, default=120, help="steps per run")
     parser.add_argument("--warmup-iters", type=int, default=40, help="warm-up steps of each run (ava256: 100)")
     parser.add_argument("--skip", type=int, default=50, help="steps left out of the timings (start-up, warm-up)")
@@ -407,7 +419,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--skip {args.skip} leaves none of the {args.steps} steps to time")
     try:
         args.counts = [int(part) for part in args.counts.split(",")] if args.counts else None
-        args.runs = plan_runs(args.nproc, args.per_gpu_batch, args.counts, not args.no_same_global_batch)
+        args.bucket_mb = [float(part) for part in args.bucket_mb.split(",")] if args.bucket_mb else []
+        if any(not size > 0 for size in args.bucket_mb):
+            raise ValueError(f"--bucket-mb sizes must be positive, got {args.bucket_mb}")
+        args.runs = plan_runs(args.nproc, args.per_gpu_batch, args.counts, not args.no_same_global_batch,
+                              args.bucket_mb)
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -437,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summaries))
     print()
     comparison = None
-    multi = [s for s in summaries if s.spec.nproc > 1 and s.spec.batch == args.per_gpu_batch]
+    multi = [s for s in summaries if s.spec.nproc > 1 and s.spec.batch == args.per_gpu_batch and s.spec.bucket_mb is None]
     if multi:
         largest = max(multi, key=lambda summary: summary.spec.nproc)
         single = next((s for s in summaries if s.spec.nproc == 1 and s.spec.global_batch == largest.spec.global_batch),

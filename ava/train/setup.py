@@ -199,7 +199,7 @@ def plan_distributed(config: TrainConfig, ctx: Distributed, state: TrainingState
 
     warmup = config.train.warmup_iters
     phases = [phase for phase, happens in ((True, state.step < warmup), (False, config.train.maxiter > warmup))
-              if happens]
+              if happens] or [False]  # none: the run has no step left, the plan is never used
     return plan_ddp(probe_graph(state.model, loss_of, phases, ctx.device), config.train.ddp_bucket_mb)
 
 
