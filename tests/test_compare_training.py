@@ -105,3 +105,103 @@ def test_ava_side_from_converted_weights(compare, real_dataset, tmp_path):  # no
             torch.testing.assert_close(converted.model_state[key], value, rtol=0, atol=0, msg=key)
     run_config = json.loads((out / "ava" / "config.json").read_text())
     assert run_config["train"]["checkpoint"] == str((out / "init" / "init.safetensors").resolve())
+
+
+# A stand-in for the original's ddp-train.py: as a module it offers what the init step calls, as a
+# script it reads the generated config, loads the initial state and logs loss lines in the
+# original's format, stopping as its loop does (at `maxiter` inside an epoch, over `num_epochs`
+# epochs of len(dataset) // batchsize steps). It checks the plumbing, not the original.
+_STAND_IN = '''
+import argparse, csv, json, sys
+from pathlib import Path
+import torch
+
+def train_csv_loader(base_dir, csv_path, nids):
+    rows = list(csv.DictReader(open(csv_path)))[:nids]
+    folders = [f"{r['mcd']}--{r['mct']}--{r['sid']}" for r in rows]
+    return folders, [f"{base_dir}/{folder}/decoder" for folder in folders]
+
+class AvaMultiCaptureDataset:
+    def __init__(self, captures, directories, downsample):
+        self.length = 0
+        for directory in directories:
+            frames = len(Path(directory, "frame_list.csv").read_text().splitlines()) - 1
+            cameras = len(json.loads(Path(directory, "camera_calibration.json").read_text())["KRT"])
+            self.length += frames * cameras
+
+def get_autoencoder(dataset, assetpath):
+    return torch.nn.Linear(3, 2)
+
+if __name__ == "__main__":
+    import yaml
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    config = yaml.load(open(parser.parse_args().config), Loader=yaml.UnsafeLoader)
+    train = config["train"]
+    torch.nn.Linear(3, 2).load_state_dict(torch.load(train["checkpoint"]))
+    captures, directories = train_csv_loader(train["dataset_dir"], train["data_csv"], train["nids"])
+    per_epoch = AvaMultiCaptureDataset(captures, directories, train["downsample"]).length // train["batchsize"]
+    iteration = 0
+    for epoch in range(train["num_epochs"]):
+        for _ in range(per_epoch):
+            loss = 100.0 / (iteration + 1)
+            print(f"host - root - INFO - Rank   0 Iteration {iteration} loss = {loss:.4f}, irgbl1 = {loss / 2:.4f}, "
+                  f"vertl1 = 1.0000, kldiv = 0.0100, primvolsum = 0.5000 time: 0.100 s", flush=True)
+            if iteration >= train["maxiter"]:
+                break
+            iteration += 1
+'''
+
+_CONFIG = """train:
+  dataset_dir: "/nowhere"
+  data_csv: "256_ids.csv"
+  nids: 256
+  checkpoint: ""
+  maxiter: 10_000_000
+  num_epochs: 10
+  init_learning_rate: 2.0e-4
+  downsample: 8
+  num_workers: 4
+  batchsize: 4
+progress:
+  output_path: "run/"
+  cross_id: True
+  cross_id_n_subjects: 3
+  tensorboard:
+    log_freq: 10
+    logdir: "log/"
+"""
+
+
+def test_original_side_plumbing_with_a_stand_in_checkout(compare, tmp_path, monkeypatch):
+    pytest.importorskip("yaml")
+    from ava.synth import SynthConfig, generate
+
+    dataset = tmp_path / "set"
+    generate(dataset, SynthConfig(n_ids=2, n_frames=2, n_cams=3, downsample=128, texture_size=32, prims_per_side=8,
+                                  voxels=2, mesh_columns=16, mesh_rows=12, keypoints=False, workers=1), progress=False)
+    checkout = tmp_path / "ava-256"
+    files = {"ddp-train.py": _STAND_IN, "configs/config.yaml": _CONFIG, "data/ava_dataset.py": "", "utils.py": "",
+             "assets/face_topology.obj": (dataset / "face_topology.obj").read_text(),
+             "extensions/mvpraymarch/mvpraymarchlib.cpython-312-x86_64-linux-gnu.so": "",
+             "extensions/utils/utilslib.cpython-312-x86_64-linux-gnu.so": ""}
+    for name, text in files.items():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text(text)
+    monkeypatch.setattr(compare.OriginalCheckout, "require_modules", lambda self: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "compare"
+    # 2 captures x 2 frames x 3 cameras = 12 samples: 6 steps per epoch at batch 2, so 8 steps take 2 epochs.
+    assert compare.main(["--original", str(checkout), "--dataset", str(dataset), "--only", "original", "--steps", "8",
+                         "--batchsize", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "losses.json").read_text())
+    curves = report["sides"]["original"]
+    assert curves["step"] == list(range(1, 9)) and curves["loss"] == [round(100.0 / step, 4) for step in range(1, 9)]
+    assert curves["irgbl1"][0] == 50.0 and report["settings"]["identities"] == 2
+    import yaml
+
+    config = yaml.safe_load((out / "original" / "config.yaml").read_text())
+    assert config["train"]["maxiter"] == 7 and config["train"]["num_epochs"] == 2 and config["train"]["nids"] == 2
+    assert config["train"]["checkpoint"].endswith("/init/aeparams_000000.pt")
+    assert config["progress"]["tensorboard"]["logdir"] is None and config["progress"]["cross_id_n_subjects"] == 1
+    assert (out / "init" / "aeparams_000000.pt").is_file() and (out / "losses.png").is_file()

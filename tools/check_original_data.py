@@ -27,7 +27,7 @@ from original_checkout import CheckoutError, OriginalCheckout
 def check(checkout: OriginalCheckout, dataset: Path, nids: int, downsample: int, batchsize: int) -> dict:
     script = checkout.train_script()
     ids_csv = dataset / "ids.csv"
-    config = checkout.config({
+    config = checkout.config_node({
         "train.dataset_dir": str(dataset), "train.data_csv": str(ids_csv), "train.nids": nids,
         "train.downsample": downsample, "train.batchsize": batchsize, "train.num_workers": 0,
         "progress.cross_id_n_subjects": min(3, nids - 1),  # the script requires fewer than nids

@@ -222,7 +222,9 @@ def train_original(args, checkout: OriginalCheckout, state: Path) -> tuple[dict,
         "progress.tensorboard.logdir": None,
     })
     config_path = out / "config.yaml"
-    config_path.write_text(config.dump())
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = _environment(CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0])
     seconds = _run([sys.executable, "ddp-train.py", "--config", str(config_path)], out / "train.log",
                    cwd=checkout.path, env=env, echo=_every(50, "Iteration"))

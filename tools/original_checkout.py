@@ -82,7 +82,8 @@ class OriginalCheckout:
         if missing:
             raise CheckoutError(
                 f"{self.path} lacks its compiled CUDA extensions ({', '.join(missing)}); build them in place "
-                f"first: (cd {self.path}/extensions/mvpraymarch && make) && (cd {self.path}/extensions/utils && make)"
+                f"first: (cd {self.path}/extensions/mvpraymarch && make) && (cd {self.path}/extensions/utils && make) "
+                "(CUDA 13 no longer compiles for the -arch=sm_70 in their setup.py: use your GPU's, e.g. sm_90)"
             )
 
     def on_path(self) -> None:
@@ -98,20 +99,26 @@ class OriginalCheckout:
         spec.loader.exec_module(module)
         return module
 
-    def config(self, overrides: dict) -> object:
-        """Its `configs/config.yaml` as the training script reads it (an fvcore CfgNode), with
-        `overrides` ({"train.nids": 4, "progress.tensorboard.logdir": None, ...}) set on it."""
+    def config(self, overrides: dict) -> dict:
+        """Its `configs/config.yaml` as a dict, with `overrides` ({"train.nids": 4,
+        "progress.tensorboard.logdir": None, ...}) set on it; raises CheckoutError for a key the
+        file does not have. `yaml.safe_dump` of the result is a config its script reads."""
         import yaml
-        from fvcore.common.config import CfgNode
 
         with open(self.path / "configs" / "config.yaml") as handle:
-            config = CfgNode(yaml.load(handle, Loader=yaml.UnsafeLoader))
+            config = yaml.load(handle, Loader=yaml.SafeLoader)
         for key, value in overrides.items():
             *parents, name = key.split(".")
             node = config
             for parent in parents:
-                node = node[parent]
-            if name not in node:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or name not in node:
                 raise CheckoutError(f"the original's config.yaml has no key {key}")
             node[name] = value
         return config
+
+    def config_node(self, overrides: dict):
+        """`config(overrides)` as the fvcore CfgNode its training script works with."""
+        from fvcore.common.config import CfgNode
+
+        return CfgNode(self.config(overrides))
