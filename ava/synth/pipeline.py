@@ -84,6 +84,7 @@ class FrameTask:
     frame: int
     plan: SubjectPlan
     config: SynthConfig
+    threads: int = 1  # torch's CPU threads while rendering it
 
 
 @dataclass
@@ -195,10 +196,20 @@ def render_frame(task: FrameTask) -> FrameResult:
     """Mesh, texture and every camera's image of one frame."""
     import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    try:
+        return _render_frame(task)
+    finally:
+        torch.set_num_threads(previous)  # matters when frames are rendered in the calling process
+
+
+def _render_frame(task: FrameTask) -> FrameResult:
+    import torch
+
     from ava.synth.appearance import render_texture
     from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
-    torch.set_num_threads(1)
     config, plan = task.config, task.plan
     grid, uvmaps = _grid_and_maps(config)
     expression = plan.expressions[task.frame]
@@ -321,8 +332,14 @@ def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
     return all((Path(output_dir) / folder).is_dir() for folder in manifest.get("captures", []))
 
 
-def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True) -> list[CaptureId]:
-    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order)."""
+def worker_count(config: SynthConfig) -> int:
+    """Processes that render frames: --workers, else every CPU core (at most 8)."""
+    return config.workers or min(os.cpu_count() or 1, 8)
+
+
+def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
+    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
+    Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
     config.check()
     output_dir = Path(output_dir)
     manifest = read_manifest(output_dir)
@@ -337,9 +354,8 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True)
     plans = plan_subjects(config)
     grid = make_head_grid(config.mesh_columns, config.mesh_rows)
     keypoint_ids = _keypoint_vertices(grid)
-    tasks = [FrameTask(s, f, plan, config) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
-    workers = config.workers or min(os.cpu_count() or 1, 8)
-    workers = max(1, min(workers, len(tasks)))
+    tasks = [FrameTask(s, f, plan, config, threads) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
+    workers = max(1, min(worker_count(config), len(tasks)))
 
     with _progress_bar(progress) as bar:
         job = bar.add_task("rendering synthetic captures", total=len(tasks) * config.n_cams) if bar else None
