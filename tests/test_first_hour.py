@@ -69,7 +69,8 @@ def test_auto_threads_use_half_the_usable_cores_at_most_four(monkeypatch, tmp_pa
 
 
 @pytest.mark.parametrize("command", ["train", "render", "synth", "convert"])
-def test_every_compute_command_takes_threads(command, capsys):
+def test_every_compute_command_takes_threads(command, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")  # one column of options
     assert run_cli([command, "--help"]) == 0
     assert re.search(r"--threads N\s+CPU threads for torch", capsys.readouterr().out)
 

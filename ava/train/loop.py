@@ -21,6 +21,7 @@ from ava.errors import UserError
 from ava.runtime.batch import to_device
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
+from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
 from ava.train.interrupt import INTERRUPTED, StopRequest
 from ava.train.losses import TERMS
@@ -92,7 +93,7 @@ def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
         epoch, offset = divmod(state.step, trainer.steps_per_epoch)
         trainer.sampler.set_epoch(epoch, offset * config.train.batchsize)
         fetch_started = time.perf_counter()
-        for batch in trainer.loader:
+        for batch in nonempty_batches(trainer.loader):
             step_started = time.perf_counter()
             bad_data.update(batch)
             batch = to_device(batch, ctx.device)

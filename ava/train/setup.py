@@ -143,14 +143,13 @@ def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Call
     csv = ids_csv_path(dataset_dir, config.train.data_csv)
     captures = select_captures(read_ids_csv(csv), config.train.ids, config.train.nids, str(csv))
     data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
-                               config.train.num_holdout_cameras, progress=ctx.is_main)
+                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras)
     topology = resolve_topology(config.model.topology, dataset_dir)
     if topology.num_verts != data.stats.vertmean.shape[0]:
         raise UserError(f"the topology has {topology.num_verts} vertices but the dataset's meshes have "
                         f"{data.stats.vertmean.shape[0]}; pass the dataset's topology with --model.topology")
-    say(f"data: {len(captures)} captures, {len(data.train)} training samples at {data.train.height}x"
-        f"{data.train.width}, {len(data.cameras)} cameras ({len(data.holdout_cameras)} held out"
-        + (f": {', '.join(data.holdout_cameras)}" if data.holdout_cameras else "") + ")", highlight=False)
+    for line in data.describe():
+        say(line, highlight=False, markup=False, soft_wrap=True)
     return data, csv, topology
 
 
@@ -171,8 +170,10 @@ def build_state(config: TrainConfig, ctx: Distributed, data: TrainingData, topol
     model = build_autoencoder(config.model, topology, vertmean=torch.from_numpy(stats.vertmean),
                               vertstd=stats.vertstd, num_cameras=len(data.cameras),
                               num_identities=len(data.captures), raymarch_backend=backend).to(ctx.device)
+    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
+    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.init_learning_rate, betas=(0.9, 0.999),
-                                 eps=1e-8, weight_decay=0.0)
+                                 eps=1e-8, weight_decay=0.0, fused=True if ctx.device.type == "cuda" else None)
     return TrainingState(model=model, network=model, optimizer=optimizer,
                          scheduler=make_scheduler(optimizer, config.train))
 
@@ -208,14 +209,21 @@ def restore(config: TrainConfig, ctx: Distributed, state: TrainingState, data: T
 
 
 def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, say: Callable) -> None:
-    """Compiles what --compile asks for and wraps the model for DDP when there are several ranks."""
-    if config.compile:
-        # What tools/compile_experiments.py found on an H100 (BENCHMARKS.md): compiling the decoder
-        # assembler (mode "default") takes its forward+backward from 24.3 to 17.5 ms, while
-        # compiling the whole model made the step slower (150 vs 128 ms); max-autotune gained
-        # another 0.8 ms for 7x the compile time. In place, so parameter names do not change.
-        state.model.decoder_assembler.compile()
-        say("compiling the decoder assembler with torch.compile (the first steps are slow)")
+    """Sets the precision, compiles what --compile asks for and wraps the model for DDP when there
+    are several ranks."""
+    from ava.nn.precision import configure_tensor_cores
+
+    configure_tensor_cores(config.train.precision)
+    state.model.set_precision(config.train.precision)
+    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+        # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
+        # decoder assembler and the background model separately fuses the weight-norm, activation
+        # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
+        # compiling the whole model graph-breaks at the raymarcher and was slower. In place, so
+        # parameter names do not change.
+        for name in COMPILED_PARTS:
+            getattr(state.model, name).compile()
+        say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
     state.network = state.model
     if ctx.enabled:
         # Some parameters get no gradient in some steps (as in the original, which passes the same
@@ -223,6 +231,9 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
         state.network = torch.nn.parallel.DistributedDataParallel(
             state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=True)
+
+
+COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
 
 
 # --- run folder ---------------------------------------------------------------------------------
