@@ -20,17 +20,13 @@ class SynthConfig:
     n_frames: int = 8
     """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
     n_cams: int = 6
-    """Cameras per capture, taken from the fixed dome of 96 camera ids: the original's four frontal
-    cameras first, then spread over the dome; each capture misses a few of the non-frontal ones."""
+    """Cameras per capture from the fixed dome of 96 camera ids (the original's four frontal ones first); each capture misses a few non-frontal ones."""
     seed: int = 0
     """Random seed; everything (shapes, colours, cameras, ids) follows from it."""
     texture_size: int = 256
     """Side of the unwrapped textures and the mean texture (a power of two; the real data use 1024)."""
     topology: str = "procedural"
-    """Head mesh: `procedural` (ava's own small head, sized by --mesh-columns/--mesh-rows),
-    `original` (the Ava-256 face_topology.obj, 7306 vertices, fetched once into the cache and
-    checked; $AVA_TOPOLOGY_URL may name a mirror or a local copy), or the path of an OBJ with the
-    Ava-256 UV layout."""
+    """Head mesh: procedural (ava's small head, see --mesh-columns), original (Ava-256 face_topology.obj, 7306 vertices; $AVA_TOPOLOGY_URL may name a local copy) or an OBJ path with its UV layout."""
     downsample: int = 32
     """Stored images are the 2668x4096 sensor divided by this (8 gives 333x512, 32 gives 83x128)."""
     prims_per_side: int = 32

@@ -1,10 +1,10 @@
 """`ava synth`: synthetic captures in the real on-disk layout (SPEC §1), rendered with ava.kernels.
 
 Per subject: a head (surface.py: the procedural head of head.py, or a face topology's template,
-template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of expression segments starting with EXP_neutral_peak, smooth
-head motion, per-frame meshes (PLY), textures (AVIF), head poses, camera images (AVIF, rendered
-with render.py over a per-camera background), the mean mesh/texture and their variances, and
-optionally 3D keypoints. Next to the captures: the ids CSV, the topology OBJ and a manifest of the
+template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
+expression segments starting with EXP_neutral_peak, smooth head motion, per-frame meshes (PLY),
+textures (AVIF), head poses, camera images (AVIF, rendered with render.py over a per-camera
+background), the mean mesh/texture and their variances, and optionally 3D keypoints. Next to the captures: the ids CSV, the topology OBJ and a manifest of the
 settings, written last, which marks the dataset complete.
 """
 
@@ -77,6 +77,7 @@ class FrameTask:
     frame: int
     plan: SubjectPlan
     config: SynthConfig
+    threads: int = 1  # torch's CPU threads while rendering it
 
 
 @dataclass
@@ -184,10 +185,20 @@ def render_frame(task: FrameTask) -> FrameResult:
     """Mesh, texture and every camera's image of one frame."""
     import torch
 
+    previous = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    try:
+        return _render_frame(task)
+    finally:
+        torch.set_num_threads(previous)  # matters when frames are rendered in the calling process
+
+
+def _render_frame(task: FrameTask) -> FrameResult:
+    import torch
+
     from ava.synth.appearance import paint_texture
     from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
-    torch.set_num_threads(1)
     config, plan = task.config, task.plan
     surface, uvmaps, angles = _surface_and_maps(config)
     expression = plan.expressions[task.frame]
@@ -313,8 +324,14 @@ def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
     return all((Path(output_dir) / folder).is_dir() for folder in manifest.get("captures", []))
 
 
-def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True) -> list[CaptureId]:
-    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order)."""
+def worker_count(config: SynthConfig) -> int:
+    """Processes that render frames: --workers, else every CPU core (at most 8)."""
+    return config.workers or min(os.cpu_count() or 1, 8)
+
+
+def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
+    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
+    Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
     config.check()
     surface, _, _ = _surface_and_maps(config)  # fetches and checks the topology before any other work
     output_dir = Path(output_dir)
@@ -329,9 +346,8 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True)
         (output_dir / MANIFEST_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten at the end
     plans = plan_subjects(config)
     keypoint_ids = _keypoint_vertices(surface)
-    tasks = [FrameTask(s, f, plan, config) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
-    workers = config.workers or min(os.cpu_count() or 1, 8)
-    workers = max(1, min(workers, len(tasks)))
+    tasks = [FrameTask(s, f, plan, config, threads) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
+    workers = max(1, min(worker_count(config), len(tasks)))
 
     with _progress_bar(progress) as bar:
         images = sum(len(plan.cameras) * len(plan.frames) for plan in plans)

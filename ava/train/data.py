@@ -277,6 +277,7 @@ def nonempty_batches(loader: DataLoader) -> Iterator[dict]:
 
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
+    from ava.train.interrupt import ignore_stop_signals
 
     return DataLoader(
         dataset,
@@ -287,6 +288,7 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         drop_last=True,
         pin_memory=pin_memory,
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
         # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
         # epoch, which would make the latent noise after a resume differ from an unbroken run.
         generator=torch.Generator().manual_seed(sampler.seed),

@@ -1,9 +1,10 @@
 """Setting up a run, in the order `setup` does it: data, model with optimiser and schedule,
-resume, run folder, loader. The result is a `Trainer`, everything the loop and the periodic
+resume, loader, run folder. The result is a `Trainer`, everything the loop and the periodic
 actions need."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,11 +14,12 @@ from rich.console import Console
 
 from ava.errors import UserError
 from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
+from ava.runtime.device import use_threads
 from ava.train.config import TrainConfig, config_to_dict
 from ava.train.data import EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader, select_captures
 from ava.train.distributed import Distributed
 from ava.train.resume import check_compatible, restore_rng, resume_path
-from ava.train.rundir import RunDir
+from ava.train.rundir import RunDir, earlier_run
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -61,6 +63,8 @@ class Trainer:
     last_step: int
     vertmean: torch.Tensor
     """The dataset's mean mesh [V,3] (mm) on the training device."""
+    threads: int
+    """torch's CPU threads in this process."""
 
     def say(self, *args, **kwargs) -> None:
         """Prints on rank 0 only."""
@@ -86,6 +90,29 @@ def check_config(config: TrainConfig) -> None:
         problems.append("--progress.tensorboard.log-freq must be at least 1")
     if problems:
         raise UserError("; ".join(problems))
+    if config.train.dataset_dir is None and config.preset != "demo":
+        raise UserError(f"the {config.preset} preset trains on the Ava-256 captures: pass --train.dataset-dir DIR "
+                        "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
+
+
+def check_run_folder(config: TrainConfig) -> None:
+    """Refuses to train into a folder holding an earlier run, unless --resume continues it or
+    --progress.overwrite replaces it."""
+    root = Path(config.progress.output_path)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
+    found = earlier_run(root)
+    if found and not config.resume and not config.progress.overwrite:
+        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
+                        "--progress.overwrite to replace it, or another --progress.output-path")
+
+
+def local_processes(ctx: Distributed) -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or ctx.world_size))
+    except ValueError:
+        return ctx.world_size
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -228,6 +255,8 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
     if not ctx.is_main:
         return None
     run = RunDir(config.progress.output_path)
+    if config.progress.overwrite and resume_step is None:
+        run.clear(config.progress.tensorboard.logdir)
     run.write_config(resolved)
     run.open_metrics(resume_step)
     if run.open_tensorboard(config.progress.tensorboard.logdir, {
@@ -244,8 +273,9 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData):
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
     if steps_per_epoch < 1:
-        raise UserError(f"{len(data.train)} training samples over {ctx.world_size} processes do not fill one batch "
-                        f"of {config.train.batchsize}; lower --train.batchsize")
+        spread = f" over {ctx.world_size} processes" if ctx.world_size > 1 else ""
+        raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
+                        f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
     loader = make_loader(data.train, sampler, config.train.batchsize, config.train.num_workers,
                          pin_memory=ctx.device.type == "cuda")
@@ -257,25 +287,25 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     from ava.train.evaluate import CrossIdentity
 
     say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
+    check_run_folder(config)
     data, csv, topology = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
     resumed_from = restore(config, ctx, state, data, topology, say)
     prepare_network(config, ctx, state, say)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data)
 
+    # The run folder is touched only once everything above has been checked.
     resolved = resolved_config(config, ctx, data, csv, backend)
     run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
     cross_identity = None
     if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
         cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))
-
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data)
     return Trainer(config=config, ctx=ctx, console=console, data=data, ids_csv=csv, topology=topology,
                    backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
                    resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
                    steps_per_epoch=steps_per_epoch, last_step=last_step,
-                   vertmean=torch.from_numpy(data.stats.vertmean).to(ctx.device))
+                   vertmean=torch.from_numpy(data.stats.vertmean).to(ctx.device), threads=threads)
