@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ava"
 # Layer of each top-level part of ava (higher imports lower). Parts of the same rank are siblings
 # and must not import each other.
 RANKS = {
-    "errors": 0, "files": 0, "__init__": 0,
+    "errors": 0, "__init__": 0,
+    "files": 0.5,  # may raise ava.errors.UserError; everything else may use it
     "kernels": 1,
     "data": 2, "nn": 2,
     "checkpoint": 3, "synth": 3,

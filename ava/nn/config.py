@@ -53,8 +53,7 @@ class ModelConfig:
     raymarch_step: float = 1.0
     """Raymarching step in millimetres; the kernel's step is raymarch_step / volradius."""
     topology: str | None = None
-    """OBJ file with the mesh topology (UVs and faces). Default: <dataset>/face_topology.obj if
-    present, else the original Ava-256 topology (downloaded once and checked)."""
+    """OBJ file with the mesh topology (UVs and faces). Default: <dataset>/face_topology.obj if present, else the original Ava-256 topology (downloaded once and checked)."""
 
     def __post_init__(self) -> None:
         self.validate()

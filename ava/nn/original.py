@@ -39,7 +39,12 @@ def load_original_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"cannot read {path} as a PyTorch state dict: {error}") from None
+        # torch's message is several lines of advice on weights_only=False, which would run code
+        # from the file: not something to suggest for a state dict, which needs none of it.
+        kind = "it holds Python objects besides tensors" if "Unsupported global" in str(error) else \
+            "torch.load cannot read it"
+        raise UserError(f"{path} is not a PyTorch state dict ({kind}); pass the aeparams*.pt that the "
+                        "original code saved") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):

@@ -6,5 +6,5 @@ metrics, images, TensorBoard), evaluate (progress images, cross-identity strips)
 The loop (loop) orchestrates: setup (data, model, optimiser, resume, run folder, loader),
 step (one optimiser step, reusable by other trainings), schedule (learning rate), periodic
 (pictures, evaluation, checkpoints), resume (checkpoint choice and RNG state), report (metrics
-records and progress output).
+records and progress output), interrupt (Ctrl-C / SIGTERM: checkpoint, then exit 130).
 """

@@ -8,7 +8,6 @@ covers every camera a render may ask for; `idindex` is the capture's position in
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -283,19 +282,19 @@ data loading), so 8 feed well over 100 samples/s per GPU; more would only cost m
 
 def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
     """Loader workers per process when --train.num-workers is not given: this process's share of
-    the usable cores (`cpus`, default: those this process may run on) among the `local_world_size`
+    the usable cores (`cpus`, default: ava.runtime.device.usable_cores) among the `local_world_size`
     processes of the node, less one core for the training process itself; 0..MAX_AUTO_WORKERS."""
     if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))  # honours taskset, cgroups cpusets and SLURM bindings
-        except AttributeError:  # not on Linux
-            cpus = os.cpu_count() or 1
+        from ava.runtime.device import usable_cores
+
+        cpus = usable_cores()  # affinity (taskset, cpusets, SLURM bindings) and cgroup quota
     share = cpus // max(local_world_size, 1)
     return max(0, min(MAX_AUTO_WORKERS, share - 1))
 
 
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
+    from ava.train.interrupt import ignore_stop_signals
 
     return DataLoader(
         dataset,
@@ -310,6 +309,7 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         # process, so set_epoch takes effect, and the dataset draws no random numbers, so a
         # resumed run loads exactly what an unbroken one would.
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
         # epoch, which would make the latent noise after a resume differ from an unbroken run.
         generator=torch.Generator().manual_seed(sampler.seed),

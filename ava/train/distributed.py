@@ -28,8 +28,6 @@ class Distributed:
     local_rank: int
     world_size: int
     device: torch.device
-    local_world_size: int = 1
-    """Processes on this node (torchrun's LOCAL_WORLD_SIZE)."""
 
     @property
     def is_main(self) -> bool:
@@ -87,7 +85,6 @@ def setup_distributed(device_choice: str) -> Distributed:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    local_world_size = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
     want_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
     if want_cuda:
         if not torch.cuda.is_available():
@@ -104,5 +101,4 @@ def setup_distributed(device_choice: str) -> Distributed:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=GROUP_TIMEOUT)
-    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device,
-                       local_world_size=local_world_size)
+    return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)

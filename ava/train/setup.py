@@ -1,9 +1,10 @@
 """Setting up a run, in the order `setup` does it: data, model with optimiser and schedule,
-resume, run folder, loader. The result is a `Trainer`, everything the loop and the periodic
+resume, loader, run folder. The result is a `Trainer`, everything the loop and the periodic
 actions need."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,13 +14,14 @@ from rich.console import Console
 
 from ava.errors import UserError
 from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
+from ava.runtime.device import use_threads
 from ava.train.config import TrainConfig, config_to_dict
 from ava.train.data import (EpochSampler, TrainingData, build_training_data, default_num_workers, ids_csv_path,
                             make_loader, select_captures)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
 from ava.train.resume import check_compatible, restore_rng, resume_path
-from ava.train.rundir import RunDir
+from ava.train.rundir import RunDir, earlier_run
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -63,6 +65,8 @@ class Trainer:
     last_step: int
     vertmean: torch.Tensor
     """The dataset's mean mesh [V,3] (mm) on the training device."""
+    threads: int
+    """torch's CPU threads in this process."""
 
     def say(self, *args, **kwargs) -> None:
         """Prints on rank 0 only."""
@@ -90,6 +94,29 @@ def check_config(config: TrainConfig) -> None:
         problems.append("--progress.tensorboard.log-freq must be at least 1")
     if problems:
         raise UserError("; ".join(problems))
+    if config.train.dataset_dir is None and config.preset != "demo":
+        raise UserError(f"the {config.preset} preset trains on the Ava-256 captures: pass --train.dataset-dir DIR "
+                        "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
+
+
+def check_run_folder(config: TrainConfig) -> None:
+    """Refuses to train into a folder holding an earlier run, unless --resume continues it or
+    --progress.overwrite replaces it."""
+    root = Path(config.progress.output_path)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
+    found = earlier_run(root)
+    if found and not config.resume and not config.progress.overwrite:
+        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
+                        "--progress.overwrite to replace it, or another --progress.output-path")
+
+
+def local_processes(ctx: Distributed) -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or ctx.world_size))
+    except ValueError:
+        return ctx.world_size
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -147,8 +174,10 @@ def build_state(config: TrainConfig, ctx: Distributed, data: TrainingData, topol
     model = build_autoencoder(config.model, topology, vertmean=torch.from_numpy(stats.vertmean),
                               vertstd=stats.vertstd, num_cameras=len(data.cameras),
                               num_identities=len(data.captures), raymarch_backend=backend).to(ctx.device)
+    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
+    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.init_learning_rate, betas=(0.9, 0.999),
-                                 eps=1e-8, weight_decay=0.0)
+                                 eps=1e-8, weight_decay=0.0, fused=True if ctx.device.type == "cuda" else None)
     return TrainingState(model=model, network=model, optimizer=optimizer,
                          scheduler=make_scheduler(optimizer, config.train))
 
@@ -203,20 +232,33 @@ def plan_distributed(config: TrainConfig, ctx: Distributed, state: TrainingState
     return plan_ddp(probe_graph(state.model, loss_of, phases, ctx.device), config.train.ddp_bucket_mb)
 
 
-def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, plan: DdpPlan | None,
-                    say: Callable) -> None:
-    """Compiles what --compile asks for and wraps the model for DDP as `plan` says (several ranks)."""
-    if config.compile:
-        # What tools/compile_experiments.py found on an H100 (BENCHMARKS.md): compiling the decoder
-        # assembler (mode "default") takes its forward+backward from 24.3 to 17.5 ms, while
-        # compiling the whole model made the step slower (150 vs 128 ms); max-autotune gained
-        # another 0.8 ms for 7x the compile time. In place, so parameter names do not change.
-        state.model.decoder_assembler.compile()
-        say("compiling the decoder assembler with torch.compile (the first steps are slow)")
+def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, data: TrainingData,
+                    vertmean: torch.Tensor, say: Callable) -> DdpPlan | None:
+    """Sets the precision, plans DDP when there are several ranks (before compiling: the probe's
+    batch of one would otherwise be compiled for), compiles what --compile asks for and wraps
+    the model for DDP. Returns the DDP plan (None for one process)."""
+    from ava.nn.precision import configure_tensor_cores
+
+    configure_tensor_cores(config.train.precision)
+    state.model.set_precision(config.train.precision)
+    plan = plan_distributed(config, ctx, state, data, vertmean) if ctx.enabled else None
+    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+        # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
+        # decoder assembler and the background model separately fuses the weight-norm, activation
+        # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
+        # compiling the whole model graph-breaks at the raymarcher and was slower. In place, so
+        # parameter names do not change.
+        for name in COMPILED_PARTS:
+            getattr(state.model, name).compile()
+        say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
     state.network = state.model
     if plan is not None:
         state.network = wrap_ddp(state.model, ctx, plan)
         say(plan.describe(state.model), highlight=False)
+    return plan
+
+
+COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
 
 
 # --- run folder ---------------------------------------------------------------------------------
@@ -241,6 +283,8 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
     if not ctx.is_main:
         return None
     run = RunDir(config.progress.output_path)
+    if config.progress.overwrite and resume_step is None:
+        run.clear(config.progress.tensorboard.logdir)
     run.write_config(resolved)
     run.open_metrics(resume_step)
     if run.open_tensorboard(config.progress.tensorboard.logdir, {
@@ -256,7 +300,7 @@ def loader_workers(config: TrainConfig, ctx: Distributed) -> int:
     """--train.num-workers, or the automatic count for this rank's share of the node's cores."""
     if config.train.num_workers is not None:
         return config.train.num_workers
-    return default_num_workers(ctx.local_world_size)
+    return default_num_workers(local_processes(ctx))
 
 
 def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int):
@@ -264,8 +308,9 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
     if steps_per_epoch < 1:
-        raise UserError(f"{len(data.train)} training samples over {ctx.world_size} processes do not fill one batch "
-                        f"of {config.train.batchsize}; lower --train.batchsize")
+        spread = f" over {ctx.world_size} processes" if ctx.world_size > 1 else ""
+        raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
+                        f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
     loader = make_loader(data.train, sampler, config.train.batchsize, num_workers,
                          pin_memory=ctx.device.type == "cuda")
@@ -277,30 +322,29 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     from ava.train.evaluate import CrossIdentity
 
     say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
+    check_run_folder(config)
     data, csv, topology = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
     resumed_from = restore(config, ctx, state, data, topology, say)
     vertmean = torch.from_numpy(data.stats.vertmean).to(ctx.device)
-    plan = plan_distributed(config, ctx, state, data, vertmean) if ctx.enabled else None
-    prepare_network(config, ctx, state, plan, say)
-
+    plan = prepare_network(config, ctx, state, data, vertmean, say)
     num_workers = loader_workers(config, ctx)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
+    if config.train.num_workers is None:
+        say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
+
+    # The run folder is touched only once everything above has been checked.
     resolved = resolved_config(config, ctx, data, csv, backend, num_workers, plan)
     run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
     cross_identity = None
     if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
         cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))
-
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
-    if config.train.num_workers is None:
-        say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
     return Trainer(config=config, ctx=ctx, console=console, data=data, ids_csv=csv, topology=topology,
                    backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
                    resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
                    steps_per_epoch=steps_per_epoch, last_step=last_step,
-                   vertmean=vertmean)
+                   vertmean=vertmean, threads=threads)
