@@ -120,4 +120,30 @@ def test_a_tiny_cpu_run_end_to_end(tiny_dataset, tmp_path, capsys):
     assert run["spec"] == {"name": "1x2", "nproc": 1, "batch": 2, "bucket_mb": None} and run["num_workers"] == 0
     assert "| 1 | 2 | 2 |" in out and "100%" in out
     assert (tmp_path / "out" / "1x2" / "metrics.jsonl").is_file() and (tmp_path / "out" / "1x2.log").is_file()
-    assert not (tmp_path / "out" / "1x2" / "checkpoints").exists()
+    assert not (tmp_path / "out" / "1x2" / "checkpoints").exists()  # stopped once its last step was logged
+
+
+def test_stop_ends_the_workers_torchrun_starts_in_sessions_of_their_own():
+    import os
+    import subprocess
+    import time
+
+    spawn_worker = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+                    "time.sleep(60)'], start_new_session=True); print('started', flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", spawn_worker], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "started"
+    tree = bench_scaling.process_tree(process.pid)
+    assert len(tree) == 2 and tree[-1] == process.pid  # the worker first
+    bench_scaling.stop(process)
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(pid) for pid in tree)
+    assert process.returncode == -9 and os.getpid() not in tree

@@ -14,9 +14,11 @@
    on the set for --steps steps: k = 1 .. N GPUs with the same --per-gpu-batch (throughput), then
    1 GPU with batch N x per-GPU batch, the global batch of the N-GPU run (loss curves), then N
    GPUs again for each DDP bucket size of --bucket-mb (e.g. `--bucket-mb 10,100`).
-   Periodic work is pushed past the run's end (one evaluation and checkpoint at the last step,
-   outside the timed steps). Every process gets NCCL_NVLS_ENABLE=0,
-   TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 (NVLink multicast off).
+   Periodic work is pushed past the run's end, and a run is stopped as soon as its last step is
+   logged (the final evaluation and checkpoint measure nothing here). Every process gets
+   NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 (NVLink
+   multicast off). Training runs as `ava train` does by default (on a GPU: TF32, fused Adam, the
+   parts that gain compiled; the first run of each batch size pays the compile time).
 3. From each run's metrics.jsonl (rank 0's record of each step; steps after --skip):
    samples/s = global batch x steps / their summed step time; scaling efficiency = samples/s on
    k / (k x samples/s on 1); median step time; median data wait (time spent waiting for the
@@ -26,10 +28,10 @@
    the loss after warm-up) and all loss curves are drawn into OUT/loss_curves.png when
    matplotlib is installed (`pip install matplotlib`). OUT/summary.json has everything.
 
-The run folders keep metrics.jsonl, config.json and each run's log (OUT/NAME.log), not the
-checkpoints (--keep-checkpoints keeps them). The defaults are meant to finish within about 7
-minutes on a host with 2 GPUs, data generation included (an estimate until measured). On real
-data (--data with an ids.csv), limit the captures after `--`, e.g. `-- --train.nids 8`.
+The run folders keep metrics.jsonl and config.json, and each run's output is in OUT/NAME.log.
+The defaults are meant to finish within about 7 minutes on a host with 2 GPUs, data generation
+included (an estimate until measured). On real data (--data with an ids.csv), limit the
+captures after `--`, e.g. `-- --train.nids 8`.
 `--device cpu` (gloo) with small `--model.*` flags after `--` runs the same on a CPU, for tests.
 """
 
@@ -220,6 +222,8 @@ def plot_curves(summaries: list[RunSummary], path: Path) -> Path | None:
     for summary in summaries:
         steps = list(range(1, len(summary.losses) + 1))
         label = f"{summary.spec.nproc} GPU{'s' if summary.spec.nproc > 1 else ''} x batch {summary.spec.batch}"
+        if summary.spec.bucket_mb is not None:
+            label += f", {summary.spec.bucket_mb:g} MB buckets"
         line, = axis.plot(steps, summary.losses, linewidth=0.6, alpha=0.35)
         # Several GPUs dashed: where a 1-GPU curve of the same global batch lies under it, both show.
         axis.plot(steps, running_mean(summary.losses), color=line.get_color(), linewidth=1.8,
@@ -317,34 +321,83 @@ def environment() -> dict[str, str]:
     return env
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants, children first (Linux /proc). torchrun starts each worker in
+    a session of its own, so a process group does not reach them; parentage does."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])  # fields after "(comm)": state, ppid, ...
+        children.setdefault(parent, []).append(int(entry.name))
+    order, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        order.append(pid)
+        pending.extend(children.get(pid, []))
+    return order[::-1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kills torchrun, its workers and their loader processes."""
+    for pid in process_tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def last_step_logged(metrics: Path, steps: int) -> bool:
+    try:
+        records = read_steps(metrics)
+    except FileNotFoundError:
+        return False
+    return bool(records) and records[-1]["step"] >= steps
+
+
 def launch(spec: RunSpec, args, data: Path, captures: int) -> RunSummary | str:
-    """Runs one training; its summary, or the reason it failed."""
+    """Runs one training until its last step is logged; its summary, or why it failed.
+
+    The run is stopped once metrics.jsonl has its last step: what `ava train` does after it (an
+    evaluation, whose eval-mode graphs torch.compile would compile first, pictures, a 0.6 GB
+    checkpoint) measures nothing here and would only add minutes."""
     run = Path(args.out) / spec.name
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
     command = train_command(spec, args, data, captures, run)
     print(f"run {spec.name}: {spec.nproc} process{'es' if spec.nproc > 1 else ''} x batch {spec.batch}", flush=True)
+    log_path = run.parent / f"{spec.name}.log"
     started = time.perf_counter()
-    with open(run.parent / f"{spec.name}.log", "w") as log:
+    with open(log_path, "w") as log:
         log.write(" ".join(command) + "\n\n")
         log.flush()
-        # Its own process group, so that a run past --run-timeout (a hung collective) is ended
-        # with every worker torchrun started, not just torchrun.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment(),
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment())
+        status = None
         try:
-            status = process.wait(timeout=args.run_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return f"stopped after --run-timeout {args.run_timeout:g} s; see {run.parent / f'{spec.name}.log'}"
+            while status is None:
+                if last_step_logged(run / "metrics.jsonl", args.steps):
+                    stop(process)
+                    status = 0
+                elif time.perf_counter() - started > args.run_timeout:
+                    stop(process)
+                    return f"stopped after --run-timeout {args.run_timeout:g} s; see {log_path}"
+                else:
+                    time.sleep(0.5)
+                    status = process.poll()
+        finally:
+            if process.poll() is None:  # interrupted: leave no GPU processes behind
+                stop(process)
     wall = time.perf_counter() - started
-    if status != 0:
-        tail = (run.parent / f"{spec.name}.log").read_text().splitlines()[-15:]
-        return f"exit status {status} after {wall:.0f} s; end of {run.parent / f'{spec.name}.log'}:\n  " + "\n  ".join(tail)
-    if not args.keep_checkpoints:
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)  # ~0.6 GB each for ava256, not needed here
+    if status != 0 or not last_step_logged(run / "metrics.jsonl", args.steps):
+        tail = log_path.read_text().splitlines()[-15:]
+        return f"exit status {status} after {wall:.0f} s; end of {log_path}:\n  " + "\n  ".join(tail)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # a partial one, if any
     summary = summarise(spec, read_steps(run / "metrics.jsonl"), args.skip)
     summary.wall_s = wall
     config = json.loads((run / "config.json").read_text())
@@ -394,7 +447,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=None,
                         help="copies of each generated capture in the training set, for long epochs "
                              "(default: 8 x nproc)")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's final checkpoint")
     parser.add_argument("--run-timeout", type=float, default=300, help="seconds one run may take")
     args = parser.parse_args(argv)
     args.extra = extra
