@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ava.errors import UserError
+from ava.files import fsync_directory, give_default_mode
 
 FORMAT_NAME = "ava-checkpoint"
 FORMAT_VERSION = 1
@@ -75,19 +76,6 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
             else:
                 plain.setdefault(str(index), {})[name] = value
     return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported everywhere (e.g. Windows); the rename itself is still atomic
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def save_checkpoint(
@@ -161,11 +149,12 @@ def _write_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: di
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         save_file(tensors, str(temporary), metadata=metadata)
+        give_default_mode(temporary)  # safetensors creates it 0600; a checkpoint is shared like any output
         with open(temporary, "rb+") as handle:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -280,6 +269,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
     return {"state": state, "param_groups": saved["param_groups"]}
 
 
+def newest_checkpoint_in(folder: Path) -> Path | None:
+    """The last `*.safetensors` by name in `folder`, or in its `checkpoints/` (a run folder); step
+    checkpoints are named step_XXXXXXXX, so the last by name is the newest."""
+    for candidate in (folder, folder / "checkpoints"):
+        found = sorted(candidate.glob("*.safetensors"))
+        if found:
+            return found[-1]
+    return None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`, checking its format and version."""
     from ava.data.stats import NormStats
@@ -333,6 +332,10 @@ def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str,
     """(metadata, tensors, format version) of a checkpoint file of the `expected` format."""
     from safetensors import SafetensorError, safe_open
 
+    if path.is_dir():
+        newest = newest_checkpoint_in(path)
+        raise UserError(f"{path} is a folder, not a checkpoint file; pass one of its checkpoints"
+                        + (f", e.g. {newest}" if newest else " (it holds none)"))
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:

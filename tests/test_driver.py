@@ -100,9 +100,12 @@ def test_train_driver_writes_checkpoints_metrics_and_pictures(driver_run, decode
         assert all(r[key] >= 0 for r in evaluations), key
     # DTW minimises the very error it is compared with, so it can only do as well or better.
     assert all(r["train_aligned_error"] <= r["train_stretch_error"] + 1e-9 for r in evaluations)
+    from ava.runtime.images import viewing_scale
+
     picture = np.asarray(Image.open(driver_run / "driven" / "step_00000004.png"))
     height, width = 32, 20  # the decoder's images: sensor / 128
-    assert picture.shape == (2 * height + 4, 5 * height + 4 * 2 + 4 + width + 4 + width, 3)
+    scale = viewing_scale(height)  # enlarged, as ava train's pictures
+    assert picture.shape == (scale * (2 * height + 4), scale * (5 * height + 4 * 2 + 4 + width + 4 + width), 3)
 
 
 def test_resume_continues_where_it_stopped(decoder, without_truth, driver_run, tmp_path):

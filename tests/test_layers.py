@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ava"
 # Layer of each top-level part of ava (higher imports lower). Parts of the same rank are siblings
 # and must not import each other.
 RANKS = {
-    "errors": 0, "files": 0, "__init__": 0,
+    "errors": 0, "__init__": 0,
+    "files": 0.5,  # may raise ava.errors.UserError; everything else may use it
     "kernels": 1,
     "data": 2, "nn": 2,
     "checkpoint": 3, "synth": 3,
@@ -28,8 +29,9 @@ RANKS = {
     "__main__": 7,
 }
 # Third-party packages the data layer may use: it reads captures (numpy, Pillow, plyfile, torch's
-# Dataset) and downloads them (requests, rich for progress). No model code, no renderer.
-DATA_THIRD_PARTY = {"numpy", "PIL", "plyfile", "torch", "requests", "rich"}
+# Dataset) and downloads them (requests, urllib3 under it for bodies read raw, rich for progress).
+# No model code, no renderer.
+DATA_THIRD_PARTY = {"numpy", "PIL", "plyfile", "torch", "requests", "urllib3", "rich"}
 
 
 def _part(module: str) -> str:

@@ -13,7 +13,11 @@ def main(config: Annotated[EvalDriverConfig, tyro.conf.arg(name="")]) -> int:
     from rich.console import Console
 
     from ava.driver.evaluate import evaluate_driver, print_table
+    from ava.files import output_folder
+    from ava.runtime.device import use_threads
 
+    use_threads(config.threads)
+    output_folder(config.output, "-o/--output", create=False)  # created when the first file is written
     console = Console(stderr=True)
     result = evaluate_driver(config, console)
     print_table(result["rows"], Console(width=max(Console().width, 160)))

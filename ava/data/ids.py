@@ -62,6 +62,11 @@ class CaptureId:
         return cls(mcd=match.group(1), mct=match.group(2), sid=match.group(3))
 
 
+def is_subject_id(text: str) -> bool:
+    """Whether `text` is a subject id: three upper-case letters and three digits (AEY864)."""
+    return bool(_SID.match(text))
+
+
 def parse_ids_csv(text: str, source: str = "ids CSV") -> list[CaptureId]:
     """Parses the text of an ids CSV (header `mcd,sid,mct`), keeping the row order."""
     reader = csv.reader(io.StringIO(text))

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import tyro
 
 from ava.nn.config import HeadsetEncoderConfig
+from ava.runtime.device import ThreadsFlag
 
 
 @dataclass
@@ -18,14 +19,11 @@ class DriverTrainSection:
     """Which subjects, the optimisation, and the alternation of regression and time alignment."""
 
     dataset_dir: Path | None = None
-    """Dataset with the subjects' dome and headset captures (default: the one the decoder was
-    trained on, if it still exists, else the demo synthetic set)."""
+    """Dataset with the subjects' dome and headset captures (default: the one the decoder was trained on, if it still exists, else the demo synthetic set)."""
     ids: tuple[str, ...] = ()
-    """Subjects to use (MCD--MCT--SID or subject ids); default: every capture folder of the dataset
-    that has both a dome (decoder/) and a headset (encoder/) session."""
+    """Subjects to use (MCD--MCT--SID or subject ids); default: every capture folder of the dataset that has both a dome (decoder/) and a headset (encoder/) session."""
     holdout_subjects: tuple[str, ...] = ()
-    """Subjects the driver never sees (evaluated by `ava eval-driver`). Empty: the last
-    --train.num-holdout-subjects of the subjects in folder order."""
+    """Subjects the driver never sees (evaluated by `ava eval-driver`). Empty: the last --train.num-holdout-subjects of the subjects in folder order."""
     num_holdout_subjects: int = 1
     """How many subjects to hold out when --train.holdout-subjects is empty."""
     maxiter: int = 1500
@@ -37,23 +35,19 @@ class DriverTrainSection:
     final_lr_factor: float = 0.05
     """Learning rate at the end of the decay, as a fraction of --train.learning-rate."""
     decay_steps: int = 0
-    """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be
-    extended by a resume with a larger maxiter, so that the schedule does not change."""
+    """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     align_every: int = 300
-    """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps;
-    until the first re-alignment the targets come from a linear time stretch."""
+    """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3
     """Sakoe-Chiba band of the alignment, as a fraction of the segment (1 or more: no band)."""
     align_max_step: int = 0
-    """Most dome frames the alignment may advance per headset frame (0: twice the segment's mean
-    slope, at least 2)."""
+    """Most dome frames the alignment may advance per headset frame (0: twice the segment's mean slope, at least 2)."""
     augment: bool = True
     """Random per-view shifts, rotations, scales, gamma, gain and noise (headset fit and exposure vary)."""
     preload: bool = True
-    """Decode every headset frame once into memory (5 x image-size^2 bytes a frame); off: decode in
-    --train.num-workers DataLoader workers each step (for data that does not fit in memory)."""
+    """Decode every headset frame once into memory (5 x image-size^2 bytes a frame); off: decode in --train.num-workers DataLoader workers each step (for data that does not fit in memory)."""
     num_workers: int = 0
     """DataLoader worker processes when --no-train.preload."""
     downsample: int | None = None
@@ -74,6 +68,8 @@ class DriverProgressSection:
     """Keep the newest N step checkpoints (0 keeps all)."""
     eval_freq: int = 500
     """Log the truth-free alignment errors of training and held-out subjects every N steps."""
+    overwrite: bool = False
+    """Replace an earlier run in the output folder (its checkpoints, metrics and pictures) instead of refusing to start."""
     picture_rows: int = 4
     """Frames per picture (half from a training subject, half from a held-out one)."""
 
@@ -99,8 +95,7 @@ class DriverConfig:
     """Random seed (batches, augmentation, dropout)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto: CUDA when available."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
+    threads: ThreadsFlag = 0
 
 
 def _demo() -> DriverConfig:
@@ -150,3 +145,4 @@ class EvalDriverConfig:
     """Frames shown in each subject's strip (the most expressive ones, spread over the segments)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to compute."""
+    threads: ThreadsFlag = 0

@@ -138,7 +138,7 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -
     `count` segments whose truth differs most from the mean."""
     from ava.driver.pictures import render_code
     from ava.runtime.headset import headset_panel, predict_codes
-    from ava.runtime.images import hstack, to_uint8, vstack
+    from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
 
     chosen = sorted(result.strip_candidates, reverse=True)[:count]
     chosen.sort(key=lambda item: list(result.segments).index(item[1]))
@@ -150,7 +150,7 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -
         images = render_code(model, subject, dome, codes, device)
         height = images[0].shape[-2]
         rows.append(hstack([headset_panel(views, height)] + [to_uint8(image) for image in images], gap=4))
-    return vstack(rows, gap=4) if rows else None
+    return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0])) if rows else None
 
 
 def markdown_table(rows: list[dict]) -> str:

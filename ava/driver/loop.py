@@ -20,20 +20,20 @@ import torch
 from rich.console import Console
 
 from ava.driver.config import DriverConfig
-from ava.driver.setup import check_config, check_resumable, learning_rate, prepare, resume_path
+from ava.driver.setup import check_config, check_resumable, check_run_folder, learning_rate, prepare, resume_path
 from ava.driver.state import DriverState
 from ava.errors import UserError
 
 
 def train_driver(config: DriverConfig) -> int:
     """Runs `ava train-driver`; returns the exit status."""
-    from ava.runtime.device import select_device
+    from ava.runtime.device import select_device, use_threads
 
     check_config(config)
     console = Console(stderr=True)
     device = select_device(config.device)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    use_threads(config.threads)
+    check_run_folder(config)
     torch.manual_seed(config.seed)
     try:
         return _train(config, device, console)
@@ -78,6 +78,8 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
         console.print(f"resuming from {resume_from} at step {state.step}", highlight=False)
 
     run = state.run = RunDir(config.progress.output_path)
+    if config.progress.overwrite and resume_from is None:
+        run.clear("log", pictures=("driven",))
     run.write_config(state.resolved)
     run.open_metrics(state.step if resume_from is not None else None)
     last = config.train.maxiter

@@ -105,7 +105,7 @@ class DriverState:
 
     def picture(self) -> np.ndarray | None:
         from ava.driver.pictures import driven_row
-        from ava.runtime.images import vstack
+        from ava.runtime.images import upscale_nearest, viewing_scale, vstack
 
         rows = []
         count = self.config.progress.picture_rows
@@ -123,7 +123,10 @@ class DriverState:
                 owner, dome_index = pool.code_location(int(targets[index]))
                 rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
                                        self.device))
-        return vstack(rows, gap=4) if rows else None
+        if not rows:
+            return None
+        # Enlarged like ava train's pictures: the renders are too small to judge at their own size.
+        return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0]))
 
     def predictions_for(self, views: torch.Tensor) -> torch.Tensor:
         from ava.runtime.headset import predict_codes

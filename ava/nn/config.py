@@ -53,8 +53,7 @@ class ModelConfig:
     raymarch_step: float = 1.0
     """Raymarching step in millimetres; the kernel's step is raymarch_step / volradius."""
     topology: str | None = None
-    """OBJ file with the mesh topology (UVs and faces). Default: <dataset>/face_topology.obj if
-    present, else the original Ava-256 topology (downloaded once and checked)."""
+    """OBJ file with the mesh topology (UVs and faces). Default: <dataset>/face_topology.obj if present, else the original Ava-256 topology (downloaded once and checked)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,11 +140,9 @@ class HeadsetEncoderConfig:
     """Size of the headset encoder (`ava.nn.headset`): five IR views -> the expression code."""
 
     image_size: int = 64
-    """Side of the square views the encoder reads (headset images are resized to it): a power of
-    two >= 8. Each view is halved down to 4x4."""
+    """Side of the square views the encoder reads (headset images are resized to it): a power of two >= 8. Each view is halved down to 4x4."""
     channels: tuple[int, ...] = (16, 32, 64, 64)
-    """Output channels per view of the stride-2 convolutions, finest first; the last width repeats
-    for further levels."""
+    """Output channels per view of the stride-2 convolutions, finest first; the last width repeats for further levels."""
     hidden: int = 256
     """Width of the layer that fuses the five views' features."""
     dropout: float = 0.1
