@@ -295,3 +295,31 @@ def test_decoder_fingerprint_follows_the_weights(decoder, tmp_path):
     changed[key] = changed[key] + 1e-3
     checkpoint.model_state = changed
     assert decoder_fingerprint(checkpoint) != decoder_fingerprint(load_checkpoint(copy))
+
+
+@pytest.mark.parametrize("command, sources", [
+    ("train-driver", ["ava/driver/config.py", "ava/nn/config.py"]),
+    ("eval-driver", ["ava/driver/config.py"]),
+])
+def test_driver_commands_take_threads_and_keep_help_lines_whole(command, sources, monkeypatch, capsys):
+    import re
+
+    from tests.test_first_hour import REPO, _field_docstrings
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    assert run_cli([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"--threads N\s+CPU threads for torch", out)
+    for source in sources:
+        for line_count, docstring in _field_docstrings(REPO / source):
+            assert line_count == 1, f"{source}: {docstring!r} spans {line_count} lines"
+
+
+def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth, driver_run, tmp_path, capsys):
+    run = tmp_path / "again"
+    shutil.copytree(driver_run, run)
+    assert run_cli(driver_argv(decoder, without_truth, run, 2)) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert run_cli(driver_argv(decoder, without_truth, run, 2, "--progress.overwrite")) == 0
+    assert sorted(path.name for path in (run / "checkpoints").glob("step_*")) == ["step_00000002.safetensors"]
+    assert not (run / "driven" / "step_00000004.png").exists()
