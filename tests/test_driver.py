@@ -263,7 +263,7 @@ def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
 
 
 def test_headset_encoder_ignores_exposure_and_checks_shapes():
-    from ava.nn.config import HeadsetEncoderConfig
+    from ava.nn.headset_config import HeadsetEncoderConfig
     from ava.nn.headset import HeadsetEncoder
 
     torch.manual_seed(0)
@@ -298,7 +298,7 @@ def test_decoder_fingerprint_follows_the_weights(decoder, tmp_path):
 
 
 @pytest.mark.parametrize("command, sources", [
-    ("train-driver", ["ava/driver/config.py", "ava/nn/config.py"]),
+    ("train-driver", ["ava/driver/config.py", "ava/nn/headset_config.py"]),
     ("eval-driver", ["ava/driver/config.py"]),
 ])
 def test_driver_commands_take_threads_and_keep_help_lines_whole(command, sources, monkeypatch, capsys):
