@@ -178,26 +178,37 @@ class Avatar:
                background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
         """uint8 [H,W,3]: `identity` (a trained capture folder) making the expression `encoding`
         [1,16,4,4], seen by `camera`, over a flat `background` colour (0..255)."""
-        from ava.data.dataset import pixel_coordinates
         from ava.runtime.images import to_uint8
 
-        device = self.device
         conditioning = self.identity(identity)
-        colour = torch.tensor(background, dtype=torch.float32, device=device)
-        camindex = torch.tensor([self.reference_camera], device=device)
-        idindex = torch.tensor([self.idindex(identity)], device=device)
-        colorcal = self.model.colorcal
-        if colorcal is not None:
-            # The model adds the calibration's bias to the premultiplied colour, so where nothing is
-            # hit it lands on the background (which the background model learnt to absorb). Passing
-            # colour - bias as the background gives alpha * bias + (1 - alpha) * colour: the head
-            # exactly as trained over a clean flat colour.
-            colour = colour - (colorcal.bcam[camindex[0]] + colorcal.bident[idindex[0]])
         with self.lock:
-            output = self.model(
-                camera.camrot[None].to(device), camera.campos[None].to(device), camera.focal[None].to(device),
-                camera.princpt[None].to(device), torch.eye(4, device=device)[None], None, None, None, None,
-                pixelcoords=pixel_coordinates(camera.height, camera.width)[None].to(device),
-                idindex=idindex, camindex=camindex, id_cond=conditioning, expr_encoding=encoding.to(device),
-                bg=colour.view(1, 3, 1, 1).expand(1, 3, camera.height, camera.width))
-        return to_uint8(output["irgbrec"][0])
+            image = render_view(self.model, camera, conditioning, encoding, self.idindex(identity),
+                                self.reference_camera, background)
+        return to_uint8(image)
+
+
+@torch.no_grad()
+def render_view(model, camera: ViewCamera, id_cond: dict, encoding: torch.Tensor, idindex: int, camindex: int,
+                background: tuple[float, float, float]) -> torch.Tensor:
+    """[3,H,W] (0..255) on the model's device: the decoder and the raymarcher for one view of the
+    identity `id_cond` (the identity encoder's output) making `encoding` [1,16,4,4], with colour
+    calibration row (camindex, idindex), over a flat `background` colour."""
+    from ava.data.dataset import pixel_coordinates
+
+    device = next(model.parameters()).device
+    colour = torch.tensor(background, dtype=torch.float32, device=device)
+    cameras = torch.tensor([camindex], device=device)
+    identities = torch.tensor([idindex], device=device)
+    if model.colorcal is not None:
+        # The model adds the calibration's bias to the premultiplied colour, so where nothing is
+        # hit it lands on the background (which the background model learnt to absorb). Passing
+        # colour - bias as the background gives alpha * bias + (1 - alpha) * colour: the head
+        # exactly as trained over a clean flat colour.
+        colour = colour - (model.colorcal.bcam[camindex] + model.colorcal.bident[idindex])
+    output = model(
+        camera.camrot[None].to(device), camera.campos[None].to(device), camera.focal[None].to(device),
+        camera.princpt[None].to(device), torch.eye(4, device=device)[None], None, None, None, None,
+        pixelcoords=pixel_coordinates(camera.height, camera.width)[None].to(device),
+        idindex=identities, camindex=cameras, id_cond=id_cond, expr_encoding=encoding.to(device),
+        bg=colour.view(1, 3, 1, 1).expand(1, 3, camera.height, camera.width))
+    return output["irgbrec"][0]

@@ -24,6 +24,9 @@ BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "grey": (96.0, 96.0, 96.0), "white": (2
 ALL_FRAMES = "all frames"
 JPEG_QUALITY = 90
 MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
+# On a CPU the raymarcher's vectorised path holds every (ray, primitive, step) sample at once:
+# memory grows with pixels x primitives, so the size is capped there.
+MAX_CPU_HEIGHT = 256
 
 
 def view_camera(wxyz, position, fov: float, aspect: float, height: int) -> ViewCamera:
@@ -198,7 +201,8 @@ class Viewer:
                                            hint="the expression code scaled about the capture's neutral one "
                                                 "(0: neutral, 1: as captured)")
         with gui.add_folder("View"):
-            self.height = gui.add_slider("height (px)", min=MIN_HEIGHT, max=MAX_HEIGHT, step=8, initial_value=height)
+            most = MAX_HEIGHT if avatar.device.type == "cuda" else MAX_CPU_HEIGHT
+            self.height = gui.add_slider("height (px)", min=MIN_HEIGHT, max=most, step=8, initial_value=height)
             self.background = gui.add_dropdown("background", list(BACKGROUNDS))
             self.reset = gui.add_button("reset camera")
         self.identity.on_update(lambda _: self._identity_changed())
@@ -327,10 +331,13 @@ def start_viewer(config, console=None) -> Viewer:
         raise UserError("--fps must be positive")
     if config.height is not None and not MIN_HEIGHT <= config.height <= MAX_HEIGHT:
         raise UserError(f"--height must be between {MIN_HEIGHT} and {MAX_HEIGHT} pixels")
+    device = select_device(config.device)
+    if device.type == "cpu" and config.height is not None and config.height > MAX_CPU_HEIGHT:
+        raise UserError(f"--height is at most {MAX_CPU_HEIGHT} on a CPU (its raymarcher's memory grows with pixels "
+                        "x primitives); render on a GPU for larger images")
     if not 0 <= config.port < 65536:
         raise UserError(f"--port {config.port} is not a port number")
     checkpoint = load_checkpoint(config.checkpoint)
-    device = select_device(config.device)
     dataset_dir = resolve_dataset_dir(config.dataset_dir, checkpoint)
     avatar = Avatar(checkpoint, dataset_dir, checkpoint_downsample(checkpoint), device)
     height = config.height or (512 if device.type == "cuda" else 96)
