@@ -2,7 +2,8 @@
 
 Used by the download tests and by tools/bench_download.py. It speaks HTTP/1.1 with keep-alive,
 answers HEAD and GET, honours `Range: bytes=N-` with 206 (unless told to ignore Range) and sends
-an S3-style ETag (the quoted MD5 of the body). Faults are set per URL path on `server.faults`;
+an S3-style ETag (the quoted MD5 of the body), and can label objects with a Content-Encoding the
+way S3 does (ranges and sizes then still count the stored bytes). Faults are set per URL path on `server.faults`;
 "first" faults hit only the first GET of that path, so a retry then succeeds.
 """
 
@@ -42,6 +43,10 @@ class Faults:
     """Answer every GET with 200 and the whole body, as servers without Range support do."""
     multipart_etag: bool = False
     """Send ETags like '"<hex>-2"' (multipart uploads), which carry no plain MD5."""
+    content_encoding: dict[str, str] = field(default_factory=dict)
+    """Send `Content-Encoding: <value>` with these paths whatever the client's Accept-Encoding, as
+    S3 does for objects uploaded with a content encoding. The stored bytes (and so Content-Length,
+    Range offsets and the ETag) stay those in `files`: put gzip data there for 'gzip'."""
     seconds_per_request: float = 0.0
     """Latency added before every answer (benchmarks)."""
     seconds_per_chunk: float = 0.0
@@ -150,6 +155,8 @@ def _handler_for(server: DownloadServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes")
+            if path in faults.content_encoding:
+                self.send_header("Content-Encoding", faults.content_encoding[path])
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             self.end_headers()

@@ -67,3 +67,52 @@ def test_bad_calibrations_are_user_errors():
     document["KRT"][1]["cameraId"] = "400940"
     with pytest.raises(UserError, match="twice"):
         parse_calibration(json.dumps(document))
+
+
+def _row_major(document: dict, camera: int, which: str) -> dict:
+    """The document with one camera's K or T written the ordinary way (untransposed)."""
+    document["KRT"][camera][which] = np.array(document["KRT"][camera][which]).T.tolist()
+    return document
+
+
+@pytest.mark.parametrize("which, row", [("K", r"\[1413.5, 1784.25, 1\]"), ("T", r"\[10, -20, 1400, 1\]")])
+def test_untransposed_k_or_t_is_named_with_file_and_camera(tmp_path, which, row):
+    from ava.data.calibration import read_calibration
+
+    path = tmp_path / "camera_calibration.json"
+    path.write_text(json.dumps(_row_major(json.loads(CALIBRATION), 0, which)))
+    with pytest.raises(UserError, match=f"^{path}: camera 400940: {which}'s last row is {row} after the "
+                                        f"transpose.*is {which} stored untransposed\\?"):
+        read_calibration(path)
+
+
+def test_cameras_must_have_the_head_in_front():
+    from ava.data.calibration import check_in_front
+
+    # T untransposed with t = 0 passes the row checks (R^T is a rotation) but sits on the origin.
+    document = _row_major(json.loads(CALIBRATION), 1, "T")
+    document["KRT"][1]["T"][2][3] = 0.0
+    with pytest.raises(UserError, match="the world origin is not in front of camera 401031 \\(depth 0 mm\\)"):
+        parse_calibration(json.dumps(document))
+    document = json.loads(CALIBRATION)
+    document["KRT"][0]["T"][3][2] = -1400.0  # looking away from the origin
+    with pytest.raises(UserError, match="not in front of camera 400940 \\(depth -1400 mm\\).*untransposed"):
+        parse_calibration(json.dumps(document))
+    cameras = parse_calibration(json.dumps(document), in_front_of=None)  # checked later, with a head pose
+    head = np.array([1500.0, 0.0, 0.0])  # camera 400940 sees it at depth x + t_z = 100 mm
+    assert (cameras[0].rotation @ head + cameras[0].translation)[2] > 0
+    with pytest.raises(UserError, match="the head is not in front of camera 401031"):
+        check_in_front(cameras, head + [0, 0, -3000], "calib.json", "the head")
+    check_in_front(cameras[:1], head, "calib.json", "the head")
+
+
+def test_synthetic_domes_pass_the_checks():
+    from ava.data.calibration import calibration_document
+    from ava.synth.dome import base_head_pose, make_dome
+
+    rng = np.random.default_rng(3)
+    pose = base_head_pose(rng)
+    cameras = make_dome(12, pose, rng)
+    again = parse_calibration(json.dumps(calibration_document(cameras)), in_front_of=pose[:, 3])
+    assert [camera.camera_id for camera in again] == [camera.camera_id for camera in cameras]
+    assert np.allclose(again[0].intrinsics, cameras[0].intrinsics)

@@ -9,7 +9,7 @@ import torch
 from ava.checkpoint import load_checkpoint
 from ava.cli import main as cli_main
 from ava.data.ids import CaptureId, format_ids_csv
-from ava.nn.original import infer_model_config, original_camera_order, strip_ddp_prefix
+from ava.nn.original import infer_model_config, load_original_state, original_camera_order, strip_wrapper_prefixes
 from ava.nn.uvmap import write_obj
 from test_nn_helpers import SMALL, batch, small_model
 
@@ -107,8 +107,37 @@ def test_convert_lists_what_does_not_match(original, monkeypatch, capsys):
 
 def test_size_inference_and_camera_order():
     model, _, _ = small_model(num_cameras=3, num_identities=2)
-    config, cameras, identities = infer_model_config(strip_ddp_prefix(model.state_dict()))
+    config, cameras, identities = infer_model_config(strip_wrapper_prefixes(model.state_dict()))
     assert config == SMALL and (cameras, identities) == (3, 2)
     order, consistent = original_camera_order([["b", "a"], ["b", "a", "c"]], ["a", "b", "c"])
     assert order == ["b", "a", "c"] and not consistent
     assert original_camera_order([["c", "a", "b"]] * 2, ["a", "b", "c"]) == (["c", "a", "b"], True)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda key: f"_orig_mod.{key}",  # torch.compile
+    lambda key: f"module._orig_mod.{key}",  # DDP around a compiled model
+    lambda key: f"_orig_mod.module.{key}",  # compiled DDP
+    lambda key: f"module.module.{key}",  # DataParallel inside DDP
+    lambda key: key.replace("decoder_assembler.", "decoder_assembler._orig_mod.", 1),  # one compiled submodule
+], ids=["compiled", "ddp-compiled", "compiled-ddp", "dataparallel-in-ddp", "compiled-submodule"])
+def test_wrapper_prefixes_are_stripped_in_any_nesting(tmp_path, wrap):
+    model, _, _ = small_model(num_cameras=3, num_identities=2)
+    plain = model.state_dict()
+    torch.save({wrap(key): value for key, value in plain.items()}, tmp_path / "aeparams.pt")
+    state = load_original_state(tmp_path / "aeparams.pt")
+    assert list(state) == list(plain)
+    assert infer_model_config(state) == (SMALL, 3, 2)
+
+
+def test_unknown_common_prefix_is_named(original, capsys):
+    model, _, folder = original
+    torch.save({f"net.ae.{key}": value for key, value in model.state_dict().items()}, folder / "aeparams.pt")
+    assert run_cli(folder / "aeparams.pt", "-o", folder / "out.safetensors", *common_flags(folder)) == 2
+    err = capsys.readouterr().err
+    assert "starts with 'net.ae.'" in err and "without it the keys are an Ava-256 autoencoder's" in err
+    partial = {f"net.{key}": value for key, value in model.state_dict().items() if key != "colorcal.wcam"}
+    torch.save(partial, folder / "part.pt")
+    assert run_cli(folder / "part.pt", "-o", folder / "out.safetensors", *common_flags(folder)) == 2
+    err = capsys.readouterr().err
+    assert "lacks" in err and "every key starts with 'net.'" in err and "without it" not in err

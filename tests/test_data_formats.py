@@ -47,6 +47,72 @@ def test_bad_ply():
         parse_ply_vertices(b"garbage")
 
 
+def _ply(header_lines: list[str], body: bytes) -> bytes:
+    return ("\n".join(["ply", *header_lines, "end_header"]) + "\n").encode() + body
+
+
+_XYZ = ["property float x", "property float y", "property float z"]
+_BODY = np.arange(18, dtype="<f4").tobytes()
+
+
+_BAD_PLY = [
+    (["format binary_little_endian 1.0", "element vertex 31#6", *_XYZ], _BODY, "line 3 .*element NAME COUNT"),
+    (["format binary_little_endian 1.0", "element vertex -6", *_XYZ], _BODY, "non-negative integer count"),
+    (["format binary_little_endian 1.0", "element vertex", *_XYZ], _BODY, "element NAME COUNT"),
+    (["format binary_little_endian", "element vertex 6", *_XYZ], _BODY, "expected 'format"),
+    (["format binary_middle_endian 1.0", "element vertex 6", *_XYZ], _BODY, "expected 'format"),
+    (["element vertex 6", *_XYZ], _BODY, "no format line"),
+    (["format binary_little_endian 1.0", "element vertex 6", "property float x", "property float y",
+      "property float128 z"], _BODY, "line 6 .*property TYPE NAME"),
+    (["format binary_little_endian 1.0", "element vertex 6", "property float x", "property float y",
+      "property float"], _BODY, "property TYPE NAME"),
+    (["format binary_little_endian 1.0", "element vertex 6", *_XYZ, "property float x"], _BODY, "appears twice"),
+    (["format binary_little_endian 1.0", "property float x", "element vertex 6", *_XYZ], _BODY, "before any element"),
+    (["format binary_little_endian 1.0", "elemnt vertex 6", *_XYZ], _BODY, "unknown keyword 'elemnt'"),
+    (["format binary_little_endian 1.0", "element face 1", "property list uchar int vertex_indices"],
+     b"\x03" + bytes(12), "no vertex element"),
+    (["format binary_little_endian 1.0", "element vertex 6", "property float x", "property float y"], _BODY,
+     "lacks x/y/z"),
+    (["format binary_little_endian 1.0", "element vertex 7", *_XYZ], _BODY, "truncated"),
+    (["format binary_little_endian 1.0", "element vertex 99999999999999", *_XYZ], _BODY, "truncated"),
+    (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 5\n", "does not hold 2 vertices"),
+    (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 five 6\n", "non-numeric"),
+    # plyfile's path (vertex after another element, list properties): damaged bodies and counts
+    (["format binary_little_endian 1.0", "element face 1", "property list uchar int vertex_indices",
+      "element vertex 6", *_XYZ], b"\x03" + bytes(12) + _BODY[:-8], "PLY cannot be parsed"),
+    (["format ascii 1.0", "element face 1", "property list uchar int vertex_indices", "element vertex 2", *_XYZ],
+     b"3 0 1 2\n1 2 3\n4 x 6\n", "PLY cannot be parsed"),
+]
+
+
+@pytest.mark.parametrize("header, body, message", _BAD_PLY, ids=[message for *_, message in _BAD_PLY])
+def test_every_malformed_ply_is_a_bad_member(header, body, message):
+    with pytest.raises(BadMember, match=message):
+        parse_ply_vertices(_ply(header, body))
+
+
+_GOOD_PLY = [format_ply_vertices(np.arange(15, dtype=np.float32).reshape(5, 3)),
+             _ply(["format ascii 1.0", "comment x", "element vertex 2", *_XYZ, "element face 1",
+                   "property list uchar int vertex_indices"], b"1 2 3\n4 5 6\n3 0 1 1\n"),
+             _ply(["format binary_big_endian 1.0", "element face 0", "property list uchar int vertex_indices",
+                   "element vertex 2", "property double x", "property uchar red", "property double y",
+                   "property double z"], np.zeros(2, ">f8,u1,>f8,>f8").tobytes())]
+
+
+@given(st.sampled_from(range(len(_GOOD_PLY))), st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=3),
+                                                                   st.integers(0, 3)), min_size=1, max_size=4))
+def test_damaged_ply_bytes_parse_or_raise_bad_member(which, edits):
+    data = bytearray(_GOOD_PLY[which])
+    for position, insert, delete in edits:  # overwrite, insert or cut a few bytes anywhere
+        position %= len(data) + 1
+        data[position:position + delete] = insert
+    try:
+        vertices = parse_ply_vertices(bytes(data))
+    except BadMember:
+        return
+    assert vertices.dtype == np.float32 and vertices.ndim == 2 and vertices.shape[1] == 3
+
+
 def test_head_pose_and_frame_list():
     pose = parse_head_pose(b"1 0 0 5\n0 1 0 6\n0 0 1 7\n")
     assert pose.dtype == np.float32 and pose.shape == (3, 4) and pose[2, 3] == 7

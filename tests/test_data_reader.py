@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import zipfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ava.data.bad_data import BadDataReport, collate_samples
 from ava.data.calibration import read_calibration
-from ava.data.dataset import CaptureDataset, MultiCaptureDataset
+from ava.data.dataset import CaptureDataset, MultiCaptureDataset, NoUsableSamples
 from ava.data.ids import read_ids_csv
 from ava.data.layout import CaptureLayout
 from ava.synth import SynthConfig, generate
@@ -112,15 +113,138 @@ def test_missing_required_file_is_named(capture, which):
         CaptureDataset(capture.root, downsample=64)
 
 
-def test_missing_camera_zip_and_camera_selection(capture):
+@pytest.mark.parametrize("damage", ["missing", "truncated", "not a zip"])
+def test_unusable_camera_archive_skips_that_camera_and_says_so(capture, damage):
     first, second = _camera_ids(capture)
-    capture.image_zip(first).unlink()
-    with pytest.raises(UserError, match=f"cam{first}.zip"):
-        CaptureDataset(capture.root, downsample=64)
+    archive = capture.image_zip(first)
+    if damage == "missing":  # what a size tier's 404 leaves
+        archive.unlink()
+    elif damage == "truncated":  # an interrupted copy: the central directory is gone
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
+    else:
+        archive.write_bytes(b"<html>403 Forbidden</html>")
+    dataset = CaptureDataset(capture.root, downsample=64)
+    assert {dataset.sample_ids(i)[1] for i in range(len(dataset))} == {second}
+    assert dataset.usable_camera_ids == [second] and dataset.reader.camera_ids == [first, second]
+    [problem] = dataset.archive_problems
+    assert (problem.archive, problem.camera, problem.frames_lost, problem.frames_listed) == (str(archive), first, 4, 4)
+    reason = "archive is missing" if damage == "missing" else "archive cannot be opened"
+    assert str(problem).startswith(f"{archive}: {reason}") and str(problem).endswith(
+        f"(4 of 4 frames lost; camera {first} skipped)")
+    with pytest.raises(NoUsableSamples, match=f"has no usable frame; first problems: {archive}: {reason}") as error:
+        CaptureDataset(capture.root, downsample=64, cameras=[first])
+    assert error.value.archive_problems == [problem]
+
+
+def test_camera_selection(capture):
+    first, second = _camera_ids(capture)
     dataset = CaptureDataset(capture.root, downsample=64, cameras=[second, "999999"])
     assert {dataset.sample_ids(i)[1] for i in range(len(dataset))} == {second}
     with pytest.raises(UserError, match="none of the cameras"):
         CaptureDataset(capture.root, downsample=64, cameras=["999999"])
+
+
+def test_members_under_another_folder_are_found(capture):
+    first, second = _camera_ids(capture)
+    # Repacked by hand: an extra top-level folder in one camera zip and in the texture zip, none in the other.
+    with zipfile.ZipFile(capture.image_zip(first)) as archive:
+        names = archive.namelist()
+    _repack(capture.image_zip(first), lambda name: f"decoder/image/{name}")
+    _repack(capture.image_zip(second), lambda name: name.split("/")[-1])
+    _repack(capture.texture_zip, lambda name: f"uv_image/{name}")
+    with zipfile.ZipFile(capture.image_zip(second), "a") as archive:  # stray files do not confuse it
+        archive.writestr("__MACOSX/._000001.avif", b"junk")
+        archive.writestr("README.txt", b"notes")
+    dataset = CaptureDataset(capture.root, downsample=64)
+    assert len(dataset) == 8 and not dataset.construction_problems
+    assert dataset.reader.member_name(capture.image_zip(first), dataset.reader.frames[0]) == f"decoder/image/{names[0]}"
+    notes = {problem.archive: problem for problem in dataset.archive_problems}
+    assert set(notes) == {str(capture.image_zip(first)), str(capture.image_zip(second)), str(capture.texture_zip)}
+    assert all(problem.frames_lost == 0 and problem.camera is None for problem in notes.values())
+    assert f"members are named 'decoder/image/cam{first}/NNNNNN.avif', not 'cam{first}/NNNNNN.avif'" in str(
+        notes[str(capture.image_zip(first))])
+    for index in range(len(dataset)):
+        assert dataset[index]["skipped"] == ""
+
+
+def _repack(archive: Path, rename) -> None:
+    with zipfile.ZipFile(archive) as source:
+        members = [(name, source.read(name)) for name in source.namelist()]
+    with zipfile.ZipFile(archive, "w") as target:
+        for name, data in members:
+            target.writestr(rename(name), data)
+
+
+def test_archive_problems_count_frames_and_are_summarised_once(capture):
+    from ava.data.bad_data import summarise_archive_problems
+
+    first, _ = _camera_ids(capture)
+    with zipfile.ZipFile(capture.vertices_zip) as archive:
+        dropped_mesh = archive.namelist()[1]
+    _rewrite(capture.vertices_zip, lambda name, data: None if name == dropped_mesh else data)
+    with zipfile.ZipFile(capture.image_zip(first)) as archive:
+        dropped_images = archive.namelist()[2:4]
+    _rewrite(capture.image_zip(first), lambda name, data: None if name in dropped_images else data)
+    dataset = CaptureDataset(capture.root, downsample=64)
+    again = CaptureDataset(capture.root, downsample=64, cameras=[first])  # e.g. the held-out cameras
+    lines = summarise_archive_problems(dataset.archive_problems + again.archive_problems)
+    assert lines == [
+        f"{capture.vertices_zip}: lacks 1 members listed in frame_list.csv (e.g. {dropped_mesh}) (1 of 4 frames lost)",
+        f"{capture.image_zip(first)}: lacks 2 members listed in frame_list.csv (e.g. {dropped_images[0]}) "
+        "(2 of 4 frames lost)",
+    ]
+
+
+def test_damaged_ply_headers_are_replaced_in_loader_workers(capture, capsys):
+    neutral = CaptureDataset(capture.root, downsample=64).reader.neutral_frame.member
+    with zipfile.ZipFile(capture.vertices_zip) as archive:
+        damaged = [name for name in archive.namelist() if not name.startswith(neutral)][:2]
+    header_damage = {damaged[0]: (b"element vertex ", b"element vertex 31#"),  # the reported case
+                     damaged[1]: (b"property float z", b"property float")}
+    _rewrite(capture.vertices_zip,
+             lambda name, data: data.replace(*header_damage[name], 1) if name in header_damage else data)
+    dataset = CaptureDataset(capture.root, downsample=64)
+    loader = DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=collate_samples, shuffle=False)
+    report = BadDataReport()
+    [batch] = list(loader)
+    assert batch["image"].shape[0] == 8  # refilled from the good frames
+    assert not {f"{int(frame):06d}.ply" for frame in batch["frameid"]} & set(damaged)
+    report.update(batch)
+    assert report.end_epoch(0) >= 4  # two frames, two cameras each (a replacement may hit one too)
+    err = capsys.readouterr().err
+    for name in damaged:
+        assert err.count(f"{capture.vertices_zip}/{name}") == 1
+    assert "element NAME COUNT" in err and "property TYPE NAME" in err
+
+
+def test_cameras_must_face_the_head_of_the_capture(capture):
+    import json
+
+    import numpy as np
+
+    from ava.data.calibration import calibration_document
+    from ava.data.formats import format_head_pose, parse_head_pose
+
+    # Move the whole world 3 m: the world origin is then behind some cameras, the head is not.
+    shift = np.array([0.0, 3000.0, 0.0])
+    cameras = read_calibration(capture.calibration, in_front_of=None)
+    moved = [dataclasses.replace(camera, translation=camera.translation - camera.rotation @ shift)
+             for camera in cameras]
+    capture.calibration.write_text(json.dumps(calibration_document(moved)))
+
+    def move_head(name, data, offset):
+        pose = parse_head_pose(data).astype(np.float64)
+        pose[:, 3] += offset
+        return format_head_pose(pose)
+
+    with pytest.raises(UserError, match="the world origin is not in front of camera"):
+        read_calibration(capture.calibration)
+    with pytest.raises(UserError, match=r"camera_calibration.json: the head \(frame \d+\) is not in front of camera"):
+        CaptureDataset(capture.root, downsample=64)  # head poses not moved yet: the head is 3 m away
+    _rewrite(capture.head_pose_zip, lambda name, data: move_head(name, data, shift))
+    dataset = CaptureDataset(capture.root, downsample=64)
+    sample = dataset[0]
+    assert torch.isfinite(sample["campos"]).all()
 
 
 def test_no_neutral_frame(capture):

@@ -361,3 +361,46 @@ def test_bad_input_is_one_clear_line(capsys, server, ids_csv, tmp_path, flags, m
     assert code == 2
     assert stderr.strip().count("\n") == 0 and message in stderr
     assert "Traceback" not in stderr + stdout
+
+
+def test_gzip_content_encoding_is_kept_as_stored_for_sizes_ranges_and_md5(capsys, tree, ids_csv, tmp_path):
+    import gzip
+    import random
+
+    # S3 labels objects uploaded with a content encoding whatever the client asks; sizes, Range
+    # offsets and the ETag's MD5 all refer to the stored (gzip) bytes, which are what lands on disk.
+    big = f"{AEY}/decoder/uv_image/color.zip"
+    tree[big] = gzip.compress(random.Random(1).randbytes(250_000) + bytes(50_000))
+    assert len(tree[big]) > 3 * (1 << 16)  # several chunks, so the dropped transfer resumes part-way
+    encoded = {big, f"{AAN}/decoder/camera_calibration.json", f"{AEY}/decoder/frame_list.csv"}
+    for path in encoded - {big}:
+        tree[path] = gzip.compress(tree[path])
+    out = tmp_path / "out"
+    part = local(out, f"{AEY}/decoder/frame_list.csv").with_name("frame_list.csv.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(tree[f"{AEY}/decoder/frame_list.csv"][:10])  # a resumed Range into gzip bytes
+    faults = Faults(drop_first={big}, content_encoding={path: "gzip" for path in encoded})
+    with DownloadServer(dict(tree), faults) as server:
+        code, stdout, _ = download(capsys, server, out, ids_csv)
+        assert code == 0, stdout
+        assert "failed 0 files" in stdout
+        assert_mirrors(out, tree)  # byte for byte the stored gzip data, the camera list decoded for planning
+        first, second = server.requests_for(big)
+        assert (first.status, second.status) == (200, 206)
+        assert 0 < int(second.range[len("bytes="):-1]) < len(tree[big])
+        [resumed] = server.requests_for(f"{AEY}/decoder/frame_list.csv")
+        assert (resumed.range, resumed.status) == ("bytes=10-", 206)
+        code, stdout, _ = download(capsys, server, out, ids_csv)
+        assert code == 0 and "downloaded 0, skipped 44, failed 0 files" in stdout
+
+
+def test_a_body_that_is_not_what_its_content_encoding_says_is_named(capsys, server, tree, ids_csv, tmp_path):
+    calibration = f"{AAN}/decoder/camera_calibration.json"
+    server.faults.content_encoding[calibration] = "gzip"  # but the stored bytes are plain JSON
+    out = tmp_path / "out"
+    code, stdout, _ = download(capsys, server, out, ids_csv, "--retries", "1")
+    assert code == 1
+    assert ("camera list unavailable: body is not valid gzip data although the server sent "
+            "Content-Encoding gzip") in stdout
+    assert "connection failed" not in stdout
+    assert local(out, calibration).read_bytes() == tree[calibration]  # the file itself is stored as is

@@ -28,8 +28,9 @@ RANKS = {
     "__main__": 7,
 }
 # Third-party packages the data layer may use: it reads captures (numpy, Pillow, plyfile, torch's
-# Dataset) and downloads them (requests, rich for progress). No model code, no renderer.
-DATA_THIRD_PARTY = {"numpy", "PIL", "plyfile", "torch", "requests", "rich"}
+# Dataset) and downloads them (requests, urllib3 under it for bodies read raw, rich for progress).
+# No model code, no renderer.
+DATA_THIRD_PARTY = {"numpy", "PIL", "plyfile", "torch", "requests", "urllib3", "rich"}
 
 
 def _part(module: str) -> str:

@@ -110,10 +110,63 @@ def test_obj_parsing_round_trip_and_errors(tmp_path):
     assert again.content_hash() == quad.content_hash()
     with pytest.raises(UserError, match="texture coordinate"):
         parse_obj("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
-    with pytest.raises(UserError, match="only 3 exist"):
+    with pytest.raises(UserError, match="vertex index 4 is out of range"):
         parse_obj("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf 1/1 2/1 4/1\n")
     with pytest.raises(UserError):
         load_obj(tmp_path / "missing.obj")
+
+
+TRIANGLE = "v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("v 0 0\n", 1, "a vertex needs 3 coordinates"),
+    ("v 0 0 0 0 0\n", 1, "a vertex needs 3 coordinates"),
+    ("v 0 zero 0\n", 1, "'zero' is not a number"),
+    ("v 0 nan 0\n", 1, "'nan' is not a finite number"),
+    ("vt\n", 1, "a texture coordinate needs 1 to 3 numbers, got 0"),
+    ("vt 0 0 0 0\n", 1, "a texture coordinate needs 1 to 3 numbers, got 4"),
+    ("vt 0.5 x\n", 1, "'x' is not a number"),
+    ("vn 0 1\n", 1, "a normal needs 3 numbers"),
+    (TRIANGLE + "f 1/1 2/2\n", 7, "a face needs at least 3 corners"),
+    (TRIANGLE + "f 1/1 2/2 3.5/3\n", 7, "vertex index '3.5' is not an integer"),
+    (TRIANGLE + "f 1/1 2/2 0/3\n", 7, "vertex index 0 is not valid"),
+    (TRIANGLE + "f 1/1 2/2 3/3/1/1\n", 7, "is not v, v/vt, v/vt/vn or v//vn"),
+    (TRIANGLE + "f /1 2/2 3/3\n", 7, "is not v, v/vt, v/vt/vn or v//vn"),
+    (TRIANGLE + "\nf 1/1 2/2 7/3\n", 8, "vertex index 7 is out of range \\(the file has 3\\)"),
+    (TRIANGLE + "f 1/1 2/2 -4/3\n", 7, "vertex index -4 points before the first vertex \\(only 3 defined"),
+    (TRIANGLE + "f 1/1 2/2 3/-9\n", 7, "texture coordinate index -9 points before the first"),
+    (TRIANGLE + "f 1/1 2/2 3/4\n", 7, "texture coordinate index 4 is out of range"),
+    (TRIANGLE + "f 1/1/1 2/2/1 3/3/1\n", 7, "normal index 1 is out of range \\(the file has 0\\)"),
+    (TRIANGLE + "vn 0 0 1\nf 1/1/1 2/2/1 3/3/-2\n", 8, "normal index -2 points before the first normal"),
+    (TRIANGLE + "vn 0 0 1\nf 1//1 2//1 3//1\n", 8, "face corner '1//1' has no texture coordinate"),
+    ("f 1/1 2/2 3/3\n" + TRIANGLE.replace("v 0 1 0\n", ""), 1, "vertex index 3 is out of range"),
+])
+def test_malformed_obj_lines_are_one_error_with_their_line(text, line, message, tmp_path):
+    with pytest.raises(UserError, match=f"^<obj>:{line}: (face corner .* )?{message}"):
+        parse_obj(text)
+    path = tmp_path / "bad.obj"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"^{path}:{line}: (face corner .* )?{message}"):
+        load_obj(path)
+
+
+def test_legal_obj_variants_load(tmp_path):
+    text = ("# a quad and a triangle, every face form the model can use\n"
+            "mtllib mesh.mtl\no quad\nv 0 0 0\nv 1 0 0 1.0\nv 1 1 0 0.5 0.5 0.5\nv 0 1 0\n"
+            "vt 0\nvt 1 0 0\nvt 1 1\nvt 0 1  # inline comment\nvn 0 0 1\ns off\ng face\nusemtl skin\n"
+            "f 1/1/1 2/2/1 3/3/1 4/4/1\n"
+            "v 2 0 0\nvt 1 0.5\nf -4/-4 -1/-1 -3/-3\n"
+            "f 3/3//1 4/4 1/1\n".replace("3/3//1", "3/3/1"))
+    topology = parse_obj(text)
+    assert topology.verts.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0]]
+    assert topology.uvs.tolist() == [[0, 0], [1, 0], [1, 1], [0, 1], [1, 0.5]]  # `vt 0`: v defaults to 0
+    assert topology.faces.tolist() == [[0, 1, 2], [0, 2, 3], [1, 4, 2], [2, 3, 0]]
+    assert topology.face_uvs.tolist() == [[0, 1, 2], [0, 2, 3], [1, 4, 2], [2, 3, 0]]
+    path = tmp_path / "latin1.obj"
+    path.write_bytes(b"# \xe9\n" + text.encode())
+    with pytest.raises(UserError, match="not a text OBJ file"):
+        load_obj(path)
 
 
 def plane_postex(size: int, step_u: float, step_v: float) -> torch.Tensor:

@@ -129,6 +129,32 @@ def test_bad_input_gets_one_line_and_status_2(tiny_dataset, tmp_path, capsys):
     assert "in none of the selected captures" in capsys.readouterr().err
 
 
+def test_skipped_cameras_are_reported_and_cameras_can_be_selected(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from ava.data.ids import read_ids_csv
+    from ava.data.layout import CaptureLayout
+    from ava.train.data import capture_cameras
+
+    dataset = tmp_path / "set"
+    shutil.copytree(tiny_dataset, dataset)
+    captures = read_ids_csv(dataset / "ids.csv")
+    per_capture = capture_cameras(dataset, captures)
+    damaged = CaptureLayout(dataset / captures[0].folder).image_zip(per_capture[0][1])
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size * 2 // 3])
+    holdout = ["--train.holdout-cameras", per_capture[1][0]]
+    assert run_cli(train_argv(dataset, tmp_path / "run", 1, *holdout)) == 0
+    err = capsys.readouterr().err
+    assert f"{damaged}: archive cannot be opened" in err and f"camera {per_capture[0][1]} skipped" in err
+    assert "training on 4 of 6 cameras, 1 held out" in err and f"1 without usable data ({per_capture[0][1]})" in err
+    chosen = [per_capture[0][0], *per_capture[1]]
+    assert run_cli(train_argv(dataset, tmp_path / "chosen", 1, *holdout, "--train.cameras", *chosen)) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "training on 3 of 4 cameras, 1 held out" in err
+    config = json.loads((tmp_path / "chosen" / "config.json").read_text())
+    assert config["resolved"]["cameras"] == sorted(chosen) and config["train"]["cameras"] == chosen
+
+
 @pytest.mark.parametrize("name", ["--help"] + sorted(SUBCOMMANDS))
 def test_help_for_every_subcommand(name, capsys):
     argv = ["--help"] if name == "--help" else [name, "--help"]

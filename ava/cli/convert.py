@@ -12,8 +12,9 @@ import tyro
 
 @dataclass
 class ConvertConfig:
-    """Import an original `aeparams*.pt` (with or without DDP's `module.` prefix) into one ava
-    checkpoint, with the normalisation statistics and camera/identity lists of its training data."""
+    """Import an original `aeparams*.pt` (wrapper prefixes such as DDP's `module.` and torch.compile's
+    `_orig_mod.` are removed, in any nesting) into one ava checkpoint, with the normalisation
+    statistics and camera/identity lists of its training data."""
 
     original: tyro.conf.Positional[Path]
     """State dict saved by the original code (aeparams.pt or aeparams_NNNNNN.pt)."""

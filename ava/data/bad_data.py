@@ -4,12 +4,15 @@ A dataset that cannot load a sample (missing, truncated or corrupt member) loads
 place and notes the skipped file in the sample's `"skipped"` string (one `path: reason` per line).
 Strings survive DataLoader workers and the default collate, so the note reaches the main process
 without any shared state; `BadDataReport` prints each bad file once and summarises per epoch.
+Problems found while a dataset is built (archives missing, unreadable or lacking listed members)
+are `ArchiveProblem`s, summarised once per archive before training starts.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from torch.utils.data import default_collate
 
@@ -25,6 +28,32 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ArchiveProblem:
+    """What construction found wrong with one archive, and how many of the listed frames it costs.
+
+    `camera` is set when the whole archive is unusable (missing, unreadable, unknown naming): that
+    camera's samples are all skipped. `frames_lost` 0 marks a note (members found under another
+    folder and read from there).
+    """
+
+    archive: str
+    reason: str
+    frames_lost: int
+    frames_listed: int
+    camera: str | None = None
+
+    def __str__(self) -> str:
+        skipped = f"; camera {self.camera} skipped" if self.camera is not None else ""
+        return f"{self.archive}: {self.reason} ({self.frames_lost} of {self.frames_listed} frames lost{skipped})"
+
+
+def summarise_archive_problems(problems: Iterable[ArchiveProblem]) -> list[str]:
+    """One line per archive and reason, in the order found; an archive that several datasets of
+    the same capture inspected (training and held-out cameras) is listed once."""
+    return list(dict.fromkeys(str(problem) for problem in problems))
 
 
 def encode_problems(problems: list[Problem]) -> str:

@@ -4,6 +4,10 @@ Schema: `{"KRT": [camera, ...]}`. Each camera stores `K` (3x3) and `T` (4x4) **t
 `intrinsics = K.T` and the world->camera matrix is `T.T = [[R, t], [0, 0, 0, 1]]`, so a camera maps
 `x_cam = R x_world + t`. Distortion is parsed but, as in the original, never applied.
 
+A calibration written the ordinary way (K and [[R, t], [0, 0, 0, 1]] row-major) would parse into
+plausible-looking but wrong cameras, so the parser checks the rows that the transpose must leave
+(K's last row [0, 0, 1], T's [0, 0, 0, 1]) and that the head sits in front of every camera.
+
 The original hard-codes the sensor size (2668 x 4096, W x H). A calibration may carry optional
 per-camera `width` and `height` fields (synthetic captures write them); without them the Ava-256
 dome's sensor size is assumed.
@@ -65,6 +69,10 @@ def _matrix(value, shape: tuple[int, int], what: str) -> np.ndarray:
     return array
 
 
+def _row(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{value:.6g}" for value in values) + "]"
+
+
 def _parse_camera(entry: dict, source: str, position: int) -> Camera:
     where = f"{source}: camera #{position}"
     if not isinstance(entry, dict):
@@ -76,6 +84,14 @@ def _parse_camera(entry: dict, source: str, position: int) -> Camera:
     where = f"{source}: camera {camera_id}"
     intrinsics = _matrix(entry["K"], (3, 3), f"{where} K").T
     world_to_camera = _matrix(entry["T"], (4, 4), f"{where} T").T
+    # Stored row-major instead, K's last row would be (cx, cy, 1) and T's (t, 1) after the transpose;
+    # R^T is a rotation too, so the rotation check below cannot catch it.
+    if not np.allclose(intrinsics[2], [0.0, 0.0, 1.0], atol=1e-9):
+        raise UserError(f"{where}: K's last row is {_row(intrinsics[2])} after the transpose, not [0, 0, 1]; "
+                        "is K stored untransposed? The release stores K transposed, [[fx,0,0],[0,fy,0],[cx,cy,1]]")
+    if not np.allclose(world_to_camera[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
+        raise UserError(f"{where}: T's last row is {_row(world_to_camera[3])} after the transpose, not [0, 0, 0, 1]; "
+                        "is T stored untransposed? The release stores the transpose of [[R, t], [0, 0, 0, 1]]")
     rotation = world_to_camera[:3, :3]
     translation = world_to_camera[:3, 3]
     if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or np.linalg.det(rotation) < 0:
@@ -92,8 +108,37 @@ def _parse_camera(entry: dict, source: str, position: int) -> Camera:
     return Camera(camera_id, intrinsics, rotation, translation, distortion, width, height)
 
 
-def parse_calibration(text: str, source: str = "camera_calibration.json") -> list[Camera]:
-    """Parses the text of a `camera_calibration.json`, keeping the JSON camera order."""
+WORLD_ORIGIN = (0.0, 0.0, 0.0)
+
+
+def check_in_front(cameras: list[Camera], point, source: str, what: str = "the world origin") -> None:
+    """Raises UserError unless `point` (world, mm) has a positive depth in every camera.
+
+    A dome surrounds the head, so the head is in front of every camera; a camera with the head
+    behind it has its extrinsics stored untransposed or inverted (camera -> world).
+    """
+    point = np.asarray(point, dtype=np.float64).reshape(3)
+    behind = [(camera.camera_id, float((camera.rotation @ point + camera.translation)[2])) for camera in cameras]
+    behind = [(camera_id, depth) for camera_id, depth in behind if not depth > 0]
+    if behind:
+        listed = ", ".join(f"{camera_id} (depth {depth:.4g} mm)" for camera_id, depth in behind[:4])
+        more = f" and {len(behind) - 4} more" if len(behind) > 4 else ""
+        raise UserError(
+            f"{source}: {what} is not in front of camera {listed}{more}; is T stored untransposed, or "
+            "camera -> world instead of world -> camera? The release stores the transpose of [[R, t], [0, 0, 0, 1]]"
+        )
+
+
+def parse_calibration(text: str, source: str = "camera_calibration.json",
+                      in_front_of=WORLD_ORIGIN) -> list[Camera]:
+    """Parses the text of a `camera_calibration.json`, keeping the JSON camera order.
+
+    Every camera must be stored as the release stores it (K and T transposed: their last rows must
+    read [0,0,1] and [0,0,0,1] after the transpose) and must see the point `in_front_of` (world mm;
+    default the world origin, where the Ava-256 dome's head sits) at a positive depth. Pass
+    `in_front_of=None` to check that later with the head pose (`check_in_front`). Errors are
+    UserErrors naming `source` and the camera.
+    """
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
@@ -106,15 +151,17 @@ def parse_calibration(text: str, source: str = "camera_calibration.json") -> lis
     ids = [camera.camera_id for camera in cameras]
     if len(set(ids)) != len(ids):
         raise UserError(f"{source} lists a camera id twice")
+    if in_front_of is not None:
+        check_in_front(cameras, in_front_of, source)
     return cameras
 
 
-def read_calibration(path: str | Path) -> list[Camera]:
+def read_calibration(path: str | Path, in_front_of=WORLD_ORIGIN) -> list[Camera]:
     """Reads a `camera_calibration.json` file; see `parse_calibration`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"camera calibration {path} does not exist; download the camera_calibration asset")
-    return parse_calibration(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_calibration(path.read_text(encoding="utf-8"), source=str(path), in_front_of=in_front_of)
 
 
 def calibration_document(cameras: list[Camera]) -> dict:

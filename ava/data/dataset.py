@@ -7,7 +7,9 @@ Differences from the original, on purpose (DESIGN.md):
 - A sample whose member is missing or corrupt is replaced by another sample (chosen
   deterministically from the index) and the skipped file is noted in the sample's `"skipped"`
   string (see bad_data.py); the batch keeps its size.
-- Members missing from the zips are found once, at construction, and never asked for.
+- Members missing from the zips are found once, at construction, and never asked for; a camera
+  whose archive is missing or unreadable is skipped (`archive_problems` lists both kinds, with the
+  frames each costs, for the caller to print once).
 
 Sample layout (before collation; H, W from the sensor size in the calibration // downsample;
 T, V from the capture's files):
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ava.data.bad_data import SKIPPED_KEY, Problem, encode_problems
+from ava.data.bad_data import SKIPPED_KEY, ArchiveProblem, Problem, encode_problems
 from ava.data.calibration import camera_in_head_frame, output_size
 from ava.data.capture import CaptureReader, MemberError
 from ava.data.ids import CaptureId
@@ -39,6 +41,14 @@ from ava.errors import UserError
 
 # How many other samples to try before concluding that the data is unusable.
 MAX_REPLACEMENTS = 64
+
+
+class NoUsableSamples(UserError):
+    """A capture (or its selected cameras) has no sample left; `archive_problems` says why."""
+
+    def __init__(self, message: str, archive_problems: list[ArchiveProblem]) -> None:
+        super().__init__(message)
+        self.archive_problems = list(archive_problems)
 
 
 def _first_problems(problems: list[Problem], count: int = 5) -> str:
@@ -73,9 +83,10 @@ class CaptureDataset(Dataset):
         self._frame_rows = frame_rows.astype(np.int64)
         self._camera_columns = camera_columns.astype(np.int64)
         if len(self._frame_rows) == 0:
-            raise UserError(
+            raise NoUsableSamples(
                 f"{self.reader.layout.root} has no usable frame; first problems: "
-                f"{_first_problems(self.reader.problems) or 'the frame list selects nothing'}"
+                f"{_first_problems(self.reader.problems) or 'the frame list selects nothing'}",
+                self.reader.archive_problems,
             )
         self.identity_index = 0
         self.camera_ids = sorted(self.reader.camera_ids)
@@ -88,6 +99,16 @@ class CaptureDataset(Dataset):
     def construction_problems(self) -> list[Problem]:
         """Members listed in the frame list but missing from the zips (found at construction)."""
         return self.reader.problems
+
+    @property
+    def archive_problems(self) -> list[ArchiveProblem]:
+        """The construction problems per archive, with the frames each costs (bad_data.ArchiveProblem)."""
+        return self.reader.archive_problems
+
+    @property
+    def usable_camera_ids(self) -> list[str]:
+        """Cameras with at least one sample (a camera whose archive is unusable has none)."""
+        return self.reader.usable_camera_ids
 
     def set_stats(self, stats: NormStats) -> None:
         self.stats = stats
@@ -159,7 +180,8 @@ class CaptureDataset(Dataset):
         texture = reader.load_texture(frame)
         where = f"{reader.layout.root} frame {frame.frame_id}"
         if vertices.shape != self.stats.vertmean.shape:
-            raise MemberError(Problem(f"{reader.layout.vertices_zip}/{frame.member}.ply",
+            member = reader.member_name(reader.layout.vertices_zip, frame)
+            raise MemberError(Problem(f"{reader.layout.vertices_zip}/{member}",
                                       f"mesh has {vertices.shape[0]} vertices, the mean {self.stats.vertmean.shape[0]}"))
         if texture.shape[:2] != self.stats.texmean.shape[1:]:
             raise MemberError(Problem(f"{where} texture", f"texture is {texture.shape[1]}x{texture.shape[0]}, "
@@ -297,6 +319,15 @@ class MultiCaptureDataset(Dataset):
     @property
     def construction_problems(self) -> list[Problem]:
         return [problem for dataset in self.datasets for problem in dataset.construction_problems]
+
+    @property
+    def archive_problems(self) -> list[ArchiveProblem]:
+        return [problem for dataset in self.datasets for problem in dataset.archive_problems]
+
+    @property
+    def usable_camera_ids(self) -> list[str]:
+        """Sorted ids of the cameras with at least one sample in some capture."""
+        return sorted({camera for dataset in self.datasets for camera in dataset.usable_camera_ids})
 
     @property
     def failures(self) -> list[Problem]:

@@ -31,8 +31,11 @@ _PLY_TYPES = {
 _END_HEADER = re.compile(rb"end_header\r?\n")
 
 
+_PLY_FORMATS = ("ascii", "binary_little_endian", "binary_big_endian")
+
+
 def _ply_header(data: bytes) -> tuple[str, list[tuple[str, int, list[list[str]]]], int]:
-    """(format, [(element, count, property lines)], body offset)."""
+    """(format, [(element, count, property lines)], body offset); BadMember for any malformed line."""
     if not data.startswith(b"ply"):
         raise BadMember("not a PLY file")
     match = _END_HEADER.search(data, 0, 65536)
@@ -41,16 +44,33 @@ def _ply_header(data: bytes) -> tuple[str, list[tuple[str, int, list[list[str]]]
     lines = data[: match.start()].decode("ascii", errors="replace").splitlines()
     ply_format = ""
     elements: list[tuple[str, int, list[list[str]]]] = []
-    for line in lines[1:]:
+    for number, line in enumerate(lines[1:], start=2):
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
+        where = f"PLY header line {number} {line.strip()[:60]!r}"
         if words[0] == "format":
+            if len(words) != 3 or words[1] not in _PLY_FORMATS:
+                raise BadMember(f"{where}: expected 'format ascii|binary_little_endian|binary_big_endian 1.0'")
             ply_format = words[1]
-        elif words[0] == "element" and len(words) == 3:
+        elif words[0] == "element":
+            if len(words) != 3 or not re.fullmatch(r"[0-9]+", words[2]):
+                raise BadMember(f"{where}: expected 'element NAME COUNT' with a non-negative integer count")
             elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property" and elements:
+        elif words[0] == "property":
+            scalar = len(words) == 3 and words[1] in _PLY_TYPES
+            listed = len(words) == 5 and words[1] == "list" and words[2] in _PLY_TYPES and words[3] in _PLY_TYPES
+            if not (scalar or listed):
+                raise BadMember(f"{where}: expected 'property TYPE NAME' or 'property list TYPE TYPE NAME'")
+            if not elements:
+                raise BadMember(f"{where}: a property before any element")
+            if words[-1] in [prop[-1] for prop in elements[-1][2]]:
+                raise BadMember(f"{where}: property {words[-1]!r} appears twice")
             elements[-1][2].append(words[1:])
+        else:
+            raise BadMember(f"{where}: unknown keyword {words[0]!r}")
+    if not ply_format:
+        raise BadMember("PLY header has no format line")
     return ply_format, elements, match.end()
 
 
@@ -58,17 +78,24 @@ def parse_ply_vertices(data: bytes) -> np.ndarray:
     """Vertex positions [V,3] float32 (properties x, y, z) of a PLY file, parsed vectorised.
 
     The vertex element is read straight from the body with numpy when it comes first (the layout
-    of the registration meshes); other layouts fall back to plyfile.
+    of the registration meshes); other layouts fall back to plyfile. Whatever is wrong with the
+    bytes (header, counts, property types, a short or non-numeric body) raises BadMember.
     """
+    with np.errstate(over="ignore"):  # doubles beyond float32 become inf; the dataset refuses non-finite meshes
+        return _parse_ply_vertices(data)
+
+
+def _parse_ply_vertices(data: bytes) -> np.ndarray:
     ply_format, elements, body = _ply_header(data)
-    if not elements or elements[0][0] != "vertex":
-        return _parse_ply_with_plyfile(data)
-    _, count, properties = elements[0]
-    if any(prop[0] == "list" or prop[0] not in _PLY_TYPES for prop in properties):
-        return _parse_ply_with_plyfile(data)
-    names = [prop[1] for prop in properties]
+    vertex = [element for element in elements if element[0] == "vertex"]
+    if not vertex:
+        raise BadMember("PLY has no vertex element")
+    names = [prop[-1] for prop in vertex[0][2]]
     if not {"x", "y", "z"} <= set(names):
         raise BadMember(f"PLY vertex element lacks x/y/z (has {names})")
+    if elements[0][0] != "vertex" or any(prop[0] == "list" for prop in vertex[0][2]):
+        return _parse_ply_with_plyfile(data)
+    _, count, properties = elements[0]
     columns = [names.index(axis) for axis in "xyz"]
     if ply_format in ("binary_little_endian", "binary_big_endian"):
         order = "<" if ply_format == "binary_little_endian" else ">"
@@ -76,18 +103,16 @@ def parse_ply_vertices(data: bytes) -> np.ndarray:
         if len(data) - body < count * dtype.itemsize:
             raise BadMember(f"PLY body is truncated ({len(data) - body} bytes for {count} vertices)")
         records = np.frombuffer(data, dtype=dtype, count=count, offset=body)
-        return np.stack([records[axis] for axis in "xyz"], axis=1).astype(np.float32)
-    if ply_format == "ascii":
-        # Only the first `count` lines belong to the vertex element.
-        lines = data[body:].split(b"\n", count)[:count]
-        try:
-            values = np.array(b" ".join(lines).split(), dtype=np.float64)
-        except ValueError:
-            raise BadMember("PLY ascii body has a non-numeric vertex value") from None
-        if len(lines) < count or values.size != count * len(names):
-            raise BadMember(f"PLY ascii body is truncated (expected {count} vertices)")
-        return values.reshape(count, len(names))[:, columns].astype(np.float32)
-    raise BadMember(f"unknown PLY format {ply_format!r}")
+        return np.stack([records[axis] for axis in "xyz"], axis=1).astype(np.float32).reshape(count, 3)
+    # ascii: only the first `count` lines belong to the vertex element.
+    lines = data[body:].split(b"\n", count)[:count]
+    try:
+        values = np.array(b" ".join(lines).split(), dtype=np.float64)
+    except ValueError:
+        raise BadMember("PLY ascii body has a non-numeric vertex value") from None
+    if len(lines) < count or values.size != count * len(names):
+        raise BadMember(f"PLY ascii body does not hold {count} vertices of {len(names)} values")
+    return values.reshape(count, len(names))[:, columns].astype(np.float32)
 
 
 def _parse_ply_with_plyfile(data: bytes) -> np.ndarray:
@@ -95,9 +120,9 @@ def _parse_ply_with_plyfile(data: bytes) -> np.ndarray:
 
     try:
         vertices = plyfile.PlyData.read(io.BytesIO(data))["vertex"].data
-        return np.stack([vertices[axis] for axis in "xyz"], axis=1).astype(np.float32)
-    except (plyfile.PlyParseError, KeyError, ValueError, IndexError, EOFError) as error:
-        raise BadMember(f"PLY cannot be parsed: {error}") from None
+        return np.stack([vertices[axis] for axis in "xyz"], axis=1).astype(np.float32).reshape(-1, 3)
+    except Exception as error:  # noqa: BLE001 - plyfile fails in many ways on damaged bytes; all mean one bad member
+        raise BadMember(f"PLY cannot be parsed: {type(error).__name__}: {error}") from None
 
 
 def format_ply_vertices(vertices: np.ndarray) -> bytes:

@@ -8,6 +8,11 @@ MD5 (S3 objects uploaded in one part), its MD5 matches too. A `.part` file is al
 the object because bytes are only ever appended in order, so a crash or Ctrl-C at any moment leaves
 something the next run can resume.
 
+Files are saved byte for byte as the server stores them: a `Content-Encoding` (S3 sends one for
+objects uploaded with it, whatever the client asks) is not undone, because the server's sizes,
+Range offsets and MD5 all refer to the stored bytes. Only `fetch_bytes`, whose callers parse what
+they get, decodes the body after checking its size.
+
 Connection errors, timeouts, 5xx and 429 are retried with exponential backoff; other 4xx (403 and
 404 above all: the larger size tiers miss files) fail at once. Every function here is safe to call
 from several threads as long as each thread has its own `requests.Session`.
@@ -16,15 +21,17 @@ from several threads as long as each thread has its own `requests.Session`.
 from __future__ import annotations
 
 import enum
+import gzip
 import hashlib
 import os
 import random
 import re
 import threading
+import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Iterator, Protocol, TypeVar
 
 import requests
 
@@ -150,6 +157,8 @@ def transient_reason(error: Exception) -> str:
         return "timed out"
     if isinstance(error, requests.exceptions.ChunkedEncodingError):
         return "connection dropped mid-transfer"
+    if isinstance(error, requests.exceptions.ContentDecodingError):
+        return "body could not be decoded as its Content-Encoding says"
     return "connection failed"
 
 
@@ -212,21 +221,64 @@ def head(session: requests.Session, url: str, policy: RetryPolicy, stop: threadi
     return with_retries(attempt, policy, stop)
 
 
-def fetch_bytes(session: requests.Session, url: str, policy: RetryPolicy, stop: threading.Event) -> bytes:
-    """A small remote object (a JSON or CSV file) in memory, with retries and a size check."""
+def stored_chunks(response: requests.Response, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The body of a streamed response exactly as the server stores it.
 
-    def attempt() -> bytes:
-        with session.get(url, timeout=policy.timeout) as response:
+    requests undoes a `Content-Encoding` (gzip, deflate) on the fly, but Content-Length,
+    Content-Range and the ETag's MD5 all describe the stored, still encoded bytes; and S3 sends
+    `Content-Encoding: gzip` for an object uploaded with it whatever the client's Accept-Encoding.
+    So the bytes are read raw, and urllib3's errors become the requests errors they stand for.
+    """
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
+
+    try:
+        yield from response.raw.stream(chunk_size, decode_content=False)
+    except ReadTimeoutError as error:
+        raise requests.exceptions.ReadTimeout(error) from None
+    except ProtocolError as error:
+        raise requests.exceptions.ChunkedEncodingError(error) from None
+    except SSLError as error:
+        raise requests.exceptions.SSLError(error) from None
+
+
+def decode_content(body: bytes, encoding: str | None) -> bytes:
+    """`body` with its Content-Encoding (`gzip`, `deflate`, or a list of them) undone."""
+    codings = [coding.strip().lower() for coding in (encoding or "").split(",") if coding.strip()]
+    for coding in reversed(codings):  # the last coding listed was applied last
+        try:
+            if coding in ("gzip", "x-gzip"):
+                body = gzip.decompress(body)
+            elif coding == "deflate":
+                body = zlib.decompress(body) if body[:1] == b"\x78" else zlib.decompress(body, -zlib.MAX_WBITS)
+            elif coding != "identity":
+                raise TransferError(f"server sent Content-Encoding {coding!r}, which ava cannot undo", retryable=False)
+        except (OSError, EOFError, zlib.error) as error:
+            raise TransferError(f"body is not valid {coding} data although the server sent Content-Encoding "
+                                f"{coding} ({error})", retryable=False) from None
+    return body
+
+
+def fetch_bytes(session: requests.Session, url: str, policy: RetryPolicy, stop: threading.Event) -> bytes:
+    """A small remote object (a JSON or CSV file) in memory, with retries and a size check.
+
+    The size is checked on the stored bytes; a Content-Encoding is then undone, because the
+    caller parses the content.
+    """
+
+    def attempt() -> tuple[bytes, str | None]:
+        with session.get(url, timeout=policy.timeout, stream=True) as response:
             failure = error_for_status(response)
             if failure:
                 raise failure
-            body = response.content
+            body = b"".join(stored_chunks(response))
             expected = response.headers.get("Content-Length")
+            encoding = response.headers.get("Content-Encoding")
         if expected is not None and expected.isdigit() and int(expected) != len(body):
             raise TransferError(f"got {len(body)} of {expected} bytes", retryable=True)
-        return body
+        return body, encoding
 
-    return with_retries(attempt, policy, stop)
+    body, encoding = with_retries(attempt, policy, stop)
+    return decode_content(body, encoding)
 
 
 def part_path(destination: Path) -> Path:
@@ -328,7 +380,7 @@ class _Transfer:
         with open(self.part, "r+b" if offset else "wb") as part_file:
             part_file.truncate(offset)
             part_file.seek(offset)
-            for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+            for chunk in stored_chunks(response):
                 if self.stop.is_set():
                     raise Stopped()
                 part_file.write(chunk)

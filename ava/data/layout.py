@@ -6,8 +6,11 @@ reader and the synthetic writer both use it, so they cannot disagree about the l
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 NEUTRAL_SEGMENT = "EXP_neutral_peak"
 # Part labels of segmentation_parts (DATASHEET.md); 0 is background or anything else.
@@ -106,26 +109,87 @@ class CaptureLayout:
         ]
 
 
-# Member names inside the zips; `frame` is already the 6-digit form (formats.member_frame).
+# Member names inside the zips: `<prefix><frame>.<extension>`, `frame` the 6-digit form
+# (formats.member_frame). Archives repacked by hand may put the members under another folder (or
+# none); `detect_naming` finds the prefix an archive really uses.
+_FRAME_MEMBER = re.compile(r"^(.*?)(\d{6,})\.([A-Za-z0-9]+)$")
+
+
+class UnknownNaming(Exception):
+    """An archive's member names do not say which prefix its frames use."""
+
+
+@dataclass(frozen=True)
+class MemberNaming:
+    """How the members of one archive are named: `prefix + frame + "." + extension`."""
+
+    prefix: str
+    extension: str
+
+    def member(self, frame: str) -> str:
+        return f"{self.prefix}{frame}.{self.extension}"
+
+
+def detect_naming(names: Iterable[str], expected: MemberNaming | None = None,
+                  extensions: Iterable[str] = ()) -> MemberNaming:
+    """The naming of the frame members among `names` (an archive's member list).
+
+    The expected naming wins when any member follows it; otherwise the prefix (of those ending
+    with the expected one, e.g. `extra/cam400940/` for `cam400940/`) that names the most frames.
+    `extensions` are the allowed ones when nothing is expected. Raises UnknownNaming when two
+    prefixes name equally many frames; an archive with no frame member keeps the expected naming.
+    """
+    allowed = {expected.extension} if expected is not None else set(extensions)
+    counts = Counter()
+    for name in names:
+        match = _FRAME_MEMBER.match(name)
+        if match and match.group(3) in allowed:
+            counts[MemberNaming(match.group(1), match.group(3))] += 1
+    if expected is not None and (expected in counts or not counts):
+        return expected
+    if not counts:
+        raise UnknownNaming(f"no member is named like 000123.{'/'.join(sorted(allowed))}")
+    candidates = [naming for naming in counts if expected is None or naming.prefix.endswith(expected.prefix)]
+    candidates = sorted(candidates or counts, key=lambda naming: -counts[naming])
+    if len(candidates) > 1 and counts[candidates[0]] == counts[candidates[1]]:
+        found = ", ".join(f"{naming.member('NNNNNN')!r}" for naming in candidates[:4])
+        raise UnknownNaming(f"frames are named in several ways ({found})")
+    return candidates[0]
+
+
+def image_naming(camera_id: str) -> MemberNaming:
+    return MemberNaming(f"cam{camera_id}/", "avif")
+
+
+def segmentation_naming(camera_id: str) -> MemberNaming:
+    return MemberNaming(f"cam{camera_id}/", "png")
+
+
+TEXTURE_NAMING = MemberNaming("color/", "avif")
+VERTICES_NAMING = MemberNaming("", "ply")
+HEAD_POSE_NAMING = MemberNaming("", "txt")
+KEYPOINTS_NAMING = MemberNaming("", "npy")
+
+
 def image_member(camera_id: str, frame: str) -> str:
-    return f"cam{camera_id}/{frame}.avif"
+    return image_naming(camera_id).member(frame)
 
 
 def segmentation_member(camera_id: str, frame: str) -> str:
-    return f"cam{camera_id}/{frame}.png"
+    return segmentation_naming(camera_id).member(frame)
 
 
 def texture_member(frame: str) -> str:
-    return f"color/{frame}.avif"
+    return TEXTURE_NAMING.member(frame)
 
 
 def vertices_member(frame: str) -> str:
-    return f"{frame}.ply"
+    return VERTICES_NAMING.member(frame)
 
 
 def head_pose_member(frame: str) -> str:
-    return f"{frame}.txt"
+    return HEAD_POSE_NAMING.member(frame)
 
 
 def keypoints_member(frame: str) -> str:
-    return f"{frame}.npy"
+    return KEYPOINTS_NAMING.member(frame)

@@ -41,7 +41,7 @@ class ZipPool:
                 handle = zipfile.ZipFile(path)
             except FileNotFoundError:
                 raise BadMember("archive is missing") from None
-            except (zipfile.BadZipFile, OSError, EOFError) as error:
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
                 raise BadMember(f"archive cannot be opened: {error}") from None
             self._handles[path] = handle
         return handle
@@ -55,6 +55,8 @@ class ZipPool:
             raise BadMember("member is missing") from None
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:
             raise BadMember(f"member is corrupt: {error}") from None
+        except (NotImplementedError, RuntimeError) as error:  # unsupported compression, encryption
+            raise BadMember(f"member cannot be read: {error}") from None
 
     def names(self, path: Path) -> set[str]:
         """The member names of the archive at `path`."""

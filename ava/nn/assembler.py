@@ -9,6 +9,7 @@ from torch import nn
 from ava.nn.config import ModelConfig
 from ava.nn.decoders import GeometryDecoder, RGBDecoder
 from ava.nn.placement import place_primitives, primitive_spacing
+from ava.nn.precision import autocast, to_float
 from ava.nn.rotation import rodrigues
 from ava.nn.uvmap import Topology, UVMaps, geometry_image
 
@@ -47,6 +48,7 @@ class DecoderAssembler(nn.Module):
         self.volradius = config.volradius
         self.prims_per_side = config.prims_per_side
         self.nprims = config.num_prims
+        self.precision = "fp32"  # set by Autoencoder.set_precision (ava.nn.precision)
         self.rgbdec = RGBDecoder(config)
         self.geodec = GeometryDecoder(config, topology)
         self.register_buffer("vertmean", vertmean.detach().clone().float(), persistent=False)
@@ -84,9 +86,9 @@ class DecoderAssembler(nn.Module):
         frame); gt_geo [N,V,3] normalised, used as the guide mesh when given ->
         verts [N,V,3] (predicted, mm), template [N,K,D,D,D,4], primpos [N,K,3], primrot [N,K,3,3],
         primscale [N,K,3]."""
-        opacity, geo, position_residual, rotation_residual, scale_residual = self.geodec(
-            expr_encoding, id_cond["z_geo"], id_cond["b_geo"]
-        )
+        with autocast(expr_encoding, self.precision):
+            decoded = self.geodec(expr_encoding, id_cond["z_geo"], id_cond["b_geo"])
+        opacity, geo, position_residual, rotation_residual, scale_residual = to_float(decoded)
         predicted_verts = geo * self.vertstd + self.vertmean
         guide = predicted_verts if gt_geo is None else gt_geo * self.vertstd + self.vertmean
         postex = self._position_image(guide)
@@ -112,7 +114,8 @@ class DecoderAssembler(nn.Module):
         primscale = primscale * scale_residual
 
         viewdir = viewpos / torch.sqrt(torch.sum(viewpos**2, dim=1, keepdim=True))
-        rgb = self.rgbdec(expr_encoding, id_cond["z_tex"], id_cond["b_tex"], viewdir)
+        with autocast(expr_encoding, self.precision):
+            rgb = to_float(self.rgbdec(expr_encoding, id_cond["z_tex"], id_cond["b_tex"], viewdir))
         template = torch.cat([F.relu(rgb * RGB_SCALE + RGB_OFFSET), F.relu(opacity)], dim=-1)
         return {
             "verts": predicted_verts,

@@ -15,6 +15,7 @@ from ava.nn.bottleneck import VAEBottleneck
 from ava.nn.colorcal import Colorcal
 from ava.nn.config import EXPRESSION_FEATURES, LATENT_CHANNELS, ModelConfig
 from ava.nn.encoders import ExpressionEncoder, IdentityEncoder
+from ava.nn.precision import autocast, check_precision, to_float
 from ava.nn.uvmap import Topology, UVMaps, build_uv_maps
 
 ALWAYS_RETURNED = ("encoding", "expr_mu", "expr_logstd", "irgbrec", "verts")
@@ -103,6 +104,14 @@ class Autoencoder(nn.Module):
         self.raymarcher = raymarcher
         self.colorcal = colorcal
         self.bgmodel = bgmodel
+        self.precision = "fp32"
+
+    def set_precision(self, precision: str) -> "Autoencoder":
+        """fp32, tf32 or bf16 (see ava.nn.precision); bf16 autocasts the encoders, the decoders'
+        convolutions and the background MLP on CUDA. Not saved in the state dict."""
+        self.precision = check_precision(precision)
+        self.decoder_assembler.precision = precision
+        return self
 
     def forward(
         self,
@@ -149,9 +158,11 @@ class Autoencoder(nn.Module):
         if id_cond is None:
             target_verts = neut_verts if target_neut_verts is None else target_neut_verts
             target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
-            id_cond = self.id_encoder(target_verts, target_tex)
+            with autocast(verts, self.precision):
+                id_cond = to_float(self.id_encoder(target_verts, target_tex))
         if expr_encoding is None:
-            code = self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex)
+            with autocast(verts, self.precision):
+                code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
             if force_neutral:
                 # The original zeroes the features before the bottleneck, so mu is still the conv bias
                 # times 0.1 rather than 0; kept for parity.
@@ -184,7 +195,8 @@ class Autoencoder(nn.Module):
         if self.colorcal is not None and camindex is not None and idindex is not None:
             rgb = self.colorcal(rgb, camindex, idindex)
         if bg is None and self.bgmodel is not None and camindex is not None and idindex is not None:
-            bg = self.bgmodel(camindex, idindex, samplecoords)
+            with autocast(samplecoords, self.precision):
+                bg = to_float(self.bgmodel(camindex, idindex, samplecoords))
         # Without a background the original composites over black.
         irgbrec = rgb + (1.0 - alpha) * bg if bg is not None else rgb
 

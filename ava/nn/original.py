@@ -1,8 +1,9 @@
 """Reading state dicts saved by the original ava-256 code (`aeparams*.pt`).
 
 ava's modules keep the original's parameter names and shapes (SPEC.md §3.13), so the mapping is
-the identity once DDP's `module.` prefix is stripped; what needs work is recovering the model size
-from the tensors and the camera order of the colour calibration and background tables.
+the identity once wrapper names (DDP's `module.`, torch.compile's `_orig_mod.`) are stripped; what
+needs work is recovering the model size from the tensors and the camera order of the colour
+calibration and background tables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import torch
 from ava.errors import UserError
 from ava.nn.config import ModelConfig
 
-DDP_PREFIX = "module."
+# Module names that wrappers put into parameter names: DistributedDataParallel and DataParallel
+# (`module`), torch.compile (`_orig_mod`), FSDP and activation checkpointing. ava's own modules
+# use none of them, so they are dropped wherever they occur in a key, in any nesting and order.
+WRAPPER_NAMES = ("module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 # Tables with one row (or column) per camera index.
 CAMERA_ROWS = ("colorcal.wcam", "colorcal.bcam")
 CAMERA_COLUMNS = ("bgmodel.cammod.0.weight",)
@@ -28,7 +32,7 @@ _SIZE_KEYS = (
 
 
 def load_original_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of an original checkpoint, with any `module.` prefix removed."""
+    """The tensors of an original checkpoint, with wrapper names (`module.`, `_orig_mod.`, ...) removed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist")
@@ -40,20 +44,48 @@ def load_original_state(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise UserError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return strip_ddp_prefix(state)
+    return strip_wrapper_prefixes(state)
 
 
-def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the `module.` prefix that DistributedDataParallel adds to every key."""
-    if state and all(key.startswith(DDP_PREFIX) for key in state):
-        return {key[len(DDP_PREFIX) :]: value for key, value in state.items()}
-    return dict(state)
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with every wrapper's name (`WRAPPER_NAMES`) removed from its keys, e.g.
+    `module._orig_mod.colorcal.wcam` -> `colorcal.wcam`; UserError when two keys then collide."""
+    stripped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        plain = ".".join(part for part in key.split(".") if part not in WRAPPER_NAMES)
+        if plain in stripped:
+            raise UserError(f"the state dict holds {plain!r} twice once wrapper names are removed (e.g. {key!r})")
+        stripped[plain] = value
+    return stripped
+
+
+def common_key_prefix(keys) -> str:
+    """The dotted prefix that every key starts with ('' when none), e.g. 'model.' or 'net.ae.'."""
+    split = [key.split(".")[:-1] for key in keys]
+    if not split:
+        return ""
+    shared = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        shared.append(parts[0])
+    return "".join(f"{part}." for part in shared)
 
 
 def infer_model_config(state: dict[str, torch.Tensor]) -> tuple[ModelConfig, int, int]:
     """(model config, number of cameras, number of identities) that produced `state`."""
     missing = [key for key in _SIZE_KEYS if key not in state]
     if missing:
+        prefix = common_key_prefix(state)
+        if prefix and all(prefix + key in state for key in _SIZE_KEYS):
+            raise UserError(
+                f"every key of the state dict starts with {prefix!r}, which is no wrapper ava knows "
+                f"(it removes {', '.join(name + '.' for name in WRAPPER_NAMES)}); without it the keys are an "
+                "Ava-256 autoencoder's: save the inner module's state_dict, or remove the prefix from the keys"
+            )
+        if prefix:
+            raise UserError(f"the state dict lacks {missing}; every key starts with {prefix!r} (e.g. "
+                            f"{next(iter(state))!r}); is it an Ava-256 autoencoder (aeparams*.pt)?")
         raise UserError(f"the state dict lacks {missing}; is it an Ava-256 autoencoder (aeparams*.pt)?")
     voxels, uv_size = state["decoder_assembler.geodec.bias"].shape[0], state["decoder_assembler.geodec.bias"].shape[-1]
     num_prims = state["decoder_assembler.adaptwarps"].numel()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,73 +66,121 @@ class Topology:
         return digest.hexdigest()
 
 
-def _parse_index(token: str, count: int, what: str, line_number: int, path: str) -> int:
-    index = int(token)
+def _obj_number(token: str, where: str) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise UserError(f"{where}: {token!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{where}: {token!r} is not a finite number")
+    return value
+
+
+def _obj_numbers(fields: list[str], least: int, most: int, what: str, where: str) -> list[float]:
+    if not least <= len(fields) <= most:
+        wanted = f"{least}" if least == most else f"{least} to {most}"
+        raise UserError(f"{where}: {what} needs {wanted} numbers, got {len(fields)}")
+    return [_obj_number(token, where) for token in fields]
+
+
+def _obj_index(token: str, defined: int, what: str, where: str) -> int:
+    """0-based index of a face corner's `token`: 1-based, or negative counting back from the last
+    element defined so far (-1 is the last one). Out-of-range relative indices fail here, with the
+    index as written; positive ones may name elements defined later and are checked at the end."""
+    try:
+        index = int(token)
+    except ValueError:
+        raise UserError(f"{where}: {what} index {token!r} is not an integer") from None
+    if index == 0:
+        raise UserError(f"{where}: {what} index 0 is not valid (OBJ indices start at 1)")
     if index > 0:
         return index - 1
-    if index < 0:  # OBJ relative index: -1 is the last one defined so far
-        return count + index
-    raise UserError(f"{path}:{line_number}: {what} index 0 is not valid in an OBJ face")
+    if -index > defined:
+        raise UserError(f"{where}: {what} index {index} points before the first {what} "
+                        f"(only {defined} defined above this line)")
+    return defined + index
 
 
 def parse_obj(text: str, source: str = "<obj>") -> Topology:
-    """Parse OBJ text: `v`, `vt` and `f` lines (polygons are split into triangle fans)."""
+    """Parse OBJ text into a Topology: `v`, `vt` and `f` lines; other statements are ignored.
+
+    Accepted: `v x y z [w]` (and `v x y z r g b` vertex colours, ignored), `vt u [v [w]]` (v
+    defaults to 0), faces of 3 or more corners written `v/vt` or `v/vt/vn` (polygons become
+    triangle fans), 1-based and negative (relative) indices. Every malformed line is a UserError
+    naming `source` and the line number; faces without texture coordinates (`v` or `v//vn`) are
+    legal OBJ but refused, since the model needs UVs.
+    """
     verts: list[list[float]] = []
     uvs: list[list[float]] = []
+    normal_count = 0
     faces: list[list[int]] = []
     face_uvs: list[list[int]] = []
+    face_lines: list[int] = []  # the line of each triangle, for the range check at the end
+    normals: list[tuple[int, int]] = []  # (line, normal index) of the corners that name one
     for line_number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
+        fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        keyword = fields[0]
-        try:
-            if keyword == "v":
-                verts.append([float(x) for x in fields[1:4]])
-            elif keyword == "vt":
-                uvs.append([float(x) for x in fields[1:3]])
-            elif keyword == "f":
-                corner_verts, corner_uvs = [], []
-                for corner in fields[1:]:
-                    parts = corner.split("/")
-                    if len(parts) < 2 or not parts[1]:
-                        raise UserError(
-                            f"{source}:{line_number}: face corner {corner!r} has no texture "
-                            "coordinate; the model needs a mesh with UVs (f v/vt ...)"
-                        )
-                    corner_verts.append(_parse_index(parts[0], len(verts), "vertex", line_number, source))
-                    corner_uvs.append(_parse_index(parts[1], len(uvs), "texture", line_number, source))
-                if len(corner_verts) < 3:
-                    raise UserError(f"{source}:{line_number}: a face needs at least 3 corners")
-                for i in range(1, len(corner_verts) - 1):
-                    faces.append([corner_verts[0], corner_verts[i], corner_verts[i + 1]])
-                    face_uvs.append([corner_uvs[0], corner_uvs[i], corner_uvs[i + 1]])
-        except ValueError as error:
-            raise UserError(f"{source}:{line_number}: cannot parse {line.strip()!r} ({error})") from None
+        keyword, values = fields[0], fields[1:]
+        where = f"{source}:{line_number}"
+        if keyword == "v":
+            if len(values) not in (3, 4, 6, 7):
+                raise UserError(f"{where}: a vertex needs 3 coordinates (x y z [w], or x y z r g b), got {len(values)}")
+            verts.append([_obj_number(token, where) for token in values][:3])
+        elif keyword == "vt":
+            u, v = (_obj_numbers(values, 1, 3, "a texture coordinate", where) + [0.0])[:2]
+            uvs.append([u, v])
+        elif keyword == "vn":
+            _obj_numbers(values, 3, 3, "a normal", where)
+            normal_count += 1
+        elif keyword == "f":
+            if len(values) < 3:
+                raise UserError(f"{where}: a face needs at least 3 corners, got {len(values)}")
+            corner_verts, corner_uvs = [], []
+            for corner in values:
+                parts = corner.split("/")
+                if len(parts) > 3 or not parts[0]:
+                    raise UserError(f"{where}: face corner {corner!r} is not v, v/vt, v/vt/vn or v//vn")
+                corner_verts.append(_obj_index(parts[0], len(verts), "vertex", where))
+                if len(parts) == 3 and parts[2]:
+                    normals.append((line_number, _obj_index(parts[2], normal_count, "normal", where)))
+                if len(parts) < 2 or not parts[1]:
+                    raise UserError(f"{where}: face corner {corner!r} has no texture coordinate; the model "
+                                    "needs a mesh with UVs (f v/vt ... or f v/vt/vn ...)")
+                corner_uvs.append(_obj_index(parts[1], len(uvs), "texture coordinate", where))
+            for i in range(1, len(corner_verts) - 1):
+                faces.append([corner_verts[0], corner_verts[i], corner_verts[i + 1]])
+                face_uvs.append([corner_uvs[0], corner_uvs[i], corner_uvs[i + 1]])
+                face_lines.append(line_number)
     if not faces:
         raise UserError(f"{source}: no faces found; is this an OBJ mesh?")
-    topology = Topology(
+    # Positive indices may name elements defined further down, so they are checked once all are read.
+    for name, references, count in (
+        ("vertex", ((face_lines[row], index) for row, corners in enumerate(faces) for index in corners), len(verts)),
+        ("texture coordinate", ((face_lines[row], index) for row, corners in enumerate(face_uvs) for index in corners),
+         len(uvs)),
+        ("normal", iter(normals), normal_count),
+    ):
+        bad = next(((line, index) for line, index in references if index >= count), None)
+        if bad is not None:
+            raise UserError(f"{source}:{bad[0]}: {name} index {bad[1] + 1} is out of range (the file has {count})")
+    return Topology(
         verts=torch.tensor(verts, dtype=torch.float32).reshape(-1, 3),
         uvs=torch.tensor(uvs, dtype=torch.float32).reshape(-1, 2),
         faces=torch.tensor(faces, dtype=torch.int64),
         face_uvs=torch.tensor(face_uvs, dtype=torch.int64),
     )
-    for name, ids, count in (
-        ("vertex", topology.faces, topology.verts.shape[0]),
-        ("texture", topology.face_uvs, topology.uvs.shape[0]),
-    ):
-        if int(ids.min()) < 0 or int(ids.max()) >= count:
-            raise UserError(f"{source}: a face refers to {name} {int(ids.max()) + 1}, but only {count} exist")
-    return topology
 
 
 def load_obj(path: str | Path) -> Topology:
     """Read an OBJ mesh with texture coordinates (SPEC.md §3.2 `load_obj`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise UserError(f"cannot read the topology OBJ {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not a text OBJ file (byte {error.start} is not UTF-8)") from None
     return parse_obj(text, str(path))
 
 

@@ -2,5 +2,9 @@
 
 Modules: config (dataclasses and presets), data (datasets, held-out cameras, loaders),
 losses (SPEC.md §6.3 terms), distributed (torchrun / single process), rundir (checkpoints,
-metrics, images, TensorBoard), evaluate (PSNR, progress images), loop (the training loop).
+metrics, images, TensorBoard), evaluate (progress images, cross-identity strips).
+The loop (loop) orchestrates: setup (data, model, optimiser, resume, run folder, loader),
+step (one optimiser step, reusable by other trainings), schedule (learning rate), periodic
+(pictures, evaluation, checkpoints), resume (checkpoint choice and RNG state), report (metrics
+records and progress output).
 """

@@ -77,11 +77,17 @@ class TrainSection:
     warmup_iters: int = 100
     """Steps that place primitives on the ground-truth mesh, with position and rotation residuals
     off and the primitive scale estimated from the mesh (the original hard-codes 100)."""
+    cameras: tuple[str, ...] = ()
+    """Use only these camera ids (training and held out); empty: every camera of each capture's
+    calibration. A camera whose archive is missing or unreadable is skipped with a warning, so
+    this is also how to leave such cameras out knowingly."""
     holdout_cameras: tuple[str, ...] = ()
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0
     """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the
     captures, keeping at least one training camera each)."""
+    precision: Literal["fp32", "tf32", "bf16"] = "tf32"
+    """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
 
 
 @dataclass
@@ -143,9 +149,8 @@ class TrainConfig:
     """Raymarcher: Triton on CUDA, the vectorised PyTorch path on a CPU (auto), or forced."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
-    compile: bool = False
-    """Compile what torch.compile speeds up: the decoder assembler (measured on an H100 with
-    tools/compile_experiments.py; compiling the whole model was slower). Costs ~30 s at the start."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for CUDA, off on a CPU. Costs about a minute at the start and made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md)."""
 
 
 def _demo() -> TrainConfig:

@@ -8,19 +8,21 @@ covers every camera a render may ask for; `idindex` is the capture's position in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
+from ava.data.bad_data import ArchiveProblem, summarise_archive_problems
 from ava.data.calibration import read_calibration
-from ava.data.dataset import CaptureDataset, MultiCaptureDataset
+from ava.data.dataset import CaptureDataset, MultiCaptureDataset, NoUsableSamples
 from ava.data.ids import CaptureId
 from ava.data.layout import CaptureLayout
 from ava.synth.config import IDS_FILENAME
 from ava.errors import UserError
+
 
 def ids_csv_path(dataset_dir: Path, data_csv: str) -> Path:
     """The ids CSV: absolute, else in the dataset folder, else relative to the working directory;
@@ -77,8 +79,29 @@ def capture_cameras(dataset_dir: Path, captures: Sequence[CaptureId]) -> list[li
                 f"{layout.calibration} does not exist; is {dataset_dir} the dataset folder and "
                 f"{capture.folder} downloaded (ava download)?"
             )
-        cameras.append([camera.camera_id for camera in read_calibration(layout.calibration)])
+        # Only the ids are needed here; the dataset checks the cameras against a head pose.
+        cameras.append([camera.camera_id for camera in read_calibration(layout.calibration, in_front_of=None)])
     return cameras
+
+
+def select_cameras(per_capture: list[list[str]], wanted: Sequence[str],
+                   captures: Sequence[CaptureId]) -> list[list[str]]:
+    """Each capture's cameras restricted to `wanted` (`--train.cameras`; all when empty), in the
+    capture's own order. Ids in no capture, and a capture left without a camera, are UserErrors."""
+    if not wanted:
+        return per_capture
+    wanted_set = {str(camera) for camera in wanted}
+    every = {camera for cameras in per_capture for camera in cameras}
+    unknown = sorted(wanted_set - every)
+    if unknown:
+        raise UserError(f"--train.cameras {unknown} are in no selected capture's calibration "
+                        f"(they list e.g. {', '.join(sorted(every)[:6])})")
+    chosen = [[camera for camera in cameras if camera in wanted_set] for cameras in per_capture]
+    for capture, cameras, kept in zip(captures, per_capture, chosen):
+        if not kept:
+            raise UserError(f"--train.cameras leaves capture {capture.folder} without a camera "
+                            f"(it has {', '.join(cameras[:6])}{'...' if len(cameras) > 6 else ''})")
+    return chosen
 
 
 def choose_holdout_cameras(per_capture: list[list[str]], explicit: Sequence[str], count: int) -> list[str]:
@@ -88,7 +111,7 @@ def choose_holdout_cameras(per_capture: list[list[str]], explicit: Sequence[str]
     if explicit:
         unknown = sorted(set(explicit) - every)
         if unknown:
-            raise UserError(f"held-out cameras {unknown} are in none of the selected captures")
+            raise UserError(f"held-out cameras {unknown} are in none of the selected captures' cameras")
         chosen = list(dict.fromkeys(explicit))
     else:
         chosen = []
@@ -115,29 +138,64 @@ class TrainingData:
     holdout_cameras: list[str]
     train: MultiCaptureDataset
     holdout: ConcatDataset | None  # samples of the held-out cameras, same indices and statistics
+    archive_problems: list[ArchiveProblem] = field(default_factory=list)
+    """What construction found wrong, training and held-out datasets together."""
 
     @property
     def stats(self):
         return self.train.stats
 
+    def describe(self) -> list[str]:
+        """Lines for the console: every construction problem once, then what training really uses."""
+        lines = []
+        problems = summarise_archive_problems(self.archive_problems)
+        if problems:
+            lines.append(f"warning: what reading the captures found ({len(problems)} "
+                         f"archive{'s' if len(problems) > 1 else ''}):")
+            lines += [f"  {problem}" for problem in problems]
+            if any(problem.camera is not None for problem in self.archive_problems):
+                lines.append("  skipped cameras: download their archives again (`ava download` replaces damaged "
+                             "files) or leave them out with --train.cameras")
+        trained = self.train.usable_camera_ids
+        held_out = sorted({camera for part in (self.holdout.datasets if self.holdout else ())
+                           for camera in part.usable_camera_ids})
+        unused = sorted(set(self.cameras) - set(trained) - set(held_out))
+        line = (f"data: {len(self.captures)} captures, {len(self.train)} training samples at {self.train.height}x"
+                f"{self.train.width}; training on {len(trained)} of {len(self.cameras)} cameras")
+        if self.holdout_cameras:
+            line += f", {len(held_out)} held out ({', '.join(held_out) or 'none usable'})"
+        if unused:
+            line += f", {len(unused)} without usable data ({', '.join(unused[:8])}{'...' if len(unused) > 8 else ''})"
+        lines.append(line)
+        return lines
+
 
 def build_training_data(dataset_dir: Path, captures: list[CaptureId], downsample: int,
-                        holdout: Sequence[str], holdout_count: int, progress: bool) -> TrainingData:
-    per_capture = capture_cameras(dataset_dir, captures)
+                        holdout: Sequence[str], holdout_count: int, progress: bool,
+                        cameras: Sequence[str] = ()) -> TrainingData:
+    """The training and held-out datasets; `cameras` restricts every capture to those ids."""
+    per_capture = select_cameras(capture_cameras(dataset_dir, captures), cameras, captures)
     holdout_cameras = choose_holdout_cameras(per_capture, holdout, holdout_count)
     all_cameras = sorted({camera for cameras in per_capture for camera in cameras})
     training_cameras = [camera for camera in all_cameras if camera not in set(holdout_cameras)]
     train = MultiCaptureDataset(dataset_dir, captures, downsample, cameras=training_cameras, progress=progress)
     _use_camera_order(train.datasets, all_cameras)
     train.camera_ids = all_cameras
+    problems = list(train.archive_problems)
     holdout_parts = []
     for identity, (capture, cameras) in enumerate(zip(captures, per_capture)):
         mine = [camera for camera in cameras if camera in set(holdout_cameras)]
         if not mine:
             continue
-        part = CaptureDataset(dataset_dir / capture.folder, downsample, cameras=mine, stats=train.stats)
+        try:
+            part = CaptureDataset(dataset_dir / capture.folder, downsample, cameras=mine, stats=train.stats)
+        except NoUsableSamples as error:
+            # Held-out cameras whose archives are all unusable cost their PSNR, not the run.
+            problems += error.archive_problems
+            continue
         part.identity_index = identity
         holdout_parts.append(part)
+        problems += part.archive_problems
     _use_camera_order(holdout_parts, all_cameras)
     return TrainingData(
         dataset_dir=dataset_dir,
@@ -146,6 +204,7 @@ def build_training_data(dataset_dir: Path, captures: list[CaptureId], downsample
         holdout_cameras=holdout_cameras,
         train=train,
         holdout=ConcatDataset(holdout_parts) if holdout_parts else None,
+        archive_problems=problems,
     )
 
 
@@ -158,10 +217,18 @@ def _use_camera_order(parts: Sequence[CaptureDataset], cameras: list[str]) -> No
 
 class EpochSampler(Sampler[int]):
     """A shuffled order per epoch, drawn from (seed, epoch) and split across ranks like
-    DistributedSampler (padded by repetition so every rank gets the same count), that can start
-    part-way into an epoch: exactly where a resumed run left off."""
+    DistributedSampler, that can start part-way into an epoch: exactly where a resumed run left off.
+
+    Every rank gets `per_rank = ceil(length / world_size)` samples, for any length and world size:
+    the permutation is repeated as often as needed to fill `per_rank * world_size` places (with
+    fewer samples than ranks, samples repeat across ranks), so no rank runs out before the others
+    and waits for ever in a collective.
+    """
 
     def __init__(self, length: int, rank: int, world_size: int, seed: int) -> None:
+        if length < 0 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler needs length >= 0 and 0 <= rank < world_size, "
+                             f"got length {length}, rank {rank}, world size {world_size}")
         self.length = length
         self.rank = rank
         self.world_size = world_size
@@ -176,15 +243,36 @@ class EpochSampler(Sampler[int]):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
+        if self.length == 0:
+            return iter(())
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.length, generator=generator).tolist()
-        order += order[: self.per_rank * self.world_size - self.length]
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / self.length))[:total]
         mine = order[self.rank :: self.world_size]
         return iter(mine[self.start :])
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return max(0, self.per_rank - self.start)
+
+
+def nonempty_batches(loader: DataLoader) -> Iterator[dict]:
+    """The batches of `loader`; a loader that yields none raises UserError once it is exhausted.
+
+    A training loop that counts steps would otherwise go round an empty epoch for ever (and, under
+    torchrun, leave the other ranks waiting). Breaking out early raises nothing.
+    """
+    empty = True
+    for batch in loader:
+        empty = False
+        yield batch
+    if empty:
+        sampler = loader.sampler
+        where = (f"rank {sampler.rank} of {sampler.world_size}, {len(sampler)} samples"
+                 if isinstance(sampler, EpochSampler) else f"{len(sampler)} samples")
+        raise UserError(f"the data loader produced no batch ({where}, batches of {loader.batch_size}); "
+                        "lower --train.batchsize or train on fewer processes")
 
 
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:

@@ -9,6 +9,8 @@ from ava.train.config import LossWeights
 
 # Model outputs the loss needs beyond the ones always returned.
 LOSS_OUTPUTS = frozenset({"primscale"})
+# The terms `loss_terms` returns, in the order they are logged.
+TERMS = ("irgbl1", "vertl1", "kldiv", "primvolsum")
 
 
 def loss_terms(output: dict, batch: dict, vertmean: torch.Tensor, vertstd: float) -> dict[str, torch.Tensor]:

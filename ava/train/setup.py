@@ -1,0 +1,281 @@
+"""Setting up a run, in the order `setup` does it: data, model with optimiser and schedule,
+resume, run folder, loader. The result is a `Trainer`, everything the loop and the periodic
+actions need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+
+from ava.errors import UserError
+from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
+from ava.train.config import TrainConfig, config_to_dict
+from ava.train.data import EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader, select_captures
+from ava.train.distributed import Distributed
+from ava.train.resume import check_compatible, restore_rng, resume_path
+from ava.train.rundir import RunDir
+from ava.train.schedule import make_scheduler, set_learning_rate
+
+
+@dataclass
+class TrainingState:
+    """What a step changes and a checkpoint keeps."""
+
+    model: torch.nn.Module
+    """The autoencoder (its parameters are the optimiser's; checkpoints save it)."""
+    network: torch.nn.Module
+    """What a step calls: the model, or its DistributedDataParallel wrapper."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    step: int = 0
+    """Completed optimiser steps."""
+
+
+@dataclass
+class Trainer:
+    """One run, set up: config, data, state, outputs and the loader."""
+
+    config: TrainConfig
+    ctx: Distributed
+    console: Console
+    data: TrainingData
+    ids_csv: Path
+    topology: object  # ava.nn.uvmap.Topology
+    backend: str | None
+    """Raymarch backend passed to the model (None: the model picks)."""
+    state: TrainingState
+    start_step: int
+    resumed_from: Path | None
+    run: RunDir | None
+    """The run folder's writer (rank 0 only)."""
+    resolved: dict
+    """The config with what was resolved at start (stored in config.json and checkpoints)."""
+    cross_identity: object | None  # ava.train.evaluate.CrossIdentity
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    last_step: int
+    vertmean: torch.Tensor
+    """The dataset's mean mesh [V,3] (mm) on the training device."""
+
+    def say(self, *args, **kwargs) -> None:
+        """Prints on rank 0 only."""
+        if self.ctx.is_main:
+            self.console.print(*args, **kwargs)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuses values that cannot work, all problems in one line."""
+    train, progress = config.train, config.progress
+    problems = []
+    for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter"):
+        if getattr(train, name) < 1:
+            problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
+    if train.num_workers < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
+        problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
+    if not train.init_learning_rate > 0 or not train.gamma > 0 or not train.clip > 0:
+        problems.append("--train.init-learning-rate, --train.gamma and --train.clip must be positive")
+    for name in ("image_freq", "checkpoint_freq", "psnr_freq"):
+        if getattr(progress, name) < 1:
+            problems.append(f"--progress.{name.replace('_', '-')} must be at least 1")
+    if progress.tensorboard.log_freq < 1:
+        problems.append("--progress.tensorboard.log-freq must be at least 1")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> Path:
+    """--train.dataset-dir, else the demo synthetic set (rank 0 generates it once, the others wait)."""
+    if config.train.dataset_dir is not None:
+        path = Path(config.train.dataset_dir).expanduser()
+        if not path.is_dir():
+            raise UserError(f"--train.dataset-dir {path} does not exist; download captures with `ava download` "
+                            "or leave it out to train on the demo synthetic set")
+        return path
+    path = None
+    if ctx.is_main:
+        target = demo_dataset_dir(config.synth)
+        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False)
+        path = ensure_demo_dataset(config.synth, progress=True)
+    ctx.barrier()  # the other ranks wait until rank 0 has generated the set
+    return Path(ctx.broadcast_object(str(path) if path else None))
+
+
+def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Callable):
+    """(training data, ids CSV, mesh topology) of the selected captures."""
+    from ava.data.ids import read_ids_csv
+    from ava.nn.topology import resolve_topology
+
+    dataset_dir = resolve_dataset(config, ctx, console)
+    csv = ids_csv_path(dataset_dir, config.train.data_csv)
+    captures = select_captures(read_ids_csv(csv), config.train.ids, config.train.nids, str(csv))
+    data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
+                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras)
+    topology = resolve_topology(config.model.topology, dataset_dir)
+    if topology.num_verts != data.stats.vertmean.shape[0]:
+        raise UserError(f"the topology has {topology.num_verts} vertices but the dataset's meshes have "
+                        f"{data.stats.vertmean.shape[0]}; pass the dataset's topology with --model.topology")
+    for line in data.describe():
+        say(line, highlight=False, markup=False, soft_wrap=True)
+    return data, csv, topology
+
+
+# --- model, optimiser, schedule -----------------------------------------------------------------
+
+def raymarch_backend(config: TrainConfig, device: torch.device) -> str | None:
+    backend = None if config.raymarch_backend == "auto" else config.raymarch_backend
+    if backend is None and device.type == "cpu":
+        backend = "torch"  # the Triton interpreter (TRITON_INTERPRET=1) is far too slow to train with
+    return backend
+
+
+def build_state(config: TrainConfig, ctx: Distributed, data: TrainingData, topology, backend: str | None) -> TrainingState:
+    """A fresh model on the device, Adam and the schedule, at step 0 (not yet wrapped for DDP)."""
+    from ava.nn.autoencoder import build_autoencoder
+
+    stats = data.stats
+    model = build_autoencoder(config.model, topology, vertmean=torch.from_numpy(stats.vertmean),
+                              vertstd=stats.vertstd, num_cameras=len(data.cameras),
+                              num_identities=len(data.captures), raymarch_backend=backend).to(ctx.device)
+    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
+    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.init_learning_rate, betas=(0.9, 0.999),
+                                 eps=1e-8, weight_decay=0.0, fused=True if ctx.device.type == "cuda" else None)
+    return TrainingState(model=model, network=model, optimizer=optimizer,
+                         scheduler=make_scheduler(optimizer, config.train))
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+def restore(config: TrainConfig, ctx: Distributed, state: TrainingState, data: TrainingData, topology,
+            say: Callable) -> Path | None:
+    """Continues from --resume (everything) or initialises from --train.checkpoint (weights only);
+    returns the checkpoint resumed from, if any. Sets state.step and the learning rate."""
+    from ava.checkpoint import load_checkpoint
+
+    path = resume_path(config, say)
+    if path is not None:
+        checkpoint = load_checkpoint(path)
+        check_compatible(checkpoint, config, data, topology)
+        checkpoint.restore_model(state.model)
+        checkpoint.restore_optimizer(state.optimizer)
+        if checkpoint.scheduler_state is not None:
+            state.scheduler.load_state_dict(checkpoint.scheduler_state)
+        state.step = checkpoint.step
+        restore_rng(checkpoint.extra_state, ctx, say)
+        say(f"resuming from {path} at step {state.step}", highlight=False)
+    elif config.train.checkpoint:
+        checkpoint = load_checkpoint(config.train.checkpoint)
+        check_compatible(checkpoint, config, data, topology)
+        checkpoint.restore_model(state.model)
+        say(f"initialised the weights from {config.train.checkpoint} (step, optimiser and schedule start fresh)")
+    # Parameters saved by the checkpoint live on the CPU until moved; Adam's state follows them.
+    state.model.to(ctx.device)
+    set_learning_rate(state.optimizer, config.train, state.step)
+    return path
+
+
+def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, say: Callable) -> None:
+    """Sets the precision, compiles what --compile asks for and wraps the model for DDP when there
+    are several ranks."""
+    from ava.nn.precision import configure_tensor_cores
+
+    configure_tensor_cores(config.train.precision)
+    state.model.set_precision(config.train.precision)
+    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+        # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
+        # decoder assembler and the background model separately fuses the weight-norm, activation
+        # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
+        # compiling the whole model graph-breaks at the raymarcher and was slower. In place, so
+        # parameter names do not change.
+        for name in COMPILED_PARTS:
+            getattr(state.model, name).compile()
+        say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
+    state.network = state.model
+    if ctx.enabled:
+        # Some parameters get no gradient in some steps (as in the original, which passes the same
+        # flag), so DDP must look for them.
+        state.network = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True)
+
+
+COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
+
+
+# --- run folder ---------------------------------------------------------------------------------
+
+def resolved_config(config: TrainConfig, ctx: Distributed, data: TrainingData, csv: Path,
+                    backend: str | None) -> dict:
+    """The config plus what was resolved at start: dataset, captures, cameras, device, backend."""
+    resolved = config_to_dict(config)
+    resolved["resolved"] = {"dataset_dir": str(data.dataset_dir), "ids_csv": str(csv),
+                            "captures": [capture.folder for capture in data.captures], "cameras": data.cameras,
+                            "holdout_cameras": data.holdout_cameras, "world_size": ctx.world_size,
+                            "device": str(ctx.device), "raymarch_backend": backend or "auto"}
+    return resolved
+
+
+def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resume_step: int | None,
+                    say: Callable) -> RunDir | None:
+    """Rank 0's run folder with config.json written and the metrics log (and TensorBoard) open."""
+    if not ctx.is_main:
+        return None
+    run = RunDir(config.progress.output_path)
+    run.write_config(resolved)
+    run.open_metrics(resume_step)
+    if run.open_tensorboard(config.progress.tensorboard.logdir, {
+        "minibatch": config.train.batchsize, "global batch": config.train.batchsize * ctx.world_size,
+        "lr": config.train.init_learning_rate, "optimiser": "Adam"}):
+        say(f"TensorBoard events in {run.root / config.progress.tensorboard.logdir}", highlight=False)
+    return run
+
+
+# --- loader -------------------------------------------------------------------------------------
+
+def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData):
+    """(sampler, loader, steps per epoch, last step): the resumable order over the training set."""
+    sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
+    steps_per_epoch = sampler.per_rank // config.train.batchsize
+    if steps_per_epoch < 1:
+        raise UserError(f"{len(data.train)} training samples over {ctx.world_size} processes do not fill one batch "
+                        f"of {config.train.batchsize}; lower --train.batchsize")
+    last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
+    loader = make_loader(data.train, sampler, config.train.batchsize, config.train.num_workers,
+                         pin_memory=ctx.device.type == "cuda")
+    return sampler, loader, steps_per_epoch, last_step
+
+
+def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
+    """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
+    from ava.train.evaluate import CrossIdentity
+
+    say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed * 1000 + ctx.rank)
+
+    data, csv, topology = load_data(config, ctx, console, say)
+    backend = raymarch_backend(config, ctx.device)
+    state = build_state(config, ctx, data, topology, backend)
+    resumed_from = restore(config, ctx, state, data, topology, say)
+    prepare_network(config, ctx, state, say)
+
+    resolved = resolved_config(config, ctx, data, csv, backend)
+    run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
+    cross_identity = None
+    if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
+        cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))
+
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data)
+    return Trainer(config=config, ctx=ctx, console=console, data=data, ids_csv=csv, topology=topology,
+                   backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
+                   resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
+                   steps_per_epoch=steps_per_epoch, last_step=last_step,
+                   vertmean=torch.from_numpy(data.stats.vertmean).to(ctx.device))
