@@ -128,7 +128,7 @@ def test_overlays_follow_the_calibration(tiny_capture_set, tmp_path):
     assert residual_outside(sample["campos"] + 40.0 * sample["camrot"][0]) > 4 * correct
     # Keypoints (world frame) through the head pose land where the mesh vertices they were made
     # from project: the keypoints of `ava synth` are mesh vertices.
-    values, present = capture.reader.load_keypoints(capture.frame)
+    values, present = capture.reader_with(with_keypoints=True).load_keypoints(capture.frame)
     pose = sample["headpose"].double()
     head = (torch.from_numpy(values[present, :3]).double() - pose[:, 3]) @ pose[:, :3]
     pixels, _ = capture.project(head)

@@ -168,6 +168,10 @@ def test_view_bad_input(tiny_checkpoints, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert run_cli(["view", str(tiny_checkpoints[1]), "--height", "4"]) == 2
     assert "--height must be between" in capsys.readouterr().err
+    assert run_cli(["view", str(tiny_checkpoints[1]), "--height", "512", "--device", "cpu"]) == 2
+    assert "--height is at most 256 on a CPU" in capsys.readouterr().err
+    assert run_cli(["view", str(tiny_checkpoints[1]), "--fps", "0"]) == 2
+    assert "--fps must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (apt-get install chromium)")

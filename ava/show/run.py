@@ -130,6 +130,14 @@ class Capture:
         self.subject = self.root.name.split("--")[-1]
         self.name = f"{self.subject}_{self.camera_id}_{int(self.frame.frame_id):06d}"
 
+    def reader_with(self, **parts):
+        """A reader of this capture's camera that also takes stock of an optional part's archive
+        (with_keypoints / with_segmentation), so that its members are found as the data layer
+        finds them (whatever folder they were packed under)."""
+        from ava.data.capture import CaptureReader
+
+        return CaptureReader(self.root, [self.camera_id], **parts)
+
     @property
     def image(self) -> np.ndarray:
         from ava.runtime.images import to_uint8
@@ -172,7 +180,7 @@ def draw_keypoints(capture: Capture):
 
     if not capture.layout.keypoints_zip.is_file():
         raise PartAbsent(f"no {capture.layout.keypoints_zip}")
-    values, present = capture.reader.load_keypoints(capture.frame)
+    values, present = capture.reader_with(with_keypoints=True).load_keypoints(capture.frame)
     headpose = capture.sample["headpose"].double()
     world = torch.from_numpy(values[present, :3]).double()
     head = (world - headpose[:, 3]) @ headpose[:, :3]  # x_h = Hr^T (x_w - Ht), row vectors
@@ -191,7 +199,8 @@ def draw_segmentation(capture: Capture):
     if not path.is_file():
         raise PartAbsent(f"no {path}")
     height, width = capture.sample["image"].shape[-2:]
-    labels = capture.reader.load_segmentation(capture.camera_id, capture.frame, (width, height))
+    labels = capture.reader_with(with_segmentation=True).load_segmentation(capture.camera_id, capture.frame,
+                                                                            (width, height))
     return segmentation_overlay(capture.image, labels, SEGMENTATION_CLASSES, capture.caption("part segmentation"))
 
 
