@@ -20,7 +20,7 @@ class EvalConfig:
     OUT/examples.png, and prints a table; --compare puts a second checkpoint beside the first,
     measured on the same images."""
 
-    checkpoint: tyro.conf.Positional[Path]
+    checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """An ava checkpoint (e.g. run/checkpoints/step_00000400.safetensors)."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("eval")
     """Output folder."""

@@ -24,7 +24,7 @@ class ShowConfig:
     part named explicitly but missing, or a part that fails, is an error (exit status 1) and the
     other pictures are still written."""
 
-    capture_dir: tyro.conf.Positional[Path]
+    capture_dir: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CAPTURE_DIR")]
     """A capture folder (<dataset>/<mcd>--<mct>--<sid>, real or from `ava synth`)."""
     camera: str | None = None
     """Camera id (default: the capture's most frontal camera)."""

@@ -142,12 +142,15 @@ def camera_plan(camera_ids: list[str], positions: np.ndarray, axes_forward: np.n
         return np.stack([relative @ right, relative @ forward], axis=-1)
 
     flat = plane(positions)
-    reach = float(np.abs(flat).max()) * 1.15
-    result = figure(900, 900)
-    axes = result.add_subplot()
     shown_head = plane(head)
+    every = np.concatenate([flat, shown_head])
+    low, high = every.min(axis=0), every.max(axis=0)
+    margin = 0.12 * float((high - low).max())
+    spans = high - low + 2 * margin
+    result = figure(900, 780 * spans[1] / spans[0] + 130)  # the plot keeps the rig's proportions
+    axes = result.add_subplot()
     axes.scatter(shown_head[:, 0], shown_head[:, 1], s=0.5, c="0.6", label="tracked mesh")
-    tips = plane(positions + axes_forward * reach * 0.08)
+    tips = plane(positions + axes_forward * float((high - low).max()) * 0.06)
     for index, camera in enumerate(camera_ids):
         colour = "red" if camera == chosen else "tab:blue"
         axes.plot([flat[index, 0], tips[index, 0]], [flat[index, 1], tips[index, 1]], color=colour, lw=0.8)
@@ -155,8 +158,8 @@ def camera_plan(camera_ids: list[str], positions: np.ndarray, axes_forward: np.n
         axes.annotate(camera, flat[index], textcoords="offset points", xytext=(3, 3),
                       fontsize=7 if camera == chosen else 5.5, color=colour,
                       fontweight="bold" if camera == chosen else "normal")
-    axes.set_xlim(-reach, reach)
-    axes.set_ylim(-reach, reach)
+    axes.set_xlim(low[0] - margin, high[0] + margin)
+    axes.set_ylim(low[1] - margin, high[1] + margin)
     axes.set_aspect("equal")
     axes.grid(True, lw=0.3)
     axes.set_xlabel("mm towards the subject's right")

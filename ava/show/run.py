@@ -214,7 +214,7 @@ def draw_cameras(capture: Capture):
     up = -rotations[:, 1].mean(axis=0)  # image rows run down: a camera's up is -y; domes stand upright
     return camera_plan(capture.reader.camera_ids, positions, rotations[:, 2], capture.vertices.double().numpy(),
                        up, capture.camera_id,
-                       f"{capture.root.name}: {len(positions)} cameras around the head, seen from above "
+                       f"{capture.root.name}: {len(positions)} cameras around the head, seen from above\n"
                        f"(head frame at frame {capture.frame.frame_id}); camera {capture.camera_id} in red")
 
 

@@ -110,9 +110,12 @@ class Avatar:
             from ava.data.calibration import read_calibration
             from ava.data.layout import CaptureLayout
 
-            cameras = [entry.camera_id for entry in read_calibration(CaptureLayout(self.dataset_dir / folder).calibration)]
+            layout = CaptureLayout(self.dataset_dir / folder)
+            cameras = [entry.camera_id for entry in read_calibration(layout.calibration)]
+            # One camera whose images are there: only its meshes, textures and frame list are used.
+            cameras = [camera for camera in cameras if layout.image_zip(camera).is_file()][:1] or cameras[:1]
             index = self.checkpoint.identities.index(folder) if folder in self.checkpoint.identities else None
-            part = checkpoint_capture(self.dataset_dir, folder, self.downsample, self.checkpoint, cameras=cameras[:1],
+            part = checkpoint_capture(self.dataset_dir, folder, self.downsample, self.checkpoint, cameras=cameras,
                                       identity=index)
             self._parts[folder] = (part, {part.sample_ids(i)[0]: i for i in range(len(part))})
         return self._parts[folder]

@@ -16,7 +16,7 @@ class ViewConfig:
     expression code), and drive one identity with another's expressions. Open the printed URL in
     a browser; Ctrl-C stops the viewer. Renders with ava.kernels (GPU; on a CPU at a small size)."""
 
-    checkpoint: tyro.conf.Positional[Path]
+    checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """An ava checkpoint (e.g. run/checkpoints/step_00000400.safetensors)."""
     host: str = "127.0.0.1"
     """Address to listen on (127.0.0.1: this machine only; 0.0.0.0 to let others on the network in)."""
