@@ -80,6 +80,7 @@ class Avatar:
                             f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir}; pass --dataset-dir")
         self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder") if path.is_dir())
         self.lock = threading.Lock()  # one render at a time: they share the model and the device
+        self.cache_lock = threading.Lock()  # browsers' render threads share the expression cache
         self._parts: dict[str, tuple[object, dict[str, int]]] = {}  # folder -> (samples, frame id -> index)
         self._identity: dict[str, dict] = {}
         self._expressions: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
@@ -156,20 +157,22 @@ class Avatar:
         """The expression code [1,16,4,4] (the bottleneck's mean) of one frame of a capture, relative
         to that capture's neutral frame (cached)."""
         key = (folder, frame_id)
-        if key not in self._expressions:
-            part, frame_index = self._part(folder)
-            if frame_id not in frame_index:
-                raise UserError(f"frame {frame_id} of {folder} has no usable sample")
-            sample = part.load_sample(frame_index[frame_id])
-            verts, avgtex, neut_verts, neut_avgtex = self._inputs(sample, ("verts", "avgtex", "neut_verts",
-                                                                           "neut_avgtex"))
-            with self.lock:
-                encoding, _, _ = self.model.bottleneck(self.model.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
+        with self.cache_lock:
+            if key in self._expressions:
+                self._expressions.move_to_end(key)
+                return self._expressions[key]
+        part, frame_index = self._part(folder)
+        if frame_id not in frame_index:
+            raise UserError(f"frame {frame_id} of {folder} has no usable sample")
+        sample = part.load_sample(frame_index[frame_id])
+        verts, avgtex, neut_verts, neut_avgtex = self._inputs(sample, ("verts", "avgtex", "neut_verts", "neut_avgtex"))
+        with self.lock:
+            encoding, _, _ = self.model.bottleneck(self.model.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
+        with self.cache_lock:
             self._expressions[key] = encoding
             while len(self._expressions) > EXPRESSION_CACHE:
                 self._expressions.popitem(last=False)
-        self._expressions.move_to_end(key)
-        return self._expressions[key]
+        return encoding
 
     def idindex(self, folder: str) -> int:
         return self.checkpoint.identities.index(folder)
