@@ -48,6 +48,22 @@ def test_viser_and_ava_cameras_agree():
     torch.testing.assert_close(camera.princpt, torch.tensor([14.5, 19.5]))
 
 
+def test_cpu_image_size_follows_the_primitive_count():
+    from types import SimpleNamespace
+
+    from ava.view.server import MAX_HEIGHT, most_height
+
+    def avatar(device: str, primitives: int):
+        return SimpleNamespace(device=torch.device(device),
+                               model=SimpleNamespace(decoder_assembler=SimpleNamespace(nprims=primitives)))
+
+    assert most_height(avatar("cuda", 16384), 1.5) == MAX_HEIGHT
+    assert most_height(avatar("cpu", 64), 1.0) == 256  # the tiny model: the plain cap
+    assert most_height(avatar("cpu", 256), 1.0) == 256 and most_height(avatar("cpu", 256), 2.0) == 242  # demo
+    assert most_height(avatar("cpu", 16384), 1.0) == 42 and most_height(avatar("cpu", 16384), 2.0) == 30  # ava256
+    assert most_height(avatar("cpu", 16384), 0.5) == 42  # portrait windows count as square
+
+
 def test_viewer_serves_the_page_and_rendered_frames(viewer):
     from ava.view.server import viser_pose
 
@@ -169,7 +185,7 @@ def test_view_bad_input(tiny_checkpoints, tmp_path, capsys):
     assert run_cli(["view", str(tiny_checkpoints[1]), "--height", "4"]) == 2
     assert "--height must be between" in capsys.readouterr().err
     assert run_cli(["view", str(tiny_checkpoints[1]), "--height", "512", "--device", "cpu"]) == 2
-    assert "--height is at most 256 on a CPU" in capsys.readouterr().err
+    assert "--height is at most 256 for this model on a CPU" in capsys.readouterr().err
     assert run_cli(["view", str(tiny_checkpoints[1]), "--fps", "0"]) == 2
     assert "--fps must be positive" in capsys.readouterr().err
 

@@ -26,8 +26,9 @@ class ViewConfig:
     """Dataset with the checkpoint's captures, for the identities' neutral conditioning and the
     expressions (default: the one it was trained on, if it still exists, else the demo set)."""
     height: int | None = None
-    """Rendered image height in pixels, 16 to 2048 (at most 256 on a CPU; default 512 on a GPU, 96
-    on a CPU); the width follows the browser window's shape. Adjustable in the viewer."""
+    """Rendered image height in pixels, 16 to 2048 (default 512 on a GPU, 96 on a CPU); the width
+    follows the browser window's shape. Adjustable in the viewer. On a CPU the size is capped by
+    the model's primitive count (in a 2:1 window 242 rows for the demo model, 30 for ava256)."""
     fps: float = 15.0
     """Playback rate of the expression frames."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

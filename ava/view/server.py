@@ -24,9 +24,12 @@ BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "grey": (96.0, 96.0, 96.0), "white": (2
 ALL_FRAMES = "all frames"
 JPEG_QUALITY = 90
 MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
-# On a CPU the raymarcher's vectorised path holds every (ray, primitive, step) sample at once:
-# memory grows with pixels x primitives, so the size is capped there.
+# On a CPU the raymarcher's vectorised path holds the (ray, primitive) pairs that pass its
+# bounding test at once: memory grows with pixels x primitives (the demo model, 256 primitives,
+# took 1.4 GB at 256x384), so the image is capped there: in a 2:1 window 242 rows for the demo
+# model, 30 for the ava256 model's 16384 primitives.
 MAX_CPU_HEIGHT = 256
+CPU_PIXEL_PRIMITIVES = 3e7
 
 
 def view_camera(wxyz, position, fov: float, aspect: float, height: int) -> ViewCamera:
@@ -115,7 +118,8 @@ class ClientRenderer(threading.Thread):
     def render(self, preview: bool) -> np.ndarray:
         scene = self.viewer.scene()
         camera = self.client.camera
-        height = max(16, scene.height // 2) if preview else scene.height
+        height = max(MIN_HEIGHT, scene.height // 2) if preview else scene.height
+        height = min(height, self.viewer.most_height(camera.aspect))
         view = view_camera(camera.wxyz, camera.position, camera.fov, camera.aspect, height)
         started = time.perf_counter()
         image = self.viewer.render(view, scene)
@@ -201,8 +205,8 @@ class Viewer:
                                            hint="the expression code scaled about the capture's neutral one "
                                                 "(0: neutral, 1: as captured)")
         with gui.add_folder("View"):
-            most = MAX_HEIGHT if avatar.device.type == "cuda" else MAX_CPU_HEIGHT
-            self.height = gui.add_slider("height (px)", min=MIN_HEIGHT, max=most, step=8, initial_value=height)
+            self.height = gui.add_slider("height (px)", min=MIN_HEIGHT, max=self.most_height(1.0), step=8,
+                                         initial_value=height)
             self.background = gui.add_dropdown("background", list(BACKGROUNDS))
             self.reset = gui.add_button("reset camera")
         self.identity.on_update(lambda _: self._identity_changed())
@@ -213,6 +217,10 @@ class Viewer:
             handle.on_update(lambda _: self.request_all())
         self.reset.on_click(lambda event: self._set_home(event.client.camera) if event.client else None)
         self._driver_changed()
+
+    def most_height(self, aspect: float) -> int:
+        """The largest image height to render at this window shape (width / height)."""
+        return most_height(self.avatar, aspect)
 
     def _capture_label(self, folder: str) -> str:
         return next(label for label, value in self.capture_labels.items() if value == folder)
@@ -306,6 +314,16 @@ class Viewer:
         self.player.join(timeout=5)
 
 
+def most_height(avatar: Avatar, aspect: float) -> int:
+    """MAX_HEIGHT on a GPU; on a CPU the height whose image (at `aspect` = width / height, taken as
+    at least 1) keeps pixels x primitives within CPU_PIXEL_PRIMITIVES, at most MAX_CPU_HEIGHT."""
+    if avatar.device.type != "cpu":
+        return MAX_HEIGHT
+    primitives = avatar.model.decoder_assembler.nprims
+    fitting = int((CPU_PIXEL_PRIMITIVES / (primitives * max(aspect, 1.0))) ** 0.5)
+    return max(MIN_HEIGHT, min(MAX_CPU_HEIGHT, fitting))
+
+
 def serve(config, console) -> int:
     """`ava view`: builds the avatar and the viewer, prints the URL, serves until Ctrl-C."""
     viewer = start_viewer(config, console)
@@ -332,14 +350,15 @@ def start_viewer(config, console=None) -> Viewer:
     if config.height is not None and not MIN_HEIGHT <= config.height <= MAX_HEIGHT:
         raise UserError(f"--height must be between {MIN_HEIGHT} and {MAX_HEIGHT} pixels")
     device = select_device(config.device)
-    if device.type == "cpu" and config.height is not None and config.height > MAX_CPU_HEIGHT:
-        raise UserError(f"--height is at most {MAX_CPU_HEIGHT} on a CPU (its raymarcher's memory grows with pixels "
-                        "x primitives); render on a GPU for larger images")
     if not 0 <= config.port < 65536:
         raise UserError(f"--port {config.port} is not a port number")
     checkpoint = load_checkpoint(config.checkpoint)
     dataset_dir = resolve_dataset_dir(config.dataset_dir, checkpoint)
     avatar = Avatar(checkpoint, dataset_dir, checkpoint_downsample(checkpoint), device)
-    height = config.height or (512 if device.type == "cuda" else 96)
+    most = most_height(avatar, 1.0)
+    if config.height is not None and config.height > most:
+        raise UserError(f"--height is at most {most} for this model on a CPU (the raymarcher's memory grows with "
+                        "pixels x primitives); render on a GPU for larger images")
+    height = config.height or (512 if device.type == "cuda" else min(96, most))
     return Viewer(avatar, config.host, config.port, height, config.fps,
                   report=console.print if console is not None else print)
