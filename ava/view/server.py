@@ -144,7 +144,13 @@ class Viewer:
     """The viser server, its controls and one render thread per connected browser."""
 
     def __init__(self, avatar: Avatar, host: str, port: int, height: int, fps: float, report=print) -> None:
+        import warnings
+
         import viser
+
+        # A browser that closes while its frame renders gets that frame after it has gone; viser
+        # warns about the undeliverable message, which is expected here.
+        warnings.filterwarnings("ignore", message="Queued a BackgroundImageMessage on a closed connection")
 
         self.avatar = avatar
         self.report = report
