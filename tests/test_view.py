@@ -48,6 +48,13 @@ def test_viser_and_ava_cameras_agree():
     torch.testing.assert_close(camera.princpt, torch.tensor([14.5, 19.5]))
 
 
+def test_small_frames_travel_losslessly():
+    from ava.view.server import frame_format
+
+    assert frame_format(np.zeros((256, 256, 3), np.uint8)) == "png"  # CPU sizes, enlarged by the browser
+    assert frame_format(np.zeros((512, 334, 3), np.uint8)) == "jpeg"
+
+
 def test_cpu_image_size_follows_the_primitive_count():
     from types import SimpleNamespace
 
@@ -77,11 +84,12 @@ def test_viewer_serves_the_page_and_rendered_frames(viewer):
     image = receive_frame(viewer.url, camera_message(wxyz, position, home.fov, 300, 480, home.centre / 1000,
                                                      home.up))[0]
     assert image.shape == (32, 20, 3)
-    # It is what the viewer's render path gives for that camera and the controls' state (JPEG).
+    # It is what the viewer's render path gives for that camera and the controls' state (small
+    # frames travel as PNG, so exactly).
     from ava.view.server import view_camera
 
     expected = viewer.render(view_camera(wxyz, position, home.fov, 300 / 480, 32), viewer.scene())
-    assert np.abs(image.astype(float) - expected).mean() < 6
+    assert np.array_equal(image, expected)
     # The head is in the middle of a black background.
     assert image[12:20, 7:13].mean() > 40 and image[:3].mean() < 12 and image[-3:].mean() < 12
 

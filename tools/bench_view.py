@@ -8,7 +8,7 @@ calls; identity and expression codes are cached. The camera swings +-60 degrees 
 (a new view every frame, as when orbiting) at 512x334 and 1024x667 (height x width: the original's
 training images at downsample 8 and 4, focal lengths scaled alike). Reported per size: the median
 frame time of decode + raymarch (CUDA-synchronised), of the decoder alone, and of the whole
-viewer frame with the copy to the CPU and the JPEG the page receives.
+viewer frame with the copy to the CPU and the encoding the page receives (JPEG at these sizes).
 
 Without --checkpoint the model is the ava256 preset, randomly initialised (80 cameras, 4
 identities) on a procedural head topology of 12288 vertices, with the decoder's opacity bias
@@ -101,15 +101,20 @@ def timed(function, device) -> tuple[float, object]:
     return time.perf_counter() - started, result
 
 
-def jpeg(image: torch.Tensor) -> bytes:
-    """The viewer's frame as the page receives it: uint8 on the CPU, JPEG (quality as ava view)."""
+def encoded(image: torch.Tensor) -> bytes:
+    """The viewer's frame as the page receives it: uint8 on the CPU, encoded as ava view encodes
+    it (JPEG for these sizes)."""
     from PIL import Image
 
     from ava.runtime.images import to_uint8
-    from ava.view.server import JPEG_QUALITY
+    from ava.view.server import JPEG_QUALITY, frame_format
 
+    pixels = to_uint8(image)
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    if frame_format(pixels) == "png":
+        Image.fromarray(pixels).save(buffer, format="PNG")
+    else:
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
@@ -131,7 +136,7 @@ def measure(model, id_cond, encoding, centre, direction, up, idindex, camindex, 
             viewpos = camera.campos[None].to(device)
             seconds, _ = timed(lambda: model.decoder_assembler(id_cond, encoding, viewpos), device)
             decode.append(seconds)
-            seconds, _ = timed(lambda: jpeg(render_view(model, camera, id_cond, encoding, idindex, camindex,
+            seconds, _ = timed(lambda: encoded(render_view(model, camera, id_cond, encoding, idindex, camindex,
                                                         (0.0, 0.0, 0.0))), device)
             whole.append(seconds)
             covered.append(float((image.amax(dim=0) > 8).float().mean()))
@@ -173,7 +178,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"ava view frame rate: {model_name}; {gpu}; torch {torch.__version__}; camera {args.distance:.0f} mm "
           f"from the head, orbiting +-60 degrees")
-    print("| size (HxW) | decode + raymarch | fps | decoder alone | viewer frame (+ copy, JPEG) | fps | head covers |")
+    print("| size (HxW) | decode + raymarch | fps | decoder alone | viewer frame (+ copy, encoding) | fps | head covers |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['height']}x{row['width']} | {row['decode_raymarch_ms']:.1f} ms | {row['fps']:.1f} | "

@@ -23,6 +23,9 @@ MOVING_SECONDS = 0.25  # a camera update younger than this means the user is sti
 BACKGROUNDS = {"black": (0.0, 0.0, 0.0), "grey": (96.0, 96.0, 96.0), "white": (255.0, 255.0, 255.0)}
 ALL_FRAMES = "all frames"
 JPEG_QUALITY = 90
+# Frames up to this many pixels travel as PNG: the browser enlarges small frames (CPU renders)
+# several times, which would magnify JPEG's 8x8 blocks and its halved colour resolution.
+PNG_PIXELS = 256 * 256
 MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
 # On a CPU the raymarcher's vectorised path holds the (ray, primitive) pairs that pass its
 # bounding test at once: memory grows with pixels x primitives (the demo model, 256 primitives,
@@ -42,6 +45,12 @@ def view_camera(wxyz, position, fov: float, aspect: float, height: int) -> ViewC
     width = max(1, int(round(height * aspect)))
     return ViewCamera.centred(camera_to_world.T, np.asarray(position, dtype=np.float64) * MM_PER_UNIT, fov, width,
                               height)
+
+
+def frame_format(image: np.ndarray) -> str:
+    """"png" for small frames, else "jpeg" (at JPEG_QUALITY): large GPU frames at a fraction of
+    the bytes."""
+    return "png" if image.shape[0] * image.shape[1] <= PNG_PIXELS else "jpeg"
 
 
 def viser_pose(camrot: np.ndarray, campos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +135,7 @@ class ClientRenderer(threading.Thread):
         seconds = time.perf_counter() - started
         if self.stopped:
             return image  # the browser has gone
-        self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=JPEG_QUALITY)
+        self.client.scene.set_background_image(image, format=frame_format(image), jpeg_quality=JPEG_QUALITY)
         self.frames_sent += 1
         self.status.content = (f"{view.width}x{view.height}{' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
                                f"per frame ({1 / max(seconds, 1e-6):.1f} fps), decode + raymarch on "
