@@ -41,7 +41,7 @@ class TrainSection:
     dataset_dir: Path | None = None
     """Folder holding one folder per capture. None: the demo synthetic set, generated once into the cache (~/.cache/ava or $AVA_CACHE_DIR) with the --synth.* settings."""
     data_csv: str = "256_ids.csv"
-    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is looked up in the dataset folder first, then in the working directory."""
+    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is looked up in the dataset folder first, then in the working directory. The presets' names, 256_ids.csv (the release) and ids.csv (a synthetic set), stand in for each other."""
     ids: tuple[str, ...] = ()
     """Train on these captures (MCD--MCT--SID or subject ids, looked up in the ids CSV) instead of the first --train.nids rows."""
     nids: int = 4
