@@ -140,6 +140,22 @@ def test_training_into_an_earlier_run_needs_resume_or_overwrite(tiny_dataset, st
     assert "is a file" in one_line_error(capsys)
 
 
+def test_messages_stay_one_line_in_a_log_file(tiny_dataset, straight_run, tmp_path, monkeypatch, capsys):
+    """Without a terminal rich breaks lines at COLUMNS (80 by default); a cluster job's log would
+    then split paths and metrics over two lines."""
+    monkeypatch.setenv("COLUMNS", "30")
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    assert run_cli(train_argv(tiny_dataset, run, 4, "--resume", "auto")) == 0
+    lines = capsys.readouterr().err.splitlines()
+    checkpoint = run / "checkpoints" / "step_00000004.safetensors"
+    assert f"resuming from {checkpoint} at step 4" in lines
+    assert "nothing to do: the run is already at step 4 of 4" in lines
+    out = tmp_path / "viz"
+    assert run_cli(["render", "--checkpoint", str(checkpoint), "-o", str(out), "--max-frames", "1"]) == 0
+    assert any(line.startswith(f"wrote {out}") and line.endswith(")") for line in capsys.readouterr().err.splitlines())
+
+
 # --- 4. Ctrl-C and SIGTERM write a checkpoint ---------------------------------------------------
 
 def _wait_for_steps(process: subprocess.Popen, metrics: Path, steps: int, timeout: float = 120.0) -> None:
@@ -349,6 +365,16 @@ def test_help_lines_are_not_broken_mid_sentence(command, sources, monkeypatch, c
             assert line_count == 1, f"{source}: {docstring!r} spans {line_count} lines"
             if len(docstring) < 150:
                 assert any(docstring in line for line in lines), f"{source}: {docstring!r} is broken up in the help"
+
+
+@pytest.mark.parametrize("argv", [[], ["train"], ["train", "ava256"], ["train", "demo"], ["render"], ["synth"],
+                                  ["convert"], ["download"]])
+def test_help_cites_nothing_users_cannot_open(argv, monkeypatch, capsys):
+    """SPEC.md and DESIGN.md are design notes outside the repository; help points into docs/."""
+    monkeypatch.setenv("COLUMNS", "2000")
+    assert run_cli([*argv, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"SPEC|DESIGN", text), [line for line in text.splitlines() if re.search(r"SPEC|DESIGN", line)]
 
 
 def test_the_default_of_n_is_said_once(capsys):

@@ -85,7 +85,7 @@ def render(request, console) -> dict:
     driven, driven_index = resolve_identity(request.driven, identities, dataset_dir, min(1, len(identities) - 1))
     if driver_index is None:
         console.print(f"[yellow]note:[/] {driver} was not trained on; its colour calibration and background "
-                      "use the first identity's")
+                      "use the first identity's", soft_wrap=True)
     probe = checkpoint_capture(dataset_dir, driver, downsample, checkpoint, identity=driver_index)
     held_out = checkpoint.config.get("resolved", {}).get("holdout_cameras", [])
     camera = request.camera or frontal_cameras([probe], exclude=held_out)[0]

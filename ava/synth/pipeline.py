@@ -329,6 +329,15 @@ def worker_count(config: SynthConfig) -> int:
     return config.workers or min(os.cpu_count() or 1, 8)
 
 
+def _left_by_interrupted_run(output_dir: Path, config: SynthConfig) -> bool:
+    """True when `output_dir` holds only what generate() with `config` writes before its manifest:
+    some of its capture folders (each complete: they appear by rename), their hidden `.partial`
+    folders, the topology and the ids list. A rerun then starts over (the output is the same)."""
+    folders = {plan.capture.folder for plan in plan_subjects(config)}
+    expected = folders | {f".{folder}.partial" for folder in folders} | {TOPOLOGY_FILENAME, IDS_FILENAME}
+    return all(entry.name in expected for entry in output_dir.iterdir())
+
+
 def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
     """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
     Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
@@ -338,8 +347,9 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
     manifest = read_manifest(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
         if manifest is None:
-            raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
-        if not is_generated(output_dir, config):
+            if not _left_by_interrupted_run(output_dir, config):
+                raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
+        elif not is_generated(output_dir, config):
             raise UserError(f"{output_dir} holds a synthetic dataset made with other settings; pass --overwrite to replace it")
     output_dir.mkdir(parents=True, exist_ok=True)
     if manifest is not None:

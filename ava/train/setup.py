@@ -4,6 +4,7 @@ actions need."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,10 @@ class Trainer:
     """torch's CPU threads in this process."""
 
     def say(self, *args, **kwargs) -> None:
-        """Prints on rank 0 only."""
+        """Prints on rank 0 only; a long line stays one line (rich would otherwise break it at 80
+        columns when stderr is a log file, as under a cluster scheduler)."""
         if self.ctx.is_main:
+            kwargs.setdefault("soft_wrap", True)
             self.console.print(*args, **kwargs)
 
 
@@ -132,7 +135,7 @@ def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> 
     path = None
     if ctx.is_main:
         target = demo_dataset_dir(config.synth)
-        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False)
+        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False, soft_wrap=True)
         path = ensure_demo_dataset(config.synth, progress=True)
     ctx.barrier()  # the other ranks wait until rank 0 has generated the set
     return Path(ctx.broadcast_object(str(path) if path else None))
@@ -321,7 +324,8 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
     from ava.train.evaluate import CrossIdentity
 
-    say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
+    # One line per message even in a log file (see Trainer.say).
+    say = functools.partial(console.print, soft_wrap=True) if ctx.is_main else (lambda *args, **kwargs: None)
     threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
