@@ -20,6 +20,9 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synth",
     "train": "train",
     "render": "render",
+    "show": "show",
+    "view": "view",
+    "eval": "eval",
 }
 
 
