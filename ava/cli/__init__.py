@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "show",
     "view": "view",
     "eval": "eval",
+    "train-driver": "train_driver",
+    "eval-driver": "eval_driver",
 }
 
 

@@ -193,3 +193,9 @@ def head_pose_member(frame: str) -> str:
 
 def keypoints_member(frame: str) -> str:
     return KEYPOINTS_NAMING.member(frame)
+
+
+def encoder_member(camera: str, frame: str) -> str:
+    """A headset image, e.g. `cam-cyclop/000123.avif` (what `ava synth` writes; the release's
+    prefix is unverified, so the reader detects it)."""
+    return f"{camera}/{frame}.avif"

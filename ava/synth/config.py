@@ -39,6 +39,10 @@ class SynthConfig:
     """Rings of the procedural head mesh, from the neck to the crown (--topology procedural)."""
     keypoints: bool = True
     """Also write keypoints_3d (mesh landmarks in the world frame)."""
+    headset: bool = True
+    """Also write each subject's headset session (encoder/: five IR views, its own timing) and its ground truth (encoder_truth.json); --no-headset skips it (at the demo size it adds about 60% to the synthesis time)."""
+    headset_size: int = 64
+    """Side of the square headset IR images, in pixels."""
     workers: int = 0
     """Processes that render frames; 0 uses every CPU core (at most 8)."""
     overwrite: bool = False
@@ -60,6 +64,8 @@ class SynthConfig:
             problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive")
         if self.mesh_columns < 8 or self.mesh_rows < 8:
             problems.append("--mesh-columns and --mesh-rows must be at least 8")
+        if self.headset_size < 16:
+            problems.append("--headset-size must be at least 16")
         if self.n_ids > 900:
             problems.append("--n-ids is at most 900")
         from ava.synth.dome import DOME_CAMERA_IDS

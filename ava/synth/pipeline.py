@@ -4,8 +4,9 @@ Per subject: a head (surface.py: the procedural head of head.py, or a face topol
 template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
 expression segments starting with EXP_neutral_peak, smooth head motion, per-frame meshes (PLY),
 textures (AVIF), head poses, camera images (AVIF, rendered with render.py over a per-camera
-background), the mean mesh/texture and their variances, and optionally 3D keypoints. Next to the captures: the ids CSV, the topology OBJ and a manifest of the
-settings, written last, which marks the dataset complete.
+background), the mean mesh/texture and their variances, optionally 3D keypoints, and the headset
+session with its ground truth (headset.py). Next to the captures: the ids CSV, the topology OBJ
+and a manifest of the settings, written last, which marks the dataset complete.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from ava.synth.config import (
 )
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
 from ava.synth.head import Expression, Identity
+from ava.synth.headset import HeadsetPlan, HeadsetWriter, plan_headset, render_headset_frames
 from ava.synth.surface import HeadSurface, head_surface, topology_digest
 from ava.synth.writer import CaptureWriter
 from ava.errors import UserError
@@ -69,6 +71,7 @@ class SubjectPlan:
     frames: list[tuple[str, str]]  # (segment, frame id) in file order
     expressions: list[Expression]
     poses: np.ndarray  # [F,3,4] head -> world
+    headset: HeadsetPlan | None = None  # the headset session (None: --no-headset)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class FrameResult:
     texture: np.ndarray  # u8 [S,S,3]
     texture_avif: bytes
     images: dict[str, bytes]  # camera id -> AVIF
+    headset: dict = field(default_factory=dict)  # headset frame index -> {camera: AVIF}
 
 
 def _segment_lengths(count: int) -> list[int]:
@@ -153,6 +157,9 @@ def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
             frame_number += int(rng.integers(5, 50))  # captures skip frames between segments
         plans.append(SubjectPlan(capture, identity, cameras, backgrounds, frames, expressions,
                                  head_motion(base, config.n_frames, rng)))
+        if config.headset:  # its own random stream: the dome files do not depend on this switch
+            plans[-1].headset = plan_headset(frames, config.headset_size, np.random.default_rng([config.seed, 3, index]),
+                                             (config.seed, 4, index))
     return plans
 
 
@@ -222,12 +229,13 @@ def _render_frame(task: FrameTask) -> FrameResult:
     width = plan.cameras[0].width // config.downsample
     with torch.no_grad():
         rayrgba = render_views(primitives, views, height, width, verts_mm, faces, settings)
+        headset = render_headset_frames(primitives, verts_mm, faces, settings, plan.headset, task.frame) if plan.headset else {}
     images = {}
     for index, camera in enumerate(plan.cameras):
         rgba = rayrgba[index].numpy().astype(np.float64)
         pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
         images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images)
+    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset)
 
 
 # --- orchestration -----------------------------------------------------------------------------
@@ -261,6 +269,7 @@ class _CaptureAssembly:
         self.writer.write(layout.frame_list, format_frame_list(plan.frames))
         self.vertex_sum = self.vertex_square = self.texture_sum = self.texture_square = None
         self.rng = np.random.default_rng([config.seed, 2, subject])
+        self.headset = HeadsetWriter(self.writer, plan.headset, plan.frames, plan.expressions) if plan.headset else None
 
     def add(self, result: FrameResult) -> None:
         layout, writer = self.writer.layout, self.writer
@@ -271,6 +280,8 @@ class _CaptureAssembly:
         writer.add_member(layout.texture_zip, names.texture_member(frame), result.texture_avif)
         for camera_id, data in result.images.items():
             writer.add_member(layout.image_zip(camera_id), names.image_member(camera_id, frame), data)
+        if self.headset is not None:
+            self.headset.add(result.headset)
         if self.config.keypoints:
             rows = _keypoints(result.vertices, pose, self.keypoint_ids, self.rng)
             writer.add_member(layout.keypoints_zip, names.keypoints_member(frame), format_npy(rows))
@@ -296,6 +307,8 @@ class _CaptureAssembly:
         self.writer.write(layout.vertices_variance, f"{vertex_variance:.9g}\n")
         self.writer.write(layout.texture_mean, encode_png(np.clip(np.rint(texture_mean), 0, 255).astype(np.uint8)))
         self.writer.write(layout.texture_variance, f"{texture_variance:.9g}\n")
+        if self.headset is not None:
+            self.headset.commit()
         return self.writer.commit()
 
 

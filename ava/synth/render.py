@@ -9,7 +9,9 @@ profile that is dense on the inner side of the surface and fades out just outsid
 
 Rendering on a CPU is made affordable by restrictions that change no pixel:
 - every ray marches only inside the envelope of the primitives (the head mesh inflated past their
-  outer reach, found with a small z-buffer rasteriser), on the same sample grid as the full ray;
+  outer reach, found with a small z-buffer rasteriser), on the same sample grid as the full ray
+  (a camera close enough to the skin to be inside that envelope, as a headset camera is, starts
+  its rays at the camera);
 - a first pass stops rays a few millimetres under the surface; rays whose alpha saturated there
   are final (later samples get zero weight), the rest march again through the whole envelope;
 - rays are grouped in screen tiles, and each tile is given only the primitives whose bounding
@@ -225,9 +227,16 @@ def render_views(primitives: Primitives, views: list[View], height: int, width: 
     # Camera depth -> distance along each unit ray, in volume units.
     per_depth = 1.0 / (torch.einsum("chwj,cij->chwi", raydir, camrot)[..., 2].clamp(min=1e-6) * VOLRADIUS)
     entry, near_exit, far_exit = (torch.empty(count, height, width) for _ in range(3))
+    # A camera within the envelope's reach of the mesh (a headset camera a few cm from the skin)
+    # may sit inside the envelope, whose near side is then behind it: its rays start at the camera.
+    corners = verts_mm[faces]
+    longest_edge = float((corners - corners.roll(1, dims=1)).norm(dim=-1).max())
+    widest_offset = float((inflated - verts_mm).norm(dim=-1).max())
     for index in range(count):
         camera_points = (inflated - campos[index]) @ camrot[index].T
         envelope_near, envelope_far = rasterise_depth(camera_points, faces, focal[index], princpt[index], height, width)
+        if float((verts_mm - campos[index]).norm(dim=-1).min()) < widest_offset + longest_edge:
+            envelope_near = torch.where(torch.isfinite(envelope_far), 0.0, float("inf"))
         surface, _ = rasterise_depth((verts_mm - campos[index]) @ camrot[index].T, faces, focal[index],
                                      princpt[index], height, width)
         entry[index] = envelope_near * per_depth[index]
