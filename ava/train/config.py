@@ -146,7 +146,7 @@ class TrainConfig:
     preset: Annotated[str, tyro.conf.Suppress] = "demo"
     """The preset these values started from (recorded in config.json; ava256 needs a dataset)."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for CUDA, off on a CPU. Costs about a minute at the start and made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md)."""
+    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for a CUDA device and a model of 1024x1024 UV maps (the ava256 size, where it was measured), off otherwise. Costs a minute or more at the start, and recompiles at the first evaluation and after the warm-up; made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md). For short runs of small models the compile time outweighs the gain."""
 
 
 def _demo() -> TrainConfig:

@@ -245,7 +245,7 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
     configure_tensor_cores(config.train.precision)
     state.model.set_precision(config.train.precision)
     plan = plan_distributed(config, ctx, state, data, vertmean) if ctx.enabled else None
-    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+    if should_compile(config, ctx.device):
         # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
         # decoder assembler and the background model separately fuses the weight-norm, activation
         # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
@@ -262,6 +262,17 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
 
 
 COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
+# --compile auto compiles from this UV size up: measured at 1024 (ava256), where it gains 1.4x; a
+# 1000-step demo-size run on an H200 spent more time compiling (about 4 minutes over its
+# warm-up, evaluation and training graphs) than the whole run otherwise takes.
+COMPILE_MIN_UV_SIZE = 1024
+
+
+def should_compile(config: TrainConfig, device: torch.device) -> bool:
+    """Whether prepare_network compiles the model's parts (see TrainConfig.compile)."""
+    if config.compile != "auto":
+        return config.compile == "on"
+    return device.type == "cuda" and config.model.uv_size >= COMPILE_MIN_UV_SIZE
 
 
 # --- run folder ---------------------------------------------------------------------------------
