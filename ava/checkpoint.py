@@ -275,6 +275,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                         + (f", e.g. {newest}" if newest else " (it holds none)"))
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle): the original's aeparams*.pt.
+    if start == b"PK\x03\x04" or start[:1] == b"\x80":
+        raise UserError(f"{path} is a PyTorch file (torch.save), not an ava checkpoint; a state dict of the "
+                        "original code is imported with `ava convert`")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
             metadata = reader.metadata() or {}

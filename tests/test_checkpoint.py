@@ -128,6 +128,12 @@ def test_foreign_and_future_files_are_refused(tmp_path):
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(UserError, match="ava convert"):
         load_checkpoint(plain)
+    # The original's aeparams*.pt (torch.save: a zip archive, or a pickle from torch < 1.6).
+    for legacy in (False, True):
+        original = tmp_path / f"aeparams_{int(legacy)}.pt"
+        torch.save({"w": torch.zeros(2)}, original, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UserError, match="PyTorch file .* `ava convert`"):
+            load_checkpoint(original)
     future = tmp_path / "future.safetensors"
     safetensors.torch.save_file(
         {"w": torch.zeros(2)}, str(future), metadata={"format": "ava-checkpoint", "format_version": "99"}
