@@ -376,6 +376,17 @@ def test_help_cites_nothing_users_cannot_open(argv, monkeypatch, capsys):
     assert not re.search(r"SPEC|DESIGN", text), [line for line in text.splitlines() if re.search(r"SPEC|DESIGN", line)]
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["train", "ava256", "--help"], ["convert"]])
+def test_usage_names_the_command_a_user_types(argv, monkeypatch, capsys):
+    """Not sys.argv[0], which is '/path/to/venv/bin/ava', or '.../ava/__main__.py' under python -m."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "ava" / "__main__.py"), *argv])
+    assert run_cli(argv) in (0, 2)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert re.search(r"usage: ava( |$)", text, re.MULTILINE) or "ava convert --help" in text, text[:500]
+    assert "__main__" not in text
+
+
 def test_the_default_of_n_is_said_once(capsys):
     assert run_cli(["download", "--help"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if "-n N" in line)
