@@ -276,9 +276,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     with open(path, "rb") as handle:
-        start = handle.read(4)
-    # torch.save writes a zip archive (or, before torch 1.6, a pickle): the original's aeparams*.pt.
-    if start == b"PK\x03\x04" or start[:1] == b"\x80":
+        start = handle.read(9)
+    # A safetensors file opens with its header's length (8 bytes) and the header's "{". torch.save
+    # writes a zip archive (or, before torch 1.6, a pickle): the original's aeparams*.pt.
+    if start[8:9] != b"{" and (start[:4] == b"PK\x03\x04" or start[:1] == b"\x80"):
         raise UserError(f"{path} is a PyTorch file (torch.save), not an ava checkpoint; a state dict of the "
                         "original code is imported with `ava convert`")
     try:
