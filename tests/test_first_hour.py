@@ -279,7 +279,8 @@ def test_one_process_is_not_called_processes(tiny_dataset, tmp_path, capsys):
     err = capsys.readouterr().err
     message = err.strip().splitlines()[-1]
     assert "Traceback" not in err and message.startswith("error:")
-    assert "16 training samples do not fill one batch of 500" in message and "processes" not in message
+    # 2 captures x 4 frames x 1 camera: the 3 cameras both captures share, less the 2 held out
+    assert "8 training samples do not fill one batch of 500" in message and "processes" not in message
     assert not (tmp_path / "run").exists()  # nothing was written for a run that could not start
 
 

@@ -20,6 +20,11 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synth",
     "train": "train",
     "render": "render",
+    "show": "show",
+    "view": "view",
+    "eval": "eval",
+    "train-driver": "train_driver",
+    "eval-driver": "eval_driver",
 }
 
 

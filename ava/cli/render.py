@@ -26,6 +26,13 @@ def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
     use_threads(config.threads)
     output_folder(config.output, "-o/--output", create=False)  # created when the first frame is written
     console = Console(stderr=True)
+    if config.driver_checkpoint is not None or config.headset is not None:
+        from ava.render.headset import render_headset
+
+        written = render_headset(config, console)
+        console.print(f"wrote {written['video']} ({len(written['frames'])} headset frames of {written['headset']} "
+                      f"driving {written['driven']}, camera {written['camera']})", highlight=False)
+        return 0
     written = render(config, console)
     console.print(f"wrote {written['video']} ({len(written['frames'])} frames, camera {written['camera']}, "
                   f"{written['driver']} driving {written['driven']})", highlight=False, soft_wrap=True)

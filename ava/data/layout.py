@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Iterable
 
 NEUTRAL_SEGMENT = "EXP_neutral_peak"
+# Part labels of segmentation_parts (DATASHEET.md); 0 is background or anything else.
+SEGMENTATION_CLASSES = {
+    0: "background", 1: "hair", 2: "body", 3: "chair", 4: "apparel", 5: "lenses", 6: "upper lip",
+    7: "lower lip", 8: "upper teeth", 9: "lower teeth", 10: "tongue (visible)",
+}
 ENCODER_CAMERAS = (
     "cam-cyclop",
     "cam-left-eye-atl-temporal",
@@ -188,3 +193,9 @@ def head_pose_member(frame: str) -> str:
 
 def keypoints_member(frame: str) -> str:
     return KEYPOINTS_NAMING.member(frame)
+
+
+def encoder_member(camera: str, frame: str) -> str:
+    """A headset image, e.g. `cam-cyclop/000123.avif` (what `ava synth` writes; the release's
+    prefix is unverified, so the reader detects it)."""
+    return f"{camera}/{frame}.avif"

@@ -131,6 +131,7 @@ class Autoencoder(nn.Module):
         camindex: torch.Tensor | None = None,
         id_cond: dict | None = None,
         bg: torch.Tensor | None = None,
+        expr_encoding: torch.Tensor | None = None,
         running_avg_scale: bool = False,
         gt_geo: torch.Tensor | None = None,
         residuals_weight: float = 1.0,
@@ -143,7 +144,10 @@ class Autoencoder(nn.Module):
         (normalised), pixelcoords [N,H,W,2] (x, y), idindex, camindex i64 [N].
 
         The identity comes from the *target* neutral (default: the source neutral); the
-        expression is encoded relative to the source neutral. Returns encoding, expr_mu,
+        expression is encoded relative to the source neutral. A given `id_cond` (the identity
+        encoder's output) or `expr_encoding` [N,16,4,4] skips that encoder, and its inputs may be
+        None: a headset driver's output or an interactive viewer's cached code is decoded as it is
+        (expr_mu is then the code and expr_logstd zero). Returns encoding, expr_mu,
         expr_logstd [N,16,4,4], irgbrec [N,3,H,W] and verts [N,V,3] (mm) always, plus every name
         of `output_set` among id_cond (or idcond), samplecoords, primpos, primrot, primscale,
         template, bg, ialpha.
@@ -156,13 +160,16 @@ class Autoencoder(nn.Module):
             target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
             with autocast(verts, self.precision):
                 id_cond = to_float(self.id_encoder(target_verts, target_tex))
-        with autocast(verts, self.precision):
-            code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
-        if force_neutral:
-            # The original zeroes the features before the bottleneck, so mu is still the conv bias
-            # times 0.1 rather than 0; kept for parity.
-            code = torch.zeros_like(code)
-        encoding, expr_mu, expr_logstd = self.bottleneck(code)
+        if expr_encoding is not None:
+            encoding, expr_mu, expr_logstd = expr_encoding, expr_encoding, torch.zeros_like(expr_encoding)
+        else:
+            with autocast(verts, self.precision):
+                code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
+            if force_neutral:
+                # The original zeroes the features before the bottleneck, so mu is still the conv bias
+                # times 0.1 rather than 0; kept for parity.
+                code = torch.zeros_like(code)
+            encoding, expr_mu, expr_logstd = self.bottleneck(code)
 
         viewpos = torch.bmm((campos - modelmatrix[:, :3, 3])[:, None, :], modelmatrix[:, :3, :3])[:, 0, :]
         decout = self.decoder_assembler(id_cond, encoding, viewpos, running_avg_scale, gt_geo, residuals_weight)

@@ -53,14 +53,26 @@ def _download(url: str, flag: str) -> bytes:
     )
 
 
+def _fetch(source: str, flag: str) -> bytes:
+    """The bytes at `source`: an http(s) URL, a file:// URL or a local path."""
+    if source.startswith(("http://", "https://")):
+        return _download(source, flag)
+    path = Path(source[len("file://"):] if source.startswith("file://") else source).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the Ava-256 face topology from {path} ({URL_ENV}): {error}") from None
+
+
 def original_topology_path(flag: str = "--model.topology") -> Path:
-    """Path of the original `face_topology.obj` in the cache, downloading and checking it once
-    (`flag`: the command's flag for another OBJ, named in errors)."""
+    """Path of the original `face_topology.obj` in the cache, fetched and checked once (from the
+    original repository, or from `$AVA_TOPOLOGY_URL`: a mirror URL, a file:// URL or a local path;
+    `flag`: the command's flag for another OBJ, named in errors)."""
     path = cache_dir("topology") / TOPOLOGY_FILENAME
     if path.exists() and _sha256(path.read_bytes()) == ORIGINAL_TOPOLOGY_SHA256:
         return path
-    url = os.environ.get(URL_ENV, ORIGINAL_TOPOLOGY_URL)
-    data = _download(url, flag)
+    url = os.environ.get(URL_ENV) or ORIGINAL_TOPOLOGY_URL
+    data = _fetch(url, flag)
     digest = _sha256(data)
     if digest != ORIGINAL_TOPOLOGY_SHA256:
         raise UserError(

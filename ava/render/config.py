@@ -46,3 +46,7 @@ class RenderConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
     threads: ThreadsFlag = 0
+    driver_checkpoint: Path | None = None
+    """Drive the avatar from headset frames instead: a driver from `ava train-driver` trained against --checkpoint; writes OUT/<headset>_headset_<driven>[+<segment>].mp4 and strips [5 headset views | driven render]."""
+    headset: str | None = None
+    """With --driver-checkpoint: the subject whose headset frames drive (MCD--MCT--SID or subject id; default: the driver's first held-out subject); --driven picks the identity rendered (default: the headset subject)."""

@@ -62,10 +62,12 @@ class TrainSection:
     """How many times gamma is applied. The original stops stepping its scheduler after the first change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
     """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
-    num_workers: int = 4
-    """DataLoader worker processes per rank (0 loads in the training process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes per rank (0 loads in the training process). None: this rank's share of the usable CPU cores (divided among the processes on this node) less one, at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
     """Samples per step and per rank (the global batch is batchsize x world size)."""
+    ddp_bucket_mb: float = 25.0
+    """Gradient bucket size of DistributedDataParallel in MB (torch's default 25): each bucket's all-reduce starts once backward has filled it, overlapping the rest of backward; larger buckets mean fewer, larger all-reduces that start later."""
     clip: float = 1.0
     """Gradient norm clipping threshold (after NaN/inf gradients are zeroed)."""
     losses: LossWeights = field(default_factory=LossWeights)
@@ -163,7 +165,7 @@ def _demo() -> TrainConfig:
             num_workers=1,
             batchsize=4,
             warmup_iters=100,
-            num_holdout_cameras=4,
+            num_holdout_cameras=1,  # synthetic captures share their camera ids: 1 of the 6 in every capture
         ),
         progress=ProgressSection(
             image_freq=100,

@@ -281,6 +281,23 @@ def nonempty_batches(loader: DataLoader) -> Iterator[dict]:
                         "lower --train.batchsize or train on fewer processes")
 
 
+MAX_AUTO_WORKERS = 8
+"""Cap of the automatic worker count: a worker delivers about 30 ava256 samples/s (BENCHMARKS.md,
+data loading), so 8 feed well over 100 samples/s per GPU; more would only cost memory."""
+
+
+def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
+    """Loader workers per process when --train.num-workers is not given: this process's share of
+    the usable cores (`cpus`, default: ava.runtime.device.usable_cores) among the `local_world_size`
+    processes of the node, less one core for the training process itself; 0..MAX_AUTO_WORKERS."""
+    if cpus is None:
+        from ava.runtime.device import usable_cores
+
+        cpus = usable_cores()  # affinity (taskset, cpusets, SLURM bindings) and cgroup quota
+    share = cpus // max(local_world_size, 1)
+    return max(0, min(MAX_AUTO_WORKERS, share - 1))
+
+
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
     from ava.train.interrupt import ignore_stop_signals
@@ -293,7 +310,11 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         collate_fn=collate_samples,
         drop_last=True,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # Workers live for the whole run: starting them again each epoch costs seconds of data
+        # wait per epoch, which dominates on small sets. The sampler is still iterated in this
+        # process, so set_epoch takes effect, and the dataset draws no random numbers, so a
+        # resumed run loads exactly what an unbroken one would.
+        persistent_workers=num_workers > 0,
         worker_init_fn=ignore_stop_signals,
         # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
         # epoch, which would make the latent noise after a resume differ from an unbroken run.

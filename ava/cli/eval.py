@@ -1,0 +1,21 @@
+"""`ava eval`: image metrics of a checkpoint on held-out cameras (optionally beside a second one)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import tyro
+
+from ava.eval.config import EvalConfig
+
+
+def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
+    from rich.console import Console
+
+    from ava.eval.run import evaluate
+
+    console = Console(stderr=True)
+    evaluated = evaluate(config, console)
+    Console().print(evaluated["table"])  # the results on stdout, notes and progress on stderr
+    console.print("wrote " + ", ".join(str(path) for path in evaluated["paths"].values()), highlight=False)
+    return 0
