@@ -367,14 +367,24 @@ def test_help_lines_are_not_broken_mid_sentence(command, sources, monkeypatch, c
                 assert any(docstring in line for line in lines), f"{source}: {docstring!r} is broken up in the help"
 
 
-@pytest.mark.parametrize("argv", [[], ["train"], ["train", "ava256"], ["train", "demo"], ["render"], ["synth"],
-                                  ["convert"], ["download"]])
+@pytest.mark.parametrize("argv", [[], ["train", "ava256"], ["train", "demo"]] + [[name] for name in SUBCOMMANDS])
 def test_help_cites_nothing_users_cannot_open(argv, monkeypatch, capsys):
     """SPEC.md and DESIGN.md are design notes outside the repository; help points into docs/."""
     monkeypatch.setenv("COLUMNS", "2000")
     assert run_cli([*argv, "--help"]) == 0
     text = capsys.readouterr().out
     assert not re.search(r"SPEC|DESIGN", text), [line for line in text.splitlines() if re.search(r"SPEC|DESIGN", line)]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "ava256", "--help"], ["convert"]])
+def test_usage_names_the_command_a_user_types(argv, monkeypatch, capsys):
+    """Not sys.argv[0], which is '/path/to/venv/bin/ava', or '.../ava/__main__.py' under python -m."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "ava" / "__main__.py"), *argv])
+    assert run_cli(argv) in (0, 2)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert re.search(r"usage: ava( |$)", text, re.MULTILINE) or "ava convert --help" in text, text[:500]
+    assert "__main__" not in text
 
 
 def test_the_default_of_n_is_said_once(capsys):

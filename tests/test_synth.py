@@ -87,6 +87,12 @@ def test_an_interrupted_run_is_finished_by_the_next(dataset_dir, tmp_path):
         generate(out, SynthConfig(**TINY), progress=False)
 
 
+def test_progress_goes_to_stderr(tmp_path, capsys):
+    generate(tmp_path / "out", SynthConfig(**{**TINY, "n_ids": 1, "n_frames": 1}), progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "images" in captured.err
+
+
 def test_round_trip_sample(dataset_dir):
     captures = read_ids_csv(dataset_dir / "ids.csv")
     dataset = MultiCaptureDataset(dataset_dir, captures, downsample=64, with_keypoints=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ava.errors import UserError
+from ava.files import read_text
 
 # Sensor of the Ava-256 dome cameras (portrait); the original loader hard-codes these.
 DOME_SENSOR_WIDTH = 2668
@@ -161,7 +162,7 @@ def read_calibration(path: str | Path, in_front_of=WORLD_ORIGIN) -> list[Camera]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"camera calibration {path} does not exist; download the camera_calibration asset")
-    return parse_calibration(path.read_text(encoding="utf-8"), source=str(path), in_front_of=in_front_of)
+    return parse_calibration(read_text(path), source=str(path), in_front_of=in_front_of)
 
 
 def calibration_document(cameras: list[Camera]) -> dict:

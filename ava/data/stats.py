@@ -15,6 +15,7 @@ import numpy as np
 from ava.data.formats import BadMember, decode_image, parse_variance
 from ava.data.layout import CaptureLayout
 from ava.errors import UserError
+from ava.files import read_text
 
 
 @dataclass
@@ -63,7 +64,7 @@ def read_capture_stats(layout: CaptureLayout) -> CaptureStats:
     def variance(path) -> float:
         if not path.is_file():
             raise UserError(f"{path} does not exist; download it again")
-        return parse_variance(path.read_text(encoding="utf-8"), str(path))
+        return parse_variance(read_text(path), str(path))
 
     return CaptureStats(
         texmean=np.ascontiguousarray(texture.transpose(2, 0, 1), dtype=np.float32),

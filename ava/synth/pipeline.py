@@ -438,8 +438,12 @@ class _progress_bar:
                 TimeRemainingColumn,
             )
 
+            from rich.console import Console
+
+            # On stderr with every other message: stdout stays free for what a caller pipes on.
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
+                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
 
     def __enter__(self):
         if self.progress is not None:
