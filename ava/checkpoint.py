@@ -1,4 +1,4 @@
-"""The one checkpoint format: a single safetensors file (DESIGN.md "Checkpoint").
+"""The one checkpoint format: a single safetensors file (docs/checkpoint.md).
 
 Tensors (names are prefixes plus the original names):
   model.<state-dict key>                      model weights and persistent buffers

@@ -1,4 +1,4 @@
-"""`camera_calibration.json`: the dome cameras of one capture (SPEC §1.4).
+"""`camera_calibration.json`: the dome cameras of one capture (docs/data-layout.md).
 
 Schema: `{"KRT": [camera, ...]}`. Each camera stores `K` (3x3) and `T` (4x4) **transposed**:
 `intrinsics = K.T` and the world->camera matrix is `T.T = [[R, t], [0, 0, 0, 1]]`, so a camera maps
@@ -188,7 +188,7 @@ def calibration_document(cameras: list[Camera]) -> dict:
 
 
 def camera_in_head_frame(camera: Camera, headpose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The camera seen from the head frame (SPEC §2.2).
+    """The camera seen from the head frame (docs/data-layout.md).
 
     `headpose` [3,4] maps head -> world, `x_w = Hr x_h + Ht`. Returns `camrot = R Hr` [3,3] and
     `campos = Hr^T (campos_world - Ht)` [3] (mm), both float64.

@@ -1,4 +1,4 @@
-"""One capture's decoder data: what exists, and loading one member at a time (SPEC §1, §2.3).
+"""One capture's decoder data: what exists, and loading one member at a time (docs/data-layout.md).
 
 Construction checks the required files (a clear error naming the missing ones), reads the
 calibration and the frame list, and takes an inventory of the zips' member lists, so that frames
@@ -36,7 +36,7 @@ from ava.data.zips import ZipPool
 from ava.errors import UserError
 from ava.files import read_text
 
-# Keypoint ids run 0..273 in the Ava-256 keypoint set (SPEC §1.11).
+# Keypoint ids run 0..273 in the Ava-256 keypoint set (docs/data-layout.md).
 KEYPOINT_COUNT = 274
 
 

@@ -1,4 +1,4 @@
-"""The encoder (headset) part of a capture (SPEC §1.12): a frame list and five IR camera zips.
+"""The encoder (headset) part of a capture (docs/data-layout.md): a frame list and five IR camera zips.
 
 `EncoderCapture` reads single frames; `HeadsetDataset` gives training samples, the five views of
 one headset frame as `[5,S,S]` with its segment and frame id. The datasheet names the members

@@ -1,4 +1,4 @@
-"""Where the files and zip members of one capture live (SPEC §1.2, §1.3).
+"""Where the files and zip members of one capture live (docs/data-layout.md).
 
 `CaptureLayout(root)` names every path under `<root>` = `<dataset_dir>/<mcd>--<mct>--<sid>`; the
 reader and the synthetic writer both use it, so they cannot disagree about the layout.

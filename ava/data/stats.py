@@ -1,4 +1,4 @@
-"""Normalisation statistics (SPEC §2.4).
+"""Normalisation statistics (docs/data-layout.md).
 
 These are the ORIGINAL's formulas, kept on purpose although some are odd (the per-capture texture
 variance files are ignored; one capture's texture std is the spread across colour channels), because
@@ -75,7 +75,7 @@ def read_capture_stats(layout: CaptureLayout) -> CaptureStats:
 
 
 def combine_capture_stats(captures: Iterable[CaptureStats]) -> NormStats:
-    """The multi-capture statistics of the original (SPEC §2.4), streamed over the captures.
+    """The multi-capture statistics of the original (docs/data-layout.md), streamed over the captures.
 
     texmean  = mean_i texmean_i
     texstd   = N == 1: sqrt(mean((texmean - mean over channels of texmean)^2))

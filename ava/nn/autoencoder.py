@@ -1,5 +1,5 @@
 """The full model: encoders, bottleneck, decoder assembler, raymarcher, colour calibration and
-background (SPEC.md §3.12-3.13), and `build_autoencoder` to assemble it from a config.
+background (docs/model.md), and `build_autoencoder` to assemble it from a config.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def build_autoencoder(
 ) -> Autoencoder:
     """Assemble the model (the original's `get_autoencoder`) for a topology and dataset sizes.
 
-    vertmean [V,3] and vertstd are the dataset's vertex statistics (SPEC.md §2.4); the number of
+    vertmean [V,3] and vertstd are the dataset's vertex statistics (docs/data-layout.md); the number of
     cameras and identities sizes the colour calibration and background tables.
     """
     config.validate()

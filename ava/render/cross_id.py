@@ -3,7 +3,7 @@ orbits (novel views of one frame), from a checkpoint.
 
 Normalisation statistics, the camera list (camindex) and the identity list (idindex) all come
 from the checkpoint, so inputs are normalised exactly as in training. Everything runs in eval
-mode under torch.no_grad (SPEC.md §9 item 20).
+mode under torch.no_grad (docs/original-quirks.md).
 """
 
 from __future__ import annotations

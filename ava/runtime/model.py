@@ -1,4 +1,4 @@
-"""The model call of training, evaluation and rendering (SPEC.md §6.3, §3.12 argument order)."""
+"""The model call of training, evaluation and rendering (docs/training.md argument order)."""
 
 from __future__ import annotations
 

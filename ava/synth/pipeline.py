@@ -1,4 +1,4 @@
-"""`ava synth`: synthetic captures in the real on-disk layout (SPEC §1), rendered with ava.kernels.
+"""`ava synth`: synthetic captures in the real on-disk layout (docs/data-layout.md), rendered with ava.kernels.
 
 Per subject: a head (surface.py: the procedural head of head.py, or a face topology's template,
 template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
@@ -249,7 +249,7 @@ def _keypoint_vertices(surface: HeadSurface) -> np.ndarray:
 
 
 def _keypoints(vertices: np.ndarray, pose: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (SPEC §1.11)."""
+    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (docs/data-layout.md)."""
     world = vertices[chosen].astype(np.float64) @ pose[:, :3].T + pose[:, 3]
     inliers = rng.integers(3, 20, len(chosen)).astype(np.float64)
     confidence = inliers * rng.uniform(0.5, 1.0, len(chosen))

@@ -1,6 +1,6 @@
 """Training data: which dataset and captures, held-out cameras, datasets and a resumable loader.
 
-Index conventions (DESIGN.md): `camindex` is the position of a camera in the sorted list of ALL
+Index conventions (docs/architecture.md): `camindex` is the position of a camera in the sorted list of ALL
 cameras of the selected captures, held-out ones included, so that the checkpoint's camera list
 covers every camera a render may ask for; `idindex` is the capture's position in the training list.
 """
