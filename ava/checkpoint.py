@@ -1,4 +1,4 @@
-"""The one checkpoint format: a single safetensors file (DESIGN.md "Checkpoint").
+"""The one checkpoint format: a single safetensors file (docs/checkpoint.md).
 
 Tensors (names are prefixes plus the original names):
   model.<state-dict key>                      model weights and persistent buffers
@@ -13,6 +13,12 @@ Metadata (strings; JSON where structured):
 
 Writes are atomic: the file is written under a temporary name in the same folder, flushed and
 fsynced, then renamed over the destination, so a crash leaves the previous checkpoint intact.
+
+A headset driver (`ava train-driver`) is saved in the same way as its own kind of file (format
+"ava-driver-checkpoint"): encoder.<key> weights, optimiser state and extra.<name> tensors, and in
+the metadata its config, the headset encoder's size and the decoder it was trained against (path,
+step and `decoder_fingerprint`, a hash of the decoder's weights: a driver's codes only mean
+something to that decoder).
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ import numpy as np
 import torch
 
 from ava.errors import UserError
+from ava.files import fsync_directory, give_default_mode
 
 FORMAT_NAME = "ava-checkpoint"
 FORMAT_VERSION = 1
+DRIVER_FORMAT_NAME = "ava-driver-checkpoint"
+DRIVER_FORMAT_VERSION = 1
+_VERSIONS = {FORMAT_NAME: FORMAT_VERSION, DRIVER_FORMAT_NAME: DRIVER_FORMAT_VERSION}
 _LISTED = 8  # names shown per kind of mismatch before "... and N more"
 
 
@@ -68,19 +78,6 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported everywhere (e.g. Windows); the rename itself is still atomic
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
 def save_checkpoint(
     path: str | Path,
     *,
@@ -102,8 +99,6 @@ def save_checkpoint(
     `stats` has texmean [3,T,T], texstd, vertmean [V,3], vertstd (ava.data.stats.NormStats or a
     dict); `topology` is an ava.nn.uvmap.Topology; `extra_state` values may be tensors or JSON.
     """
-    from safetensors.torch import save_file
-
     if (model is None) == (model_state is None):
         raise TypeError("save_checkpoint needs exactly one of model= or model_state=")
     if model is not None:
@@ -123,16 +118,27 @@ def save_checkpoint(
     metadata["stats"] = json.dumps({"texstd": texstd, "vertstd": vertstd})
     for name in ("verts", "uvs", "faces", "face_uvs"):
         tensors[f"topology.{name}"] = getattr(topology, name)
-    extra_plain = {}
+    metadata["extra"] = _extra_tensors(extra_state, tensors)
+    metadata["identities"] = _json([str(item) for item in identities], "identity list")
+    metadata["cameras"] = _json([str(item) for item in cameras], "camera list")
+    metadata["config"] = _json(config, "config")
+    return _write_file(path, tensors, metadata)
+
+
+def _extra_tensors(extra_state: dict | None, tensors: dict[str, torch.Tensor]) -> str:
+    """Puts the tensor values of `extra_state` into `tensors` (extra.<name>); the rest as JSON."""
+    plain = {}
     for name, value in (extra_state or {}).items():
         if isinstance(value, (torch.Tensor, np.ndarray)):
             tensors[f"extra.{name}"] = _as_tensor(value)
         else:
-            extra_plain[name] = value
-    metadata["extra"] = _json(extra_plain, "extra state")
-    metadata["identities"] = _json([str(item) for item in identities], "identity list")
-    metadata["cameras"] = _json([str(item) for item in cameras], "camera list")
-    metadata["config"] = _json(config, "config")
+            plain[name] = value
+    return _json(plain, "extra state")
+
+
+def _write_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
     # safetensors refuses views and shared storage: give every tensor its own contiguous CPU copy.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
 
@@ -143,11 +149,12 @@ def save_checkpoint(
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         save_file(tensors, str(temporary), metadata=metadata)
+        give_default_mode(temporary)  # safetensors creates it 0600; a checkpoint is shared like any output
         with open(temporary, "rb+") as handle:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -262,39 +269,23 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], saved: dict) -> dict:
     return {"state": state, "param_groups": saved["param_groups"]}
 
 
+def newest_checkpoint_in(folder: Path) -> Path | None:
+    """The last `*.safetensors` by name in `folder`, or in its `checkpoints/` (a run folder); step
+    checkpoints are named step_XXXXXXXX, so the last by name is the newest."""
+    for candidate in (folder, folder / "checkpoints"):
+        found = sorted(candidate.glob("*.safetensors"))
+        if found:
+            return found[-1]
+    return None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`, checking its format and version."""
-    from safetensors import SafetensorError, safe_open
-
     from ava.data.stats import NormStats
     from ava.nn.uvmap import Topology
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
-            metadata = reader.metadata() or {}
-            if metadata.get("format") != FORMAT_NAME:
-                raise UserError(
-                    f"{path} is not an ava checkpoint (a state dict of the original code? "
-                    "import it with `ava convert`)"
-                )
-            version = int(metadata.get("format_version", "0"))
-            if version > FORMAT_VERSION:
-                raise UserError(
-                    f"{path} has checkpoint format version {version}, this ava reads up to "
-                    f"{FORMAT_VERSION}; upgrade ava"
-                )
-            if version < 1:
-                raise UserError(f"{path} has an invalid checkpoint format version {version}")
-            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
-    except SafetensorError as error:
-        raise UserError(f"cannot read checkpoint {path}: {error} (truncated or not a safetensors file?)") from None
-
-    def group(prefix: str) -> dict[str, torch.Tensor]:
-        return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
-
+    metadata, tensors, version = _read_file(path, map_location, FORMAT_NAME)
     try:
         scalars = json.loads(metadata["stats"])
         stats = NormStats(
@@ -304,18 +295,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             vertstd=float(scalars["vertstd"]),
         )
         topology = Topology(**{name: tensors[f"topology.{name}"].cpu() for name in ("verts", "uvs", "faces", "face_uvs")})
-        optimizer_tensors = {key: value for key, value in tensors.items() if key.startswith("optimizer.state.")}
-        optimizer_state = (
-            _unflatten_optimizer(optimizer_tensors, json.loads(metadata["optimizer"])) if "optimizer" in metadata else None
-        )
-        extra_state: dict[str, Any] = dict(json.loads(metadata.get("extra", "{}")))
-        extra_state.update(group("extra."))
+        optimizer_state, extra_state = _optimizer_and_extra(metadata, tensors)
         return Checkpoint(
             path=path,
             format_version=version,
             step=int(metadata["step"]),
             config=json.loads(metadata["config"]),
-            model_state=group("model."),
+            model_state=_group(tensors, "model."),
             stats=stats,
             topology=topology,
             identities=list(json.loads(metadata["identities"])),
@@ -326,3 +312,172 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except (KeyError, ValueError) as error:
         raise UserError(f"checkpoint {path} is incomplete or damaged (missing or bad {error})") from None
+
+
+def _group(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def _optimizer_and_extra(metadata: dict, tensors: dict[str, torch.Tensor]) -> tuple[dict | None, dict]:
+    optimizer_tensors = {key: value for key, value in tensors.items() if key.startswith("optimizer.state.")}
+    optimizer_state = (
+        _unflatten_optimizer(optimizer_tensors, json.loads(metadata["optimizer"])) if "optimizer" in metadata else None
+    )
+    extra_state: dict[str, Any] = dict(json.loads(metadata.get("extra", "{}")))
+    extra_state.update(_group(tensors, "extra."))
+    return optimizer_state, extra_state
+
+
+def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str, torch.Tensor], int]:
+    """(metadata, tensors, format version) of a checkpoint file of the `expected` format."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_dir():
+        newest = newest_checkpoint_in(path)
+        raise UserError(f"{path} is a folder, not a checkpoint file; pass one of its checkpoints"
+                        + (f", e.g. {newest}" if newest else " (it holds none)"))
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    # A safetensors file opens with its header's length (8 bytes) and the header's "{". torch.save
+    # writes a zip archive (or, before torch 1.6, a pickle): the original's aeparams*.pt.
+    if start[8:9] != b"{" and (start[:4] == b"PK\x03\x04" or start[:1] == b"\x80"):
+        raise UserError(f"{path} is a PyTorch file (torch.save), not an ava checkpoint; a state dict of the "
+                        "original code is imported with `ava convert`")
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
+            metadata = reader.metadata() or {}
+            found = metadata.get("format")
+            if found != expected:
+                if found == DRIVER_FORMAT_NAME:
+                    raise UserError(f"{path} is a headset driver checkpoint, not a decoder; pass it as "
+                                    "--driver-checkpoint (and the decoder it was trained against as --checkpoint)")
+                if found == FORMAT_NAME:
+                    raise UserError(f"{path} is a decoder checkpoint, not a headset driver; pass it as --checkpoint "
+                                    "and a driver from `ava train-driver` as --driver-checkpoint")
+                raise UserError(
+                    f"{path} is not an ava checkpoint (a state dict of the original code? "
+                    "import it with `ava convert`)"
+                )
+            version = int(metadata.get("format_version", "0"))
+            if version > _VERSIONS[expected]:
+                raise UserError(
+                    f"{path} has checkpoint format version {version}, this ava reads up to "
+                    f"{_VERSIONS[expected]}; upgrade ava"
+                )
+            if version < 1:
+                raise UserError(f"{path} has an invalid checkpoint format version {version}")
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    except SafetensorError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error} (truncated or not a safetensors file?)") from None
+    return metadata, tensors, version
+
+
+# --- headset drivers -----------------------------------------------------------------------------
+
+
+def decoder_fingerprint(checkpoint: Checkpoint) -> str:
+    """SHA-256 (hex) of a decoder's weights: names, dtypes, shapes and bytes of its model state.
+
+    Two checkpoints with the same weights (a copy, a resave, another optimiser state or step)
+    share it; any change to a weight changes it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(checkpoint.model_state):
+        tensor = checkpoint.model_state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_driver_checkpoint(
+    path: str | Path,
+    *,
+    encoder: torch.nn.Module,
+    encoder_config: dict,
+    decoder: dict,
+    config: dict,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra_state: dict | None = None,
+) -> Path:
+    """Write a headset driver atomically and return its path.
+
+    encoder: the ava.nn.headset.HeadsetEncoder (its state dict, buffers included); encoder_config:
+    its HeadsetEncoderConfig as a dict; decoder: {"path", "fingerprint", "step"} of the decoder
+    checkpoint it was trained against; config: the full training config; extra_state: tensors or
+    JSON values (alignment, RNG state) for an exact resume.
+    """
+    encoder = getattr(encoder, "module", encoder)
+    tensors: dict[str, torch.Tensor] = {f"encoder.{key}": value for key, value in encoder.state_dict().items()}
+    metadata = {"format": DRIVER_FORMAT_NAME, "format_version": str(DRIVER_FORMAT_VERSION), "step": str(int(step)),
+                "encoder": _json(encoder_config, "encoder config"), "decoder": _json(decoder, "decoder reference"),
+                "config": _json(config, "config")}
+    if optimizer is not None:
+        optimizer_tensors, optimizer_json = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(optimizer_tensors)
+        metadata["optimizer"] = _json(optimizer_json, "optimizer state")
+    metadata["extra"] = _extra_tensors(extra_state, tensors)
+    return _write_file(path, tensors, metadata)
+
+
+@dataclass
+class DriverCheckpoint:
+    """A headset driver as loaded by `load_driver_checkpoint`."""
+
+    path: Path
+    format_version: int
+    step: int
+    config: dict
+    encoder_config: dict
+    encoder_state: dict[str, torch.Tensor]
+    decoder: dict
+    """{"path": the decoder checkpoint it was trained against, "fingerprint": decoder_fingerprint, "step"}."""
+    optimizer_state: dict | None = None
+    extra_state: dict = field(default_factory=dict)
+
+    def build_encoder(self) -> torch.nn.Module:
+        """The ava.nn.headset.HeadsetEncoder with the saved weights and code statistics."""
+        from ava.nn.config import HeadsetEncoderConfig
+        from ava.nn.headset import HeadsetEncoder
+
+        encoder = HeadsetEncoder(HeadsetEncoderConfig.from_dict(self.encoder_config))
+        problems = compare_state(encoder.state_dict(), self.encoder_state)
+        if problems:
+            raise UserError(f"driver checkpoint {self.path} does not fit its headset encoder (" + "; ".join(problems)
+                            + "); it was written by another version of ava")
+        encoder.load_state_dict(self.encoder_state, strict=True)
+        return encoder
+
+    def check_decoder(self, decoder: Checkpoint) -> None:
+        """UserError unless `decoder` has the weights this driver was trained against."""
+        if decoder_fingerprint(decoder) != self.decoder.get("fingerprint"):
+            raise UserError(
+                f"driver {self.path} was trained against the decoder {self.decoder.get('path')} (step "
+                f"{self.decoder.get('step')}), whose weights differ from {decoder.path}'s; a driver's codes only "
+                "mean something to its own decoder: pass that one as --checkpoint or train a driver for this one"
+            )
+
+
+def load_driver_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> DriverCheckpoint:
+    """Read a driver written by `save_driver_checkpoint`, checking its format and version."""
+    path = Path(path)
+    metadata, tensors, version = _read_file(path, map_location, DRIVER_FORMAT_NAME)
+    try:
+        optimizer_state, extra_state = _optimizer_and_extra(metadata, tensors)
+        return DriverCheckpoint(
+            path=path,
+            format_version=version,
+            step=int(metadata["step"]),
+            config=json.loads(metadata["config"]),
+            encoder_config=json.loads(metadata["encoder"]),
+            encoder_state=_group(tensors, "encoder."),
+            decoder=json.loads(metadata["decoder"]),
+            optimizer_state=optimizer_state,
+            extra_state=extra_state,
+        )
+    except (KeyError, ValueError) as error:
+        raise UserError(f"driver checkpoint {path} is incomplete or damaged (missing or bad {error})") from None

@@ -28,10 +28,42 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-# --- a tiny capture set and checkpoint shared by the tests of ava show, view and eval -----------
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+ORIGINAL_CHECKOUT_ENV = "AVA_ORIGINAL_CHECKOUT"
+
+
+def original_checkout() -> Path | None:
+    """The original ava-256 checkout named by $AVA_ORIGINAL_CHECKOUT, if it exists."""
+    value = os.environ.get(ORIGINAL_CHECKOUT_ENV)
+    return Path(value).expanduser() if value and Path(value).expanduser().is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def original_topology(tmp_path_factory) -> Path:
+    """A private copy of the Ava-256 face_topology.obj (checked by SHA-256): from the original
+    checkout in $AVA_ORIGINAL_CHECKOUT, else from the user's ava cache (where any real use of the
+    model layer puts it). Skips the test when neither has it."""
+    from ava.nn.topology import ORIGINAL_TOPOLOGY_SHA256
+
+    candidates = []
+    if original_checkout() is not None:
+        candidates.append(original_checkout() / "assets" / "face_topology.obj")
+    candidates.append(Path.home() / ".cache" / "ava" / "topology" / "face_topology.obj")
+    for candidate in candidates:
+        if candidate.is_file() and hashlib.sha256(candidate.read_bytes()).hexdigest() == ORIGINAL_TOPOLOGY_SHA256:
+            copy = tmp_path_factory.mktemp("topology") / "face_topology.obj"
+            shutil.copyfile(candidate, copy)
+            return copy
+    pytest.skip(f"the Ava-256 face_topology.obj is not here: set {ORIGINAL_CHECKOUT_ENV} to an original "
+                "ava-256 checkout to run this test")
+
+
+# --- a tiny capture set and checkpoint shared by the tests of ava show, view and eval -----------
 
 @pytest.fixture(scope="session")
 def tiny_capture_set(tmp_path_factory):

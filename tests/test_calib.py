@@ -108,11 +108,11 @@ def test_cameras_must_have_the_head_in_front():
 
 def test_synthetic_domes_pass_the_checks():
     from ava.data.calibration import calibration_document
-    from ava.synth.dome import base_head_pose, make_dome
+    from ava.synth.dome import base_head_pose, capture_cameras, select_cameras
 
     rng = np.random.default_rng(3)
     pose = base_head_pose(rng)
-    cameras = make_dome(12, pose, rng)
+    cameras = capture_cameras(select_cameras(96), rng)  # the whole dome
     again = parse_calibration(json.dumps(calibration_document(cameras)), in_front_of=pose[:, 3])
     assert [camera.camera_id for camera in again] == [camera.camera_id for camera in cameras]
     assert np.allclose(again[0].intrinsics, cameras[0].intrinsics)

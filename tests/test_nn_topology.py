@@ -81,3 +81,23 @@ def test_explicit_path_then_dataset_topology_take_precedence(tmp_path, cache, mo
         topology_path(str(tmp_path / "nope.obj"), dataset)
     with pytest.raises(UserError, match="cannot download"):
         topology_path(None, tmp_path)  # no topology in this folder and no network
+
+
+def test_the_original_can_come_from_a_local_copy(tmp_path, cache, monkeypatch):
+    """$AVA_TOPOLOGY_URL may be a path or a file:// URL (machines without access to GitHub); the
+    copy is still checked against the SHA-256."""
+    copy = tmp_path / "copy.obj"
+    copy.write_text(OBJ)
+    monkeypatch.setattr(topology_module, "ORIGINAL_TOPOLOGY_SHA256", hashlib.sha256(OBJ.encode()).hexdigest())
+    monkeypatch.setenv("AVA_TOPOLOGY_URL", str(copy))
+    assert topology_path(None).read_text() == OBJ
+    (cache / "topology" / "face_topology.obj").unlink()
+    monkeypatch.setenv("AVA_TOPOLOGY_URL", copy.as_uri())
+    assert topology_path(None).read_text() == OBJ
+    (cache / "topology" / "face_topology.obj").unlink()
+    copy.write_text(OBJ + "# altered\n")
+    with pytest.raises(UserError, match="SHA-256"):
+        topology_path(None)
+    monkeypatch.setenv("AVA_TOPOLOGY_URL", str(tmp_path / "missing.obj"))
+    with pytest.raises(UserError, match="cannot read the Ava-256 face topology"):
+        topology_path(None)

@@ -66,6 +66,33 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(dataset_dir):
         generate(dataset_dir, SynthConfig(**{**TINY, "seed": 5}), progress=False)
 
 
+def test_an_interrupted_run_is_finished_by_the_next(dataset_dir, tmp_path):
+    """Ctrl-C during `ava synth` (or during `ava train`'s first demo-data generation) leaves some
+    capture folders and no manifest; the same command again must finish the set, not refuse it."""
+    import shutil
+
+    before = _digest(dataset_dir)
+    out = tmp_path / "interrupted"
+    shutil.copytree(dataset_dir, out)
+    (out / "synth_config.json").unlink()
+    (out / "ids.csv").unlink()
+    second = read_ids_csv(dataset_dir / "ids.csv")[1].folder
+    (out / second).rename(out / f".{second}.partial")  # the capture being written when it stopped
+    generate(out, SynthConfig(**TINY), progress=False)
+    assert _digest(out) == before and not (out / f".{second}.partial").exists()
+    # Anything else in the folder is not ours to replace.
+    (out / "synth_config.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds no synthetic dataset"):
+        generate(out, SynthConfig(**TINY), progress=False)
+
+
+def test_progress_goes_to_stderr(tmp_path, capsys):
+    generate(tmp_path / "out", SynthConfig(**{**TINY, "n_ids": 1, "n_frames": 1}), progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "images" in captured.err
+
+
 def test_round_trip_sample(dataset_dir):
     captures = read_ids_csv(dataset_dir / "ids.csv")
     dataset = MultiCaptureDataset(dataset_dir, captures, downsample=64, with_keypoints=True)
@@ -113,37 +140,40 @@ def test_round_trip_sample(dataset_dir):
         assert distances.min(dim=1).values.max() < 0.1  # float32 world coordinates near 1 m
 
 
-def test_tiled_rendering_equals_the_full_raymarch():
+def _tiled_and_full(config: SynthConfig, subject: int, frame: int, downsample: int):
+    """One camera's image of one frame rendered tile by tile (as `ava synth` does) and by the plain
+    full raymarch of every ray against every primitive."""
     from ava.data.calibration import camera_in_head_frame
-    from ava.synth.appearance import render_texture
-    from ava.synth.pipeline import frame_vertices
-    from ava.synth.head import make_head_grid, to_topology
-    from ava.synth.render import RenderSettings, View, build_primitives, render_views
     from ava.data.dataset import pixel_coordinates
     from ava.kernels import compute_raydirs, mvp_raymarch
-    from ava.nn.uvmap import build_uv_maps
+    from ava.synth.appearance import paint_texture
+    from ava.synth.pipeline import _surface_and_maps
+    from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
-    config = SynthConfig(**TINY)
-    plan = plan_subjects(config)[1]
-    grid = make_head_grid(24, 16)
-    uvmaps = build_uv_maps(to_topology(grid, np.zeros((grid.num_verts, 3))), 64, use_cache=False)
-    expression = plan.expressions[1]
-    verts = torch.from_numpy(frame_vertices(grid, plan.identity, expression))
-    settings = RenderSettings(prims_per_side=16, voxels=4, tile=8, tiles_per_call=3)
-    primitives = build_primitives(verts, render_texture(plan.identity, expression, 64), uvmaps, settings)
+    plan = plan_subjects(config)[subject]
+    surface, uvmaps, angles = _surface_and_maps(config)
+    expression = plan.expressions[frame]
+    closed_vertices, closed_faces = surface.closed_mesh(surface.vertices(plan.identity, expression))
+    verts, faces = torch.from_numpy(closed_vertices), torch.from_numpy(closed_faces)
+    settings = RenderSettings(prims_per_side=config.prims_per_side, voxels=config.voxels, tile=8, tiles_per_call=3)
+    primitives = build_primitives(verts, paint_texture(plan.identity, expression, *angles), uvmaps, settings, faces)
     camera = plan.cameras[0]
-    camrot, campos = camera_in_head_frame(camera, plan.poses[1])
-    downsample = 48
+    camrot, campos = camera_in_head_frame(camera, plan.poses[frame])
     view = View(torch.from_numpy(camrot).float(), torch.from_numpy(campos).float(),
                 torch.from_numpy(camera.focal / downsample).float(),
                 torch.from_numpy(camera.principal_point / downsample).float())
     height, width = 4096 // downsample, 2668 // downsample
-    tiled = render_views(primitives, [view], height, width, verts, torch.from_numpy(grid.faces), settings)
+    tiled = render_views(primitives, [view], height, width, verts, faces, settings)
     raypos, raydir, tminmax = compute_raydirs(view.campos[None], view.camrot[None], view.focal[None],
                                               view.princpt[None], pixel_coordinates(height, width)[None], 256.0)
     full = mvp_raymarch(raypos, raydir, settings.stepsize, tminmax, primitives.primpos[None],
                         primitives.primrot[None], primitives.primscale[None], primitives.template[None],
                         backend="torch")
+    return tiled, full
+
+
+def test_tiled_rendering_equals_the_full_raymarch():
+    tiled, full = _tiled_and_full(SynthConfig(**TINY), subject=1, frame=1, downsample=48)
     assert (full[..., 3] > 0.99).float().mean() > 0.1  # the head is there
     torch.testing.assert_close(tiled, full, atol=1e-3, rtol=1e-4)
 
@@ -155,9 +185,13 @@ def test_cli(tmp_path, capsys):
         main(["synth", "--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--n-ids", "--n-frames", "--n-cams", "--seed", "--texture-size", "--downsample"):
+    for flag in ("--n-ids", "--n-frames", "--n-cams", "--seed", "--texture-size", "--downsample", "--topology"):
         assert flag in help_text
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", "-o", str(tmp_path / "bad"), "--texture-size", "100"])
     assert exit_info.value.code == 2
     assert "power of two" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "-o", str(tmp_path / "bad"), "--topology", str(tmp_path / "head.obj")])
+    assert exit_info.value.code == 2
+    assert "no such OBJ" in capsys.readouterr().err

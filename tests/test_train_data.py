@@ -17,7 +17,14 @@ from torch.utils.data import DataLoader
 from ava.data.ids import read_ids_csv
 from ava.data.layout import CaptureLayout
 from ava.errors import UserError
-from ava.train.data import EpochSampler, build_training_data, capture_cameras, nonempty_batches, select_cameras
+from ava.train.data import (
+    EpochSampler,
+    build_training_data,
+    capture_cameras,
+    ids_csv_path,
+    nonempty_batches,
+    select_cameras,
+)
 
 
 def _rank_orders(length: int, world_size: int, seed: int, epoch: int, start: int = 0) -> list[list[int]]:
@@ -59,6 +66,22 @@ def test_sampler_refuses_impossible_ranks():
         EpochSampler(-1, 0, 1, 0)
 
 
+def test_a_named_ids_csv_that_is_missing_is_an_error_not_swapped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ids.csv").write_text("mcd,sid,mct\n")  # a synthetic set's list
+    # The presets' names fall back to each other: ava256 reads a synthetic set, demo a release.
+    assert ids_csv_path(tmp_path, "256_ids.csv") == tmp_path / "ids.csv"
+    (tmp_path / "ids.csv").rename(tmp_path / "256_ids.csv")
+    assert ids_csv_path(tmp_path, "ids.csv") == tmp_path / "256_ids.csv"
+    (tmp_path / "256_ids.csv").rename(tmp_path / "ids.csv")
+    # A file the user named is used or refused, never replaced by the dataset's list.
+    (tmp_path / "mine.csv").write_text("mcd,sid,mct\n")
+    assert ids_csv_path(tmp_path, "mine.csv") == tmp_path / "mine.csv"
+    for named in ("nope.csv", str(tmp_path / "elsewhere" / "ids.csv")):
+        with pytest.raises(UserError, match="not found"):
+            ids_csv_path(tmp_path, named)
+
+
 def test_an_empty_loader_raises_instead_of_spinning():
     sampler = EpochSampler(0, 0, 1, seed=0)
     loader = DataLoader(list(range(5)), sampler=sampler, batch_size=2, drop_last=True)
@@ -80,8 +103,9 @@ def test_an_empty_loader_raises_instead_of_spinning():
 def pristine(tmp_path_factory) -> Path:
     from ava.synth import SynthConfig, generate
 
+    # 4 cameras: the dome's four frontal ones, which every synthetic capture has.
     out = tmp_path_factory.mktemp("captures")
-    generate(out, SynthConfig(n_ids=2, n_frames=4, n_cams=3, downsample=64, texture_size=32, prims_per_side=8,
+    generate(out, SynthConfig(n_ids=2, n_frames=4, n_cams=4, downsample=64, texture_size=32, prims_per_side=8,
                               voxels=4, mesh_columns=16, mesh_rows=12, workers=1, keypoints=False), progress=False)
     return out
 
@@ -95,51 +119,55 @@ def dataset_dir(pristine, tmp_path) -> Path:
 def test_camera_selection_checks_its_ids(pristine):
     captures = read_ids_csv(pristine / "ids.csv")
     per_capture = capture_cameras(pristine, captures)
+    assert per_capture[0] == per_capture[1] and len(per_capture[0]) == 4  # synthetic captures share their ids
     assert select_cameras(per_capture, (), captures) == per_capture
-    wanted = [per_capture[1][2], per_capture[0][0], per_capture[0][1]]
-    assert select_cameras(per_capture, wanted, captures) == [per_capture[0][:2], per_capture[1][2:]]
+    a, b, c, d = per_capture[0]
+    assert select_cameras(per_capture, [d, a], captures) == [[a, d], [a, d]]  # each capture's own order
     with pytest.raises(UserError, match=r"--train.cameras \['123456'\] are in no selected capture"):
-        select_cameras(per_capture, wanted + ["123456"], captures)
+        select_cameras(per_capture, [a, "123456"], captures)
+    # Real captures may differ: a selection can leave one of them without a camera.
+    assert select_cameras([[a, b], [b, c]], [a, c], captures) == [[a], [c]]
     with pytest.raises(UserError, match=f"leaves capture {captures[1].folder} without a camera"):
-        select_cameras(per_capture, per_capture[0], captures)
+        select_cameras([[a, b], [c, d]], [a, b], captures)
 
 
 def test_training_data_reports_skipped_cameras_and_what_it_trains_on(dataset_dir):
     captures = read_ids_csv(dataset_dir / "ids.csv")
     per_capture = capture_cameras(dataset_dir, captures)
-    first = CaptureLayout(dataset_dir / captures[0].folder)
-    truncated = first.image_zip(per_capture[0][0])
+    a, b, c, d = per_capture[0]
+    first, second = (CaptureLayout(dataset_dir / capture.folder) for capture in captures)
+    truncated = first.image_zip(a)  # camera a is lost in the first capture only
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size * 2 // 3])
-    missing = first.image_zip(per_capture[0][2])
-    missing.unlink()
-    renamed = CaptureLayout(dataset_dir / captures[1].folder).image_zip(per_capture[1][0])
+    missing = [first.image_zip(d), second.image_zip(d)]  # camera d has no data anywhere
+    for path in missing:
+        path.unlink()
+    renamed = second.image_zip(b)  # readable, members under another folder
     with zipfile.ZipFile(renamed) as archive:
         members = [(name, archive.read(name)) for name in archive.namelist()]
     with zipfile.ZipFile(renamed, "w") as archive:
         for name, data in members:
             archive.writestr(f"extra/{name}", data)
-    data = build_training_data(dataset_dir, captures, 64, holdout=[per_capture[0][2]], holdout_count=0,
-                               progress=False)
+    data = build_training_data(dataset_dir, captures, 64, holdout=[d], holdout_count=0, progress=False)
     lines = data.describe()
-    assert lines[0] == "warning: what reading the captures found (3 archives):"
+    assert lines[0] == "warning: what reading the captures found (4 archives):"
     assert lines[1].startswith(f"  {truncated}: archive cannot be opened") and lines[1].endswith(
-        f"(4 of 4 frames lost; camera {per_capture[0][0]} skipped)")
+        f"(4 of 4 frames lost; camera {a} skipped)")
     assert lines[2].startswith(f"  {renamed}: members are named 'extra/cam") and "(0 of 4 frames lost)" in lines[2]
-    assert lines[3] == f"  {missing}: archive is missing (4 of 4 frames lost; camera {per_capture[0][2]} skipped)"
-    assert "--train.cameras" in lines[4]
-    assert lines[5] == ("data: 2 captures, 16 training samples at 64x41; training on 4 of 6 cameras, 0 held out "
-                        f"(none usable), 2 without usable data ({', '.join(sorted([per_capture[0][0], per_capture[0][2]]))})")
-    assert data.holdout is None and len(data.train) == 4 * 4
+    assert lines[3] == f"  {missing[0]}: archive is missing (4 of 4 frames lost; camera {d} skipped)"
+    assert lines[4] == f"  {missing[1]}: archive is missing (4 of 4 frames lost; camera {d} skipped)"
+    assert "--train.cameras" in lines[5]
+    assert lines[6] == ("data: 2 captures, 20 training samples at 64x41; training on 3 of 4 cameras, 0 held out "
+                        f"(none usable), 1 without usable data ({d})")
+    assert data.holdout is None and len(data.train) == 4 * 2 + 4 * 3
     # Pictures are taken from cameras that have samples.
     from ava.runtime.cameras import frontal_cameras
 
     chosen = frontal_cameras(data.train.datasets)
-    assert per_capture[0][1] in chosen and per_capture[0][0] not in chosen
+    assert sorted(chosen) == [a, b, c] and d not in chosen
     # Leaving the damaged cameras out on purpose: only the note about the renamed folder is left.
-    chosen = per_capture[0][1:2] + per_capture[1]
-    data = build_training_data(dataset_dir, captures, 64, holdout=(), holdout_count=2, progress=False, cameras=chosen)
-    assert data.cameras == sorted(chosen)
+    data = build_training_data(dataset_dir, captures, 64, holdout=(), holdout_count=2, progress=False, cameras=[b, c])
+    assert data.cameras == [b, c]
     lines = data.describe()
     assert lines[0] == "warning: what reading the captures found (1 archive):" and lines[1].startswith(f"  {renamed}")
     assert len(lines) == 3 and lines[2].startswith("data: 2 captures, ")
-    assert lines[2].endswith(f"training on 3 of 4 cameras, 1 held out ({data.holdout_cameras[0]})")
+    assert lines[2].endswith(f"training on 1 of 2 cameras, 1 held out ({data.holdout_cameras[0]})")

@@ -128,12 +128,11 @@ class _StandInDataset:
 
 
 def import_original(path: str):
-    root = Path(path).expanduser().resolve()
-    for extension, library in (("mvpraymarch", "mvpraymarchlib"), ("utils", "utilslib")):
-        if not list((root / "extensions" / extension).glob(f"{library}*.so")):
-            sys.exit(f"{root}/extensions/{extension} has no built {library}*.so; build the original's extensions "
-                     "in place first (their setup.py files, with the arch set for this GPU)")
-    sys.path.insert(0, str(root))
+    from original_checkout import OriginalCheckout
+
+    checkout = OriginalCheckout(path)  # exits with a message when it is not one, or lacks built extensions
+    checkout.require_extensions()
+    checkout.on_path()
     # Its utils module imports mesh libraries that only its closest-point helper uses; model
     # construction does not need them, so empty stand-ins are enough when they are not installed.
     for name in ("igl", "trimesh", "trimesh.triangles"):

@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "show",
     "view": "view",
     "eval": "eval",
+    "train-driver": "train_driver",
+    "eval-driver": "eval_driver",
 }
 
 
@@ -34,20 +36,41 @@ def _load_subcommands() -> dict:
     return entries
 
 
+def _stdout_closed() -> None:
+    """The reader of our output went away (`ava ... --help | head`): say nothing more, as `cat`
+    does. Python would otherwise print a traceback, and another when it flushes stdout at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a command whose pipe closed
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import tyro
     from rich.console import Console
 
+    from ava import __version__
     from ava.errors import UserError
 
-    if not SUBCOMMANDS:
-        print("ava: no subcommands are installed", file=sys.stderr)
-        sys.exit(2)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] in (["--version"], ["-V"]):
+        print(f"ava {__version__}")
+        sys.exit(0)
     try:
         result = tyro.extras.subcommand_cli_from_dict(
             _load_subcommands(),
-            args=argv,
-            description="ava: Ava-256 face avatars with a Triton MVP raymarcher.",
+            prog="ava",  # not sys.argv[0]: '/venv/bin/ava' or '.../ava/__main__.py' under python -m
+            args=arguments,
+            description=f"ava {__version__}: Ava-256 face avatars with a Triton MVP raymarcher (ava --version "
+            "prints the version; ava COMMAND --help explains a command).",
         )
     except UserError as error:
         Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
@@ -55,4 +78,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
+    except BrokenPipeError:
+        _stdout_closed()
+    except SystemExit:  # tyro after --help or a usage error
+        _flush_stdout()
+        raise
+    _flush_stdout()
     sys.exit(int(result) if isinstance(result, int) else 0)

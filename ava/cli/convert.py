@@ -9,6 +9,8 @@ from typing import Annotated
 
 import tyro
 
+from ava.runtime.device import ThreadsFlag
+
 
 @dataclass
 class ConvertConfig:
@@ -23,19 +25,18 @@ class ConvertConfig:
     dataset_dir: Path | None = None
     """The dataset the model was trained on: statistics, cameras and identities come from it."""
     ids_csv: Path | None = None
-    """Ids CSV of the training captures in training order (default: <dataset-dir>/256_ids.csv);
-    the first N rows are used, N being the number of identities in the state dict."""
+    """Ids CSV of the training captures in training order (default: <dataset-dir>/256_ids.csv); the first N rows are used, N being the number of identities in the state dict."""
     stats: Path | None = None
     """Instead of --dataset-dir: an .npz with texmean [3,T,T], texstd, vertmean [V,3], vertstd."""
     cameras: Path | None = None
     """With --stats: a text file of camera ids, one per line, in the original's camera-index order."""
     topology: str | None = None
-    """OBJ topology the model was trained with (default: <dataset-dir>/face_topology.obj if present,
-    else the original face_topology.obj, downloaded once)."""
+    """OBJ topology the model was trained with (default: <dataset-dir>/face_topology.obj if present, else the original face_topology.obj, downloaded once)."""
     step: int | None = None
     """Training step to record (default: the number in the file name, else 0)."""
     overwrite: bool = False
     """Replace an existing output file."""
+    threads: ThreadsFlag = 0
 
 
 def _step_from_name(path: Path) -> int:
@@ -96,6 +97,7 @@ def _training_data(config: ConvertConfig, num_identities: int):
 
 
 def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
+    """Import a state dict saved by the original ava-256 code (aeparams*.pt) into an ava checkpoint."""
     import torch
     from rich.console import Console
 
@@ -105,6 +107,9 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     from ava.nn.original import infer_model_config, load_original_state, original_camera_order, reorder_cameras
     from ava.nn.topology import resolve_topology
 
+    from ava.runtime.device import use_threads
+
+    use_threads(config.threads)
     console = Console(stderr=True)
     if config.output.exists() and not config.overwrite:
         raise UserError(f"{config.output} exists; pass --overwrite to replace it")
@@ -120,11 +125,11 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     if not consistent:
         console.print(
             "[yellow]warning:[/] the captures list their cameras in different orders, so the original's "
-            "camera indices were ambiguous; colour calibration follows the first capture's order"
+            "camera indices were ambiguous; colour calibration follows the first capture's order", soft_wrap=True
         )
     state = reorder_cameras(state, original_order, cameras)
 
-    topology = resolve_topology(config.topology, config.dataset_dir)
+    topology = resolve_topology(config.topology, config.dataset_dir, flag="--topology")
     if topology.num_verts != state["decoder_assembler.geodec.coords"].shape[1]:
         raise UserError(
             f"the topology has {topology.num_verts} vertices but the state dict was trained with "
@@ -162,6 +167,6 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     console.print(
         f"wrote {config.output}: {model_config.num_prims} primitives at {model_config.uv_size}^2 UV, "
         f"{num_cameras} cameras, {num_identities} identities, step {step} "
-        f"(UV maps agree on {agreement:.2%} of texels)"
+        f"(UV maps agree on {agreement:.2%} of texels)", soft_wrap=True
     )
     return 0

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import tyro
 
+from ava.data.release import DEFAULT_CAPTURE_COUNT
+
 
 @dataclass
 class DownloadConfig:
@@ -19,17 +21,15 @@ class DownloadConfig:
 
     output_dir: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Folder to download into (created if missing)."""
-    n: Annotated[int | None, tyro.conf.arg(name="n", aliases=("-n",), metavar="N")] = None
-    """Download the first N captures of the capture list (default 16)."""
+    n: Annotated[int | None, tyro.conf.arg(name="n", aliases=("-n",), metavar="N",
+                                           help_behavior_hint=f"(default: {DEFAULT_CAPTURE_COUNT} unless --ids is given)")] = None
+    """Download the first N captures of the capture list."""
     ids: Annotated[tuple[str, ...], tyro.conf.arg(metavar="ID")] = ()
-    """Captures to download instead of the first N: capture ids like 20230324--0820--AEY864, or
-    subject ids like AEY864 looked up in the capture list."""
+    """Captures to download instead of the first N: capture ids like 20230324--0820--AEY864, or subject ids like AEY864 looked up in the capture list."""
     captures_file: Annotated[Path | None, tyro.conf.arg(metavar="CSV")] = None
-    """Capture list CSV (header mcd,sid,mct). Default: the original 256_ids.csv, fetched once into
-    ~/.cache/ava (or $AVA_CACHE_DIR) from GitHub (or $AVA_IDS_CSV_URL) and checked by SHA-256."""
+    """Capture list CSV (header mcd,sid,mct). Default: the original 256_ids.csv, fetched once into ~/.cache/ava (or $AVA_CACHE_DIR) from GitHub (or $AVA_IDS_CSV_URL) and checked by SHA-256."""
     assets: Annotated[tuple[str, ...], tyro.conf.arg(metavar="GROUP")] = ("all",)
-    """Asset groups: all, camera_calibration, frame_list, head_pose, image, keypoints_3d,
-    kinematic_tracking, segmentation_parts, uv_image, encoder."""
+    """Asset groups: all, camera_calibration, frame_list, head_pose, image, keypoints_3d, kinematic_tracking, segmentation_parts, uv_image, encoder."""
     workers: Annotated[int, tyro.conf.arg(aliases=("-j",))] = 8
     """Parallel transfers."""
     size: Annotated[str, tyro.conf.arg(aliases=("-s",), metavar="SIZE")] = "4TB"
@@ -47,6 +47,7 @@ class DownloadConfig:
 
 
 def main(config: Annotated[DownloadConfig, tyro.conf.arg(name="")]) -> int:
+    """Download captures of the Ava-256 dataset (parallel, resumable, verified)."""
     from ava.data.download import run_download
     from ava.data.http import RetryPolicy
     from ava.errors import UserError

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import tyro
 
+from ava.runtime.device import ThreadsFlag
 from ava.synth.config import SynthConfig
 
 
@@ -22,18 +23,25 @@ class SynthCommand:
     """Folder to write the dataset into (created if missing)."""
     settings: Annotated[SynthConfig, tyro.conf.arg(name="")] = field(default_factory=SynthConfig)
     """What to generate."""
+    threads: ThreadsFlag = 0
 
 
 def main(config: Annotated[SynthCommand, tyro.conf.arg(name="")]) -> int:
+    """Generate synthetic captures in the Ava-256 layout (for tests, demos and trying ava without the dataset)."""
     from rich.console import Console
 
-    from ava.synth.pipeline import generate, is_generated
+    from ava.files import output_folder
+    from ava.runtime.device import use_threads
+    from ava.synth.pipeline import generate, is_generated, worker_count
 
     console = Console(stderr=True)
+    # Frames are rendered by worker processes; the flag sets the threads of each.
+    threads = use_threads(config.threads, processes=worker_count(config.settings))
+    output_folder(config.output_dir, "-o/--output-dir", create=False)  # generate() creates it
     if is_generated(config.output_dir, config.settings) and not config.settings.overwrite:
-        console.print(f"{config.output_dir} already holds this synthetic dataset; nothing to do", highlight=False)
+        console.print(f"{config.output_dir} already holds this synthetic dataset; nothing to do", highlight=False, soft_wrap=True)
         return 0
-    captures = generate(config.output_dir, config.settings)
+    captures = generate(config.output_dir, config.settings, threads=threads)
     console.print(f"wrote {len(captures)} captures to {config.output_dir} (ids in {config.output_dir / 'ids.csv'})",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     return 0

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import tyro
 
+from ava.cli.presets import preset_choice
 from ava.train.config import PRESET_HELP, PRESETS, TrainConfig
 
 # `ava train` alone runs the demo preset; `ava train ava256 ...` the original configuration.
 # CascadeSubcommandArgs lets `ava train --train.maxiter 10` pick the default preset implicitly.
-TrainPreset = Union[
-    tuple(
-        Annotated[TrainConfig, tyro.conf.subcommand(name, default=preset, description=PRESET_HELP[name])]
-        for name, preset in PRESETS.items()
-    )
-]
+TrainPreset = preset_choice(TrainConfig, PRESETS, PRESET_HELP)
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)

@@ -1,4 +1,4 @@
-"""`ava download`: fetch Ava-256 captures in parallel, resumably and verified (SPEC.md §1.13).
+"""`ava download`: fetch Ava-256 captures in parallel, resumably and verified (docs/data-layout.md).
 
 `ava.data.release` says which files make up the release and where they live; `ava.data.http`
 moves one file safely. This module ties them together: it checks the input, plans the file list
@@ -302,14 +302,14 @@ def run_download(
     stop = threading.Event()
     sessions = SessionPerThread()
     try:
+        if not dry_run:
+            check_output_dir(output_dir)  # before anything waits on the network
         captures = select_captures(
             ids,
             captures_file,
             count,
             lambda: default_captures(lambda url: fetch_bytes(sessions.get(), url, policy, stop)),
         )
-        if not dry_run:
-            check_output_dir(output_dir)
         check_reachable(sessions.get(), root, policy, stop)
         files, plan_failures = plan_files(captures, groups, root, workers, sessions, policy, stop)
         console.print(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ava.errors import UserError
+from ava.files import read_text
 
 _MCD = re.compile(r"^\d{8}$")
 _MCT = re.compile(r"^\d{4}$")
@@ -62,6 +63,11 @@ class CaptureId:
         return cls(mcd=match.group(1), mct=match.group(2), sid=match.group(3))
 
 
+def is_subject_id(text: str) -> bool:
+    """Whether `text` is a subject id: three upper-case letters and three digits (AEY864)."""
+    return bool(_SID.match(text))
+
+
 def parse_ids_csv(text: str, source: str = "ids CSV") -> list[CaptureId]:
     """Parses the text of an ids CSV (header `mcd,sid,mct`), keeping the row order."""
     reader = csv.reader(io.StringIO(text))
@@ -94,7 +100,7 @@ def read_ids_csv(path: str | Path) -> list[CaptureId]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ids CSV {path} does not exist; pass a file with header mcd,sid,mct")
-    return parse_ids_csv(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_ids_csv(read_text(path), source=str(path))
 
 
 def format_ids_csv(captures: list[CaptureId]) -> str:

@@ -1,4 +1,4 @@
-"""Where the files and zip members of one capture live (SPEC §1.2, §1.3).
+"""Where the files and zip members of one capture live (docs/data-layout.md).
 
 `CaptureLayout(root)` names every path under `<root>` = `<dataset_dir>/<mcd>--<mct>--<sid>`; the
 reader and the synthetic writer both use it, so they cannot disagree about the layout.
@@ -193,3 +193,9 @@ def head_pose_member(frame: str) -> str:
 
 def keypoints_member(frame: str) -> str:
     return KEYPOINTS_NAMING.member(frame)
+
+
+def encoder_member(camera: str, frame: str) -> str:
+    """A headset image, e.g. `cam-cyclop/000123.avif` (what `ava synth` writes; the release's
+    prefix is unverified, so the reader detects it)."""
+    return f"{camera}/{frame}.avif"

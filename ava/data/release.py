@@ -1,4 +1,4 @@
-"""What the Ava-256 release holds and where (SPEC.md §1.13): asset groups, URLs, capture lists.
+"""What the Ava-256 release holds and where (docs/data-layout.md): asset groups, URLs, capture lists.
 
 The release lives under `<base URL>/<SIZE>/<mcd>--<mct>--<sid>/{decoder,encoder}/...`; locally the
 size tier is dropped: `OUT/<capture>/decoder/...`. Files come in asset groups; two of them
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ava.data.ids import CaptureId, parse_ids_csv, read_ids_csv
+from ava.data.ids import CaptureId, is_subject_id, parse_ids_csv, read_ids_csv
 from ava.errors import UserError
-from ava.files import CACHE_ENV, cache_dir, write_atomically
+from ava.files import CACHE_ENV, cache_dir, output_folder, write_atomically
 
 DEFAULT_BASE_URL = "https://fb-baas-f32eacb9-8abb-11eb-b2b8-4857dd089e15.s3.amazonaws.com/ava-256"
 SIZES = ("4TB", "8TB", "16TB", "32TB")
@@ -219,6 +219,9 @@ def select_captures(
             if "--" in text:
                 selected.append(CaptureId.parse(text))
                 continue
+            if not is_subject_id(text.strip()):
+                raise UserError(f"{text!r} is neither a capture id (MCD--MCT--SID, e.g. 20230324--0820--AEY864) "
+                                "nor a subject id (three capital letters and three digits, e.g. AEY864)")
             matches = [capture for capture in capture_list() if capture.sid == text.strip()]
             if not matches:
                 raise UserError(
@@ -235,8 +238,8 @@ def select_captures(
 
 def check_output_dir(output_dir: Path) -> None:
     """Creates OUT and proves that files can be written there, or says why not in one line."""
+    output_folder(output_dir, "-o/--output-dir")
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".ava-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -1,5 +1,5 @@
 """The full model: encoders, bottleneck, decoder assembler, raymarcher, colour calibration and
-background (SPEC.md §3.12-3.13), and `build_autoencoder` to assemble it from a config.
+background (docs/model.md), and `build_autoencoder` to assemble it from a config.
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ class Autoencoder(nn.Module):
 
         The identity comes from the *target* neutral (default: the source neutral); the
         expression is encoded relative to the source neutral. A given `id_cond` (the identity
-        encoder's output) or `expr_encoding` [N,16,4,4] (a bottleneck sample) skips that encoder,
-        and its inputs may be None: an interactive viewer decodes cached codes from new viewpoints
-        (expr_mu and expr_logstd are then None). Returns encoding, expr_mu,
+        encoder's output) or `expr_encoding` [N,16,4,4] skips that encoder, and its inputs may be
+        None: a headset driver's output or an interactive viewer's cached code is decoded as it is
+        (expr_mu is then the code and expr_logstd zero). Returns encoding, expr_mu,
         expr_logstd [N,16,4,4], irgbrec [N,3,H,W] and verts [N,V,3] (mm) always, plus every name
         of `output_set` among id_cond (or idcond), samplecoords, primpos, primrot, primscale,
         template, bg, ialpha.
@@ -160,7 +160,9 @@ class Autoencoder(nn.Module):
             target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
             with autocast(verts, self.precision):
                 id_cond = to_float(self.id_encoder(target_verts, target_tex))
-        if expr_encoding is None:
+        if expr_encoding is not None:
+            encoding, expr_mu, expr_logstd = expr_encoding, expr_encoding, torch.zeros_like(expr_encoding)
+        else:
             with autocast(verts, self.precision):
                 code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
             if force_neutral:
@@ -168,8 +170,6 @@ class Autoencoder(nn.Module):
                 # times 0.1 rather than 0; kept for parity.
                 code = torch.zeros_like(code)
             encoding, expr_mu, expr_logstd = self.bottleneck(code)
-        else:
-            encoding, expr_mu, expr_logstd = expr_encoding, None, None
 
         viewpos = torch.bmm((campos - modelmatrix[:, :3, 3])[:, None, :], modelmatrix[:, :3, :3])[:, 0, :]
         decout = self.decoder_assembler(id_cond, encoding, viewpos, running_avg_scale, gt_geo, residuals_weight)
@@ -232,7 +232,7 @@ def build_autoencoder(
 ) -> Autoencoder:
     """Assemble the model (the original's `get_autoencoder`) for a topology and dataset sizes.
 
-    vertmean [V,3] and vertstd are the dataset's vertex statistics (SPEC.md §2.4); the number of
+    vertmean [V,3] and vertstd are the dataset's vertex statistics (docs/data-layout.md); the number of
     cameras and identities sizes the colour calibration and background tables.
     """
     config.validate()

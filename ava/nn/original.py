@@ -1,6 +1,6 @@
 """Reading state dicts saved by the original ava-256 code (`aeparams*.pt`).
 
-ava's modules keep the original's parameter names and shapes (SPEC.md §3.13), so the mapping is
+ava's modules keep the original's parameter names and shapes (docs/model.md), so the mapping is
 the identity once wrapper names (DDP's `module.`, torch.compile's `_orig_mod.`) are stripped; what
 needs work is recovering the model size from the tensors and the camera order of the colour
 calibration and background tables.
@@ -39,7 +39,12 @@ def load_original_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise UserError(f"cannot read {path} as a PyTorch state dict: {error}") from None
+        # torch's message is several lines of advice on weights_only=False, which would run code
+        # from the file: not something to suggest for a state dict, which needs none of it.
+        kind = "it holds Python objects besides tensors" if "Unsupported global" in str(error) else \
+            "torch.load cannot read it"
+        raise UserError(f"{path} is not a PyTorch state dict ({kind}); pass the aeparams*.pt that the "
+                        "original code saved") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
@@ -127,7 +132,7 @@ def original_camera_order(per_capture: list[list[str]], union: list[str]) -> tup
     """The camera each original index meant, and whether all captures agreed on it.
 
     The original indexed cameras by their position in each capture's own calibration list
-    (SPEC.md §9 item 6), so the index is only well defined when the captures list their cameras in
+    (docs/original-quirks.md), so the index is only well defined when the captures list their cameras in
     the same order. Otherwise the first capture that has a camera decides its index, which is
     exact for that capture and approximate for the others.
     """

@@ -31,7 +31,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _download(url: str) -> bytes:
+def _download(url: str, flag: str) -> bytes:
     import requests
 
     last_error: Exception | None = None
@@ -49,17 +49,30 @@ def _download(url: str) -> bytes:
             time.sleep(min(2.0**attempt, 10.0) * 0.5)
     raise UserError(
         f"cannot download the Ava-256 face topology from {url} ({last_error}); download it by hand "
-        f"and pass --model.topology PATH (or set {URL_ENV} to a mirror)"
+        f"and pass {flag} PATH (or set {URL_ENV} to a mirror)"
     )
 
 
-def original_topology_path() -> Path:
-    """Path of the original `face_topology.obj` in the cache, downloading and checking it once."""
+def _fetch(source: str, flag: str) -> bytes:
+    """The bytes at `source`: an http(s) URL, a file:// URL or a local path."""
+    if source.startswith(("http://", "https://")):
+        return _download(source, flag)
+    path = Path(source[len("file://"):] if source.startswith("file://") else source).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the Ava-256 face topology from {path} ({URL_ENV}): {error}") from None
+
+
+def original_topology_path(flag: str = "--model.topology") -> Path:
+    """Path of the original `face_topology.obj` in the cache, fetched and checked once (from the
+    original repository, or from `$AVA_TOPOLOGY_URL`: a mirror URL, a file:// URL or a local path;
+    `flag`: the command's flag for another OBJ, named in errors)."""
     path = cache_dir("topology") / TOPOLOGY_FILENAME
     if path.exists() and _sha256(path.read_bytes()) == ORIGINAL_TOPOLOGY_SHA256:
         return path
-    url = os.environ.get(URL_ENV, ORIGINAL_TOPOLOGY_URL)
-    data = _download(url)
+    url = os.environ.get(URL_ENV) or ORIGINAL_TOPOLOGY_URL
+    data = _fetch(url, flag)
     digest = _sha256(data)
     if digest != ORIGINAL_TOPOLOGY_SHA256:
         raise UserError(
@@ -70,20 +83,23 @@ def original_topology_path() -> Path:
     return path
 
 
-def topology_path(explicit: str | Path | None, dataset_dir: str | Path | None = None) -> Path:
-    """The OBJ to use: `explicit`, else `<dataset_dir>/face_topology.obj`, else the original's."""
+def topology_path(explicit: str | Path | None, dataset_dir: str | Path | None = None,
+                  flag: str = "--model.topology") -> Path:
+    """The OBJ to use: `explicit`, else `<dataset_dir>/face_topology.obj`, else the original's.
+    `flag` is the command's flag that gave `explicit`, named in errors."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise UserError(f"--model.topology {path} does not exist")
+            raise UserError(f"{flag} {path} does not exist")
         return path
     if dataset_dir is not None:
         candidate = Path(dataset_dir) / TOPOLOGY_FILENAME
         if candidate.is_file():
             return candidate
-    return original_topology_path()
+    return original_topology_path(flag)
 
 
-def resolve_topology(explicit: str | Path | None, dataset_dir: str | Path | None = None) -> Topology:
+def resolve_topology(explicit: str | Path | None, dataset_dir: str | Path | None = None,
+                     flag: str = "--model.topology") -> Topology:
     """Load the topology chosen by `topology_path`."""
-    return load_obj(topology_path(explicit, dataset_dir))
+    return load_obj(topology_path(explicit, dataset_dir, flag))

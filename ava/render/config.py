@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ava.runtime.device import ThreadsFlag
+
 
 @dataclass
 class RenderConfig:
@@ -20,11 +22,9 @@ class RenderConfig:
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("viz")
     """Output folder."""
     dataset_dir: Path | None = None
-    """Dataset with the driver and driven captures (default: the one the checkpoint was trained
-    on, if it still exists, else the demo synthetic set)."""
+    """Dataset with the driver and driven captures (default: the one the checkpoint was trained on, if it still exists, else the demo synthetic set)."""
     driver: str | None = None
-    """Capture whose expressions, head pose and camera drive the video (MCD--MCT--SID or subject
-    id; default: the first trained identity)."""
+    """Capture whose expressions, head pose and camera drive the video (MCD--MCT--SID or subject id; default: the first trained identity)."""
     driven: str | None = None
     """Capture whose identity (neutral conditioning) is rendered (default: the second trained identity)."""
     camera: str | None = None
@@ -45,3 +45,8 @@ class RenderConfig:
     """How far the orbit swings to each side."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
+    threads: ThreadsFlag = 0
+    driver_checkpoint: Path | None = None
+    """Drive the avatar from headset frames instead: a driver from `ava train-driver` trained against --checkpoint; writes OUT/<headset>_headset_<driven>[+<segment>].mp4 and strips [5 headset views | driven render]."""
+    headset: str | None = None
+    """With --driver-checkpoint: the subject whose headset frames drive (MCD--MCT--SID or subject id; default: the driver's first held-out subject); --driven picks the identity rendered (default: the headset subject)."""

@@ -35,7 +35,7 @@ def frontal_cameras(parts, exclude=()) -> list[str]:
 
 def project_points(points: torch.Tensor, camrot: torch.Tensor, campos: torch.Tensor, focal: torch.Tensor,
                    princpt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pinhole projection of head-frame points with a sample's camera (SPEC.md §2.2, §4).
+    """Pinhole projection of head-frame points with a sample's camera (docs/data-layout.md).
 
     points [P,3] (mm, head frame), camrot [3,3] (head -> camera), campos [3] (mm), focal [2],
     princpt [2] (pixels at the sample's size) -> (pixels [P,2] as (x, y): column and row, with

@@ -12,6 +12,9 @@ import torch
 # Absolute error (0..255 units) is multiplied by this in error images, so an error of 64 is white.
 ERROR_GAIN = 4.0
 SEPARATOR = 2  # pixels of black between the panels of a strip
+# Training pictures are enlarged until a panel is this many pixels high: the demo renders 64x41
+# images, too small to judge in an image viewer.
+VIEW_HEIGHT = 256
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -48,6 +51,19 @@ def vstack(rows: Sequence[np.ndarray], gap: int = SEPARATOR) -> np.ndarray:
             parts.append(np.zeros((gap, width, 3), dtype=np.uint8))
         parts.append(np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))))
     return np.concatenate(parts, axis=0)
+
+
+def viewing_scale(height: int, target: int = VIEW_HEIGHT) -> int:
+    """The integer factor that makes panels `height` pixels high at least `target` high (1 if they are)."""
+    return max(1, -(-target // max(height, 1)))
+
+
+def upscale_nearest(image: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 [H,W,3] -> [H*factor,W*factor,3], each pixel a factor x factor block (no smoothing,
+    so the pixels the model rendered stay visible as they are)."""
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:

@@ -1,9 +1,10 @@
-"""Unwrapped textures of the procedural head (flipped-UV layout: row 0 is v ~ 1, SPEC §1.8).
+"""Unwrapped textures of the procedural head (flipped-UV layout: row 0 is v ~ 1, docs/data-layout.md).
 
 Colours are functions of the surface angles (theta, phi) of head.py, so the texture lines up with
-the geometry by construction: skin with a faint per-identity mottling, hair above a hairline that
-drops towards the back, brows, eyes that close with `blink`, lips that widen with `smile` and a
-mouth that opens (dark, with teeth) with `jaw`.
+the geometry by construction (on another topology, template.py gives every texel its angles):
+skin with a faint per-identity mottling, hair above a hairline that drops towards the back, brows,
+eyes that close with `blink`, lips that widen with `smile` and a mouth that opens (dark, with
+teeth) with `jaw`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ def _blend(colour: np.ndarray, layer: np.ndarray, weight: np.ndarray) -> np.ndar
 
 
 def render_texture(identity: Identity, expression: Expression, size: int) -> np.ndarray:
-    """uint8 [S,S,3] texture of `identity` making `expression`."""
-    theta, phi = texel_angles(size)
+    """uint8 [S,S,3] texture of `identity` making `expression` on the procedural head's UV layout."""
+    return paint_texture(identity, expression, *texel_angles(size))
+
+
+def paint_texture(identity: Identity, expression: Expression, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """uint8 [...,3] colours of `identity` making `expression` at surface angles (theta, phi) [...]
+    (head.py's parameterisation); given every texel's angles it paints the texture of any UV layout."""
     unit = directions(theta, phi)
     pattern = np.sin(unit @ identity.mottling[:, :3].T + identity.mottling[:, 3]).mean(axis=-1)
     colour = identity.skin * (1.0 + 0.08 * pattern)[..., None]

@@ -20,11 +20,13 @@ class SynthConfig:
     n_frames: int = 8
     """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
     n_cams: int = 6
-    """Cameras in the dome of each capture."""
+    """Cameras per capture from the fixed dome of 96 camera ids (the original's four frontal ones first); each capture misses a few non-frontal ones."""
     seed: int = 0
     """Random seed; everything (shapes, colours, cameras, ids) follows from it."""
     texture_size: int = 256
     """Side of the unwrapped textures and the mean texture (a power of two; the real data use 1024)."""
+    topology: str = "procedural"
+    """Head mesh: procedural (ava's small head, see --mesh-columns), original (Ava-256 face_topology.obj, 7306 vertices; $AVA_TOPOLOGY_URL may name a local copy) or an OBJ path with its UV layout."""
     downsample: int = 32
     """Stored images are the 2668x4096 sensor divided by this (8 gives 333x512, 32 gives 83x128)."""
     prims_per_side: int = 32
@@ -32,11 +34,15 @@ class SynthConfig:
     voxels: int = 8
     """Voxels per side of each ground-truth primitive's template."""
     mesh_columns: int = 64
-    """Vertices around each ring of the procedural head mesh."""
+    """Vertices around each ring of the procedural head mesh (--topology procedural)."""
     mesh_rows: int = 48
-    """Rings of the procedural head mesh (from the neck to the crown)."""
+    """Rings of the procedural head mesh, from the neck to the crown (--topology procedural)."""
     keypoints: bool = True
     """Also write keypoints_3d (mesh landmarks in the world frame)."""
+    headset: bool = True
+    """Also write each subject's headset session (encoder/: five IR views, its own timing) and its ground truth (encoder_truth.json); --no-headset skips it (at the demo size it adds about 60% to the synthesis time)."""
+    headset_size: int = 64
+    """Side of the square headset IR images, in pixels."""
     workers: int = 0
     """Processes that render frames; 0 uses every CPU core (at most 8)."""
     overwrite: bool = False
@@ -58,9 +64,15 @@ class SynthConfig:
             problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive")
         if self.mesh_columns < 8 or self.mesh_rows < 8:
             problems.append("--mesh-columns and --mesh-rows must be at least 8")
+        if self.headset_size < 16:
+            problems.append("--headset-size must be at least 16")
         if self.n_ids > 900:
             problems.append("--n-ids is at most 900")
-        if self.n_cams > 2000:
-            problems.append("--n-cams is at most 2000")
+        from ava.synth.dome import DOME_CAMERA_IDS
+
+        if self.n_cams > len(DOME_CAMERA_IDS):
+            problems.append(f"--n-cams is at most {len(DOME_CAMERA_IDS)} (the cameras of the synthetic dome)")
+        if not self.topology:
+            problems.append("--topology must be procedural, original or the path of an OBJ")
         if problems:
             raise UserError("; ".join(problems))

@@ -8,7 +8,7 @@ cells split into triangles that tile the whole unit square, as the Ava-256 topol
 seam column shares geometry vertices between two UVs. The neck is open and the crown keeps a
 pin-hole (rings stop just short of the poles), which the primitives cover.
 
-With this orientation the decoder's frame (SPEC §3.9) has T along +u, B along the texture rows
+With this orientation the decoder's frame (docs/model.md) has T along +u, B along the texture rows
 and N = T x dv pointing out of the head.
 
 Head frame: +x towards the subject's left ear, +y up, +z out of the face; millimetres; the
@@ -17,7 +17,7 @@ head's centre at the origin.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -119,6 +119,20 @@ BROW_THETA = 0.62 * np.pi
 EYE_PHI = 0.36
 
 
+# The ranges Identity.sample draws shapes from (mm, except the relative neck width).
+SHAPE_RANGES = {
+    "radii": ((72.0, 82.0), (102.0, 116.0), (86.0, 98.0)),  # ellipsoid semi-axes x, y, z
+    "nose": (11.0, 16.0),
+    "ears": (6.0, 10.0),
+    "brow_ridge": (3.0, 6.0),
+    "chin": (4.0, 9.0),
+    "eye_depth": (4.0, 7.0),
+    "neck": (0.5, 0.62),
+}
+AVERAGE_SHAPE = {name: (np.mean(bounds, axis=-1) if name == "radii" else float(np.mean(bounds)))
+                 for name, bounds in SHAPE_RANGES.items()}
+
+
 @dataclass
 class Identity:
     """Shape and colour parameters of one synthetic subject (mm, RGB 0..255)."""
@@ -146,14 +160,10 @@ class Identity:
         iris_palette = np.array([[70, 45, 25], [60, 100, 150], [80, 110, 70], [40, 30, 25]])
         mottling_dirs = rng.normal(size=(6, 3))
         mottling = np.concatenate([mottling_dirs * rng.uniform(2.0, 5.0, (6, 1)), rng.uniform(0, 2 * np.pi, (6, 1))], 1)
+        shape = {"radii": np.array([rng.uniform(*bounds) for bounds in SHAPE_RANGES["radii"]])}
+        shape |= {name: rng.uniform(*SHAPE_RANGES[name]) for name in SHAPE_RANGES if name != "radii"}
         return cls(
-            radii=np.array([rng.uniform(72, 82), rng.uniform(102, 116), rng.uniform(86, 98)]),
-            nose=rng.uniform(11, 16),
-            ears=rng.uniform(6, 10),
-            brow_ridge=rng.uniform(3, 6),
-            chin=rng.uniform(4, 9),
-            eye_depth=rng.uniform(4, 7),
-            neck=rng.uniform(0.5, 0.62),
+            **shape,
             skin=skin,
             lips=np.clip(skin * np.array([0.82, 0.5, 0.52]) + rng.uniform(-10, 10, 3), 0, 255),
             hair=np.clip(hair_palette[rng.integers(len(hair_palette))] + rng.uniform(-12, 12, 3), 0, 255),
@@ -161,6 +171,10 @@ class Identity:
             hairline=rng.uniform(0.70, 0.76) * np.pi,
             mottling=mottling,
         )
+
+    def with_average_shape(self) -> "Identity":
+        """This identity's colours on the average head shape (the middle of every SHAPE_RANGES entry)."""
+        return replace(self, **AVERAGE_SHAPE)
 
 
 @dataclass
@@ -173,11 +187,9 @@ class Expression:
     brows: float = 0.0
 
 
-def neutral_shape(identity: Identity, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """Vertex positions [V,3] (mm) of the identity with a neutral face."""
-    unit = directions(theta, phi)
-    front = smoothstep(0.0, 0.6, np.cos(phi))
-    radial = (
+def shape_relief(identity: Identity, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Radial offsets [V] (mm) of the identity's features: nose, ears, brow ridge, chin, eye sockets."""
+    return (
         identity.nose * angular_bump(theta, phi, NOSE_THETA, 0.0, 0.08 * np.pi, 0.19)
         + identity.ears * (angular_bump(theta, phi, 0.52 * np.pi, np.pi / 2, 0.06 * np.pi, 0.12)
                            + angular_bump(theta, phi, 0.52 * np.pi, -np.pi / 2, 0.06 * np.pi, 0.12))
@@ -186,9 +198,20 @@ def neutral_shape(identity: Identity, theta: np.ndarray, phi: np.ndarray) -> np.
         - identity.eye_depth * (angular_bump(theta, phi, EYE_THETA, EYE_PHI, 0.035 * np.pi, 0.13)
                                 + angular_bump(theta, phi, EYE_THETA, -EYE_PHI, 0.035 * np.pi, 0.13))
     )
-    points = unit * identity.radii + unit * radial[:, None]
+
+
+def neck_scale(neck: float, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """[V] factor on x and z that narrows the part below the jaw to `neck` (a bit less at the front)."""
+    front = smoothstep(0.0, 0.6, np.cos(phi))
+    return 1.0 - (1.0 - neck) * smoothstep(0.3 * np.pi, 0.12 * np.pi, theta) * (1 - 0.3 * front)
+
+
+def neutral_shape(identity: Identity, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """Vertex positions [V,3] (mm) of the identity with a neutral face."""
+    unit = directions(theta, phi)
+    points = unit * identity.radii + unit * shape_relief(identity, theta, phi)[:, None]
     # A neck below the jaw: narrow the lower part in x and z, keep it a bit in front.
-    neck = 1.0 - (1.0 - identity.neck) * smoothstep(0.3 * np.pi, 0.12 * np.pi, theta) * (1 - 0.3 * front)
+    neck = neck_scale(identity.neck, theta, phi)
     points[:, 0] *= neck
     points[:, 2] *= neck
     points[:, 1] -= 20.0 * smoothstep(0.25 * np.pi, 0.0, theta)

@@ -1,11 +1,12 @@
-"""`ava synth`: synthetic captures in the real on-disk layout (SPEC §1), rendered with ava.kernels.
+"""`ava synth`: synthetic captures in the real on-disk layout (docs/data-layout.md), rendered with ava.kernels.
 
-Per subject: a procedural head (head.py) with its own shape and colours, a dome of calibrated
-cameras (dome.py), a frame list of expression segments starting with EXP_neutral_peak, smooth
-head motion, per-frame meshes (PLY), textures (AVIF), head poses, camera images (AVIF, rendered
-with render.py over a per-camera background), the mean mesh/texture and their variances, and
-optionally 3D keypoints. Next to the captures: the ids CSV, the topology OBJ and a manifest of the
-settings, written last, which marks the dataset complete.
+Per subject: a head (surface.py: the procedural head of head.py, or a face topology's template,
+template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
+expression segments starting with EXP_neutral_peak, smooth head motion, per-frame meshes (PLY),
+textures (AVIF), head poses, camera images (AVIF, rendered with render.py over a per-camera
+background), the mean mesh/texture and their variances, optionally 3D keypoints, and the headset
+session with its ground truth (headset.py). Next to the captures: the ids CSV, the topology OBJ
+and a manifest of the settings, written last, which marks the dataset complete.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -40,16 +41,10 @@ from ava.synth.config import (
     TOPOLOGY_FILENAME,
     SynthConfig,
 )
-from ava.synth.dome import base_head_pose, head_motion, make_dome
-from ava.synth.head import (
-    Expression,
-    HeadGrid,
-    Identity,
-    expression_offsets,
-    make_head_grid,
-    neutral_shape,
-    to_topology,
-)
+from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
+from ava.synth.head import Expression, Identity
+from ava.synth.headset import HeadsetPlan, HeadsetWriter, plan_headset, render_headset_frames
+from ava.synth.surface import HeadSurface, head_surface, topology_digest
 from ava.synth.writer import CaptureWriter
 from ava.errors import UserError
 from ava.files import write_atomically
@@ -76,6 +71,7 @@ class SubjectPlan:
     frames: list[tuple[str, str]]  # (segment, frame id) in file order
     expressions: list[Expression]
     poses: np.ndarray  # [F,3,4] head -> world
+    headset: HeadsetPlan | None = None  # the headset session (None: --no-headset)
 
 
 @dataclass
@@ -84,6 +80,7 @@ class FrameTask:
     frame: int
     plan: SubjectPlan
     config: SynthConfig
+    threads: int = 1  # torch's CPU threads while rendering it
 
 
 @dataclass
@@ -94,6 +91,7 @@ class FrameResult:
     texture: np.ndarray  # u8 [S,S,3]
     texture_avif: bytes
     images: dict[str, bytes]  # camera id -> AVIF
+    headset: dict = field(default_factory=dict)  # headset frame index -> {camera: AVIF}
 
 
 def _segment_lengths(count: int) -> list[int]:
@@ -140,14 +138,15 @@ def _capture_ids(count: int, rng: np.random.Generator) -> list[CaptureId]:
 def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
     """Draws every subject's identity, cameras, frames, expressions and motion from the seed."""
     captures = _capture_ids(config.n_ids, np.random.default_rng([config.seed, 0]))
+    dome = select_cameras(config.n_cams)
     plans = []
     for index, capture in enumerate(captures):
         rng = np.random.default_rng([config.seed, 1, index])
         identity = Identity.sample(rng)
         base = base_head_pose(rng)
-        cameras = make_dome(config.n_cams, base, rng)
-        greys = rng.uniform(60, 190, (config.n_cams, 1, 1))
-        backgrounds = np.clip(greys + rng.uniform(-25, 25, (config.n_cams, 2, 3)), 0, 255)
+        cameras = capture_cameras(dome, rng)
+        greys = rng.uniform(60, 190, (len(cameras), 1, 1))
+        backgrounds = np.clip(greys + rng.uniform(-25, 25, (len(cameras), 2, 3)), 0, 255)
         frames, expressions = [], []
         frame_number = int(rng.integers(1000, 40000))
         for segment, length in zip(SEGMENTS, _segment_lengths(config.n_frames)):
@@ -158,6 +157,9 @@ def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
             frame_number += int(rng.integers(5, 50))  # captures skip frames between segments
         plans.append(SubjectPlan(capture, identity, cameras, backgrounds, frames, expressions,
                                  head_motion(base, config.n_frames, rng)))
+        if config.headset:  # its own random stream: the dome files do not depend on this switch
+            plans[-1].headset = plan_headset(frames, config.headset_size, np.random.default_rng([config.seed, 3, index]),
+                                             (config.seed, 4, index))
     return plans
 
 
@@ -166,21 +168,16 @@ def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
 _WORKER_CACHE: dict = {}
 
 
-def _grid_and_maps(config: SynthConfig):
-    key = (config.mesh_columns, config.mesh_rows, config.texture_size)
+def _surface_and_maps(config: SynthConfig):
+    """(head surface, its UV maps at the texture size, every texel's angles), once per process."""
+    key = (config.topology, config.mesh_columns, config.mesh_rows, config.texture_size)
     if key not in _WORKER_CACHE:
         from ava.nn.uvmap import build_uv_maps
 
-        grid = make_head_grid(config.mesh_columns, config.mesh_rows)
-        topology = to_topology(grid, np.zeros((grid.num_verts, 3)))
-        _WORKER_CACHE[key] = (grid, build_uv_maps(topology, config.texture_size, use_cache=False))
+        surface = head_surface(config.topology, config.mesh_columns, config.mesh_rows)
+        uvmaps = build_uv_maps(surface.topology, config.texture_size, use_cache=False)
+        _WORKER_CACHE[key] = (surface, uvmaps, surface.texel_angles(uvmaps))
     return _WORKER_CACHE[key]
-
-
-def frame_vertices(grid: HeadGrid, identity: Identity, expression: Expression) -> np.ndarray:
-    """f32 [V,3] head-frame mesh (mm) of `identity` making `expression`."""
-    shape = neutral_shape(identity, grid.theta, grid.phi) + expression_offsets(grid.theta, grid.phi, expression)
-    return shape.astype(np.float32)
 
 
 def _background(colours: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -195,18 +192,29 @@ def render_frame(task: FrameTask) -> FrameResult:
     """Mesh, texture and every camera's image of one frame."""
     import torch
 
-    from ava.synth.appearance import render_texture
+    previous = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    try:
+        return _render_frame(task)
+    finally:
+        torch.set_num_threads(previous)  # matters when frames are rendered in the calling process
+
+
+def _render_frame(task: FrameTask) -> FrameResult:
+    import torch
+
+    from ava.synth.appearance import paint_texture
     from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
-    torch.set_num_threads(1)
     config, plan = task.config, task.plan
-    grid, uvmaps = _grid_and_maps(config)
+    surface, uvmaps, angles = _surface_and_maps(config)
     expression = plan.expressions[task.frame]
-    vertices = frame_vertices(grid, plan.identity, expression)
-    texture = render_texture(plan.identity, expression, config.texture_size)
+    vertices = surface.vertices(plan.identity, expression)
+    texture = paint_texture(plan.identity, expression, *angles)
     settings = RenderSettings(prims_per_side=config.prims_per_side, voxels=config.voxels)
-    verts_mm = torch.from_numpy(vertices)
-    primitives = build_primitives(verts_mm, texture, uvmaps, settings)
+    closed_vertices, closed_faces = surface.closed_mesh(vertices)
+    verts_mm, faces = torch.from_numpy(closed_vertices), torch.from_numpy(closed_faces)
+    primitives = build_primitives(verts_mm, texture, uvmaps, settings, faces)
     pose = plan.poses[task.frame]
     views = []
     for camera in plan.cameras:
@@ -220,26 +228,28 @@ def render_frame(task: FrameTask) -> FrameResult:
     height = plan.cameras[0].height // config.downsample
     width = plan.cameras[0].width // config.downsample
     with torch.no_grad():
-        rayrgba = render_views(primitives, views, height, width, verts_mm, torch.from_numpy(grid.faces), settings)
+        rayrgba = render_views(primitives, views, height, width, verts_mm, faces, settings)
+        headset = render_headset_frames(primitives, verts_mm, faces, settings, plan.headset, task.frame) if plan.headset else {}
     images = {}
     for index, camera in enumerate(plan.cameras):
         rgba = rayrgba[index].numpy().astype(np.float64)
         pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
         images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images)
+    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset)
 
 
 # --- orchestration -----------------------------------------------------------------------------
 
 
-def _keypoint_vertices(grid: HeadGrid) -> np.ndarray:
+def _keypoint_vertices(surface: HeadSurface) -> np.ndarray:
     """Up to 68 vertex ids spread over the face, used as the synthetic keypoints."""
-    face = np.nonzero((np.cos(grid.phi) > 0.4) & (grid.theta > 0.3 * np.pi) & (grid.theta < 0.68 * np.pi))[0]
+    theta, phi = surface.theta, surface.phi
+    face = np.nonzero((np.cos(phi) > 0.4) & (theta > 0.3 * np.pi) & (theta < 0.68 * np.pi) & surface.used)[0]
     return face[np.linspace(0, len(face) - 1, min(MAX_KEYPOINTS, len(face))).astype(int)]
 
 
 def _keypoints(vertices: np.ndarray, pose: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (SPEC §1.11)."""
+    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (docs/data-layout.md)."""
     world = vertices[chosen].astype(np.float64) @ pose[:, :3].T + pose[:, 3]
     inliers = rng.integers(3, 20, len(chosen)).astype(np.float64)
     confidence = inliers * rng.uniform(0.5, 1.0, len(chosen))
@@ -259,6 +269,7 @@ class _CaptureAssembly:
         self.writer.write(layout.frame_list, format_frame_list(plan.frames))
         self.vertex_sum = self.vertex_square = self.texture_sum = self.texture_square = None
         self.rng = np.random.default_rng([config.seed, 2, subject])
+        self.headset = HeadsetWriter(self.writer, plan.headset, plan.frames, plan.expressions) if plan.headset else None
 
     def add(self, result: FrameResult) -> None:
         layout, writer = self.writer.layout, self.writer
@@ -269,6 +280,8 @@ class _CaptureAssembly:
         writer.add_member(layout.texture_zip, names.texture_member(frame), result.texture_avif)
         for camera_id, data in result.images.items():
             writer.add_member(layout.image_zip(camera_id), names.image_member(camera_id, frame), data)
+        if self.headset is not None:
+            self.headset.add(result.headset)
         if self.config.keypoints:
             rows = _keypoints(result.vertices, pose, self.keypoint_ids, self.rng)
             writer.add_member(layout.keypoints_zip, names.keypoints_member(frame), format_npy(rows))
@@ -294,6 +307,8 @@ class _CaptureAssembly:
         self.writer.write(layout.vertices_variance, f"{vertex_variance:.9g}\n")
         self.writer.write(layout.texture_mean, encode_png(np.clip(np.rint(texture_mean), 0, 255).astype(np.uint8)))
         self.writer.write(layout.texture_variance, f"{texture_variance:.9g}\n")
+        if self.headset is not None:
+            self.headset.commit()
         return self.writer.commit()
 
 
@@ -307,7 +322,8 @@ def read_manifest(output_dir: Path) -> dict | None:
 
 def _manifest(config: SynthConfig, captures: list[CaptureId]) -> dict:
     settings = {key: value for key, value in asdict(config).items() if key not in ("workers", "overwrite")}
-    return {"format_version": SYNTH_FORMAT_VERSION, "config": settings, "captures": [c.folder for c in captures]}
+    return {"format_version": SYNTH_FORMAT_VERSION, "config": settings, "topology_sha256": topology_digest(config.topology),
+            "captures": [c.folder for c in captures]}
 
 
 def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
@@ -316,33 +332,49 @@ def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
     if manifest is None:
         return False
     expected = _manifest(config, [])
-    if manifest.get("format_version") != expected["format_version"] or manifest.get("config") != expected["config"]:
+    if any(manifest.get(key) != expected[key] for key in ("format_version", "config", "topology_sha256")):
         return False
     return all((Path(output_dir) / folder).is_dir() for folder in manifest.get("captures", []))
 
 
-def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True) -> list[CaptureId]:
-    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order)."""
+def worker_count(config: SynthConfig) -> int:
+    """Processes that render frames: --workers, else every CPU core (at most 8)."""
+    return config.workers or min(os.cpu_count() or 1, 8)
+
+
+def _left_by_interrupted_run(output_dir: Path, config: SynthConfig) -> bool:
+    """True when `output_dir` holds only what generate() with `config` writes before its manifest:
+    some of its capture folders (each complete: they appear by rename), their hidden `.partial`
+    folders, the topology and the ids list. A rerun then starts over (the output is the same)."""
+    folders = {plan.capture.folder for plan in plan_subjects(config)}
+    expected = folders | {f".{folder}.partial" for folder in folders} | {TOPOLOGY_FILENAME, IDS_FILENAME}
+    return all(entry.name in expected for entry in output_dir.iterdir())
+
+
+def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
+    """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
+    Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
     config.check()
+    surface, _, _ = _surface_and_maps(config)  # fetches and checks the topology before any other work
     output_dir = Path(output_dir)
     manifest = read_manifest(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
         if manifest is None:
-            raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
-        if not is_generated(output_dir, config):
+            if not _left_by_interrupted_run(output_dir, config):
+                raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
+        elif not is_generated(output_dir, config):
             raise UserError(f"{output_dir} holds a synthetic dataset made with other settings; pass --overwrite to replace it")
     output_dir.mkdir(parents=True, exist_ok=True)
     if manifest is not None:
         (output_dir / MANIFEST_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten at the end
     plans = plan_subjects(config)
-    grid = make_head_grid(config.mesh_columns, config.mesh_rows)
-    keypoint_ids = _keypoint_vertices(grid)
-    tasks = [FrameTask(s, f, plan, config) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
-    workers = config.workers or min(os.cpu_count() or 1, 8)
-    workers = max(1, min(workers, len(tasks)))
+    keypoint_ids = _keypoint_vertices(surface)
+    tasks = [FrameTask(s, f, plan, config, threads) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
+    workers = max(1, min(worker_count(config), len(tasks)))
 
     with _progress_bar(progress) as bar:
-        job = bar.add_task("rendering synthetic captures", total=len(tasks) * config.n_cams) if bar else None
+        images = sum(len(plan.cameras) * len(plan.frames) for plan in plans)
+        job = bar.add_task("rendering synthetic captures", total=images) if bar else None
         assembly = None
         try:
             with _executor(workers) as pool:
@@ -356,7 +388,7 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True)
                                                     result.subject)
                     assembly.add(result)
                     if bar:
-                        bar.update(job, advance=config.n_cams, description=f"rendering {plan.capture.folder}")
+                        bar.update(job, advance=len(plan.cameras), description=f"rendering {plan.capture.folder}")
             assembly.commit()
         except BaseException:
             if assembly is not None:
@@ -364,10 +396,8 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True)
             raise
 
     captures = [plan.capture for plan in plans]
-    mean_shape = np.mean([neutral_shape(p.identity, grid.theta, grid.phi) for p in plans], axis=0)
-    from ava.nn.uvmap import format_obj
-
-    write_atomically(output_dir / TOPOLOGY_FILENAME, format_obj(to_topology(grid, mean_shape)).encode())
+    mean_shape = np.mean([surface.vertices(p.identity, Expression()) for p in plans], axis=0, dtype=np.float64)
+    write_atomically(output_dir / TOPOLOGY_FILENAME, surface.obj_bytes(mean_shape))
     write_atomically(output_dir / IDS_FILENAME, format_ids_csv(captures).encode())
     write_atomically(output_dir / MANIFEST_FILENAME, json.dumps(_manifest(config, captures), indent=1).encode())
     return captures
@@ -408,8 +438,12 @@ class _progress_bar:
                 TimeRemainingColumn,
             )
 
+            from rich.console import Console
+
+            # On stderr with every other message: stdout stays free for what a caller pipes on.
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
+                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
 
     def __enter__(self):
         if self.progress is not None:

@@ -1,7 +1,7 @@
 """Ground-truth images: the textured head as volumetric primitives, raymarched with ava.kernels.
 
 Primitives are placed on the head mesh exactly as the decoder places them on its guide mesh
-(`ava.nn.placement`, SPEC §3.9): centres and TBN frames from the geometry image, lateral scale
+(`ava.nn.placement`, docs/model.md): centres and TBN frames from the geometry image, lateral scale
 0.8 * 2 / spacing. Along the normal the boxes are made thin (`shell_mm` half-thickness), which a
 decoder can express through its scale residual; it keeps the number of samples small on a CPU.
 Each template takes its RGB from the texture under the primitive's footprint and its alpha from a
@@ -9,7 +9,9 @@ profile that is dense on the inner side of the surface and fades out just outsid
 
 Rendering on a CPU is made affordable by restrictions that change no pixel:
 - every ray marches only inside the envelope of the primitives (the head mesh inflated past their
-  outer reach, found with a small z-buffer rasteriser), on the same sample grid as the full ray;
+  outer reach, found with a small z-buffer rasteriser), on the same sample grid as the full ray
+  (a camera close enough to the skin to be inside that envelope, as a headset camera is, starts
+  its rays at the camera);
 - a first pass stops rays a few millimetres under the surface; rays whose alpha saturated there
   are final (later samples get zero weight), the rest march again through the whole envelope;
 - rays are grouped in screen tiles, and each tile is given only the primitives whose bounding
@@ -67,8 +69,13 @@ def _neighbour_distances(centres: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps,
-                     settings: RenderSettings) -> Primitives:
-    """verts_mm [V,3] head frame, texture uint8 [S,S,3] (S = the UV map size) -> Primitives."""
+                     settings: RenderSettings, faces: torch.Tensor | None = None) -> Primitives:
+    """verts_mm [V,3] head frame, texture uint8 [S,S,3] (S = the UV map size) -> Primitives.
+
+    The decoder's frame has N = T x dv, which points out of the head only where the UV layout is
+    mirrored onto the surface the way head.py's is. Given `faces` [F,3] (wound outwards), each
+    primitive whose N points into the head gets its alpha profile turned round, so that the
+    surface is opaque from the inside out on every topology."""
     size = uvmaps.size
     count = settings.prims_per_side
     stride = size // count
@@ -79,7 +86,7 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     if (torch.linalg.det(primrot[0]).abs() < 0.5).any():
         raise ValueError("degenerate primitive frame: the head topology has a zero-length step along u")
     spacing = primitive_spacing(postex, count)[0].clamp(min=1e-6)  # [K]
-    lateral = 0.8 * 2.0 / spacing  # the decoder's scale, SPEC §3.9 step 6
+    lateral = 0.8 * 2.0 / spacing  # the decoder's scale, docs/model.md
     normal = torch.full_like(lateral, VOLRADIUS / settings.shell_mm)
     primscale = torch.stack([lateral, lateral, torch.maximum(normal, lateral)], dim=-1)
 
@@ -109,6 +116,12 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     template = torch.empty(count * count, voxels, voxels, voxels, 4)
     template[..., :3] = rgb[:, None]
     template[..., 3] = alpha_profile[None, :, None, None]
+    if faces is not None:
+        outward = geometry_image(vertex_normals(verts_mm.float(), faces)[None], uvmaps)  # [1,3,S,S]
+        offset = stride // 2
+        outward = outward[0, :, offset::stride, offset::stride].permute(1, 2, 0).reshape(-1, 3)
+        inward = (primrot[0, :, :, 2] * outward).sum(dim=-1) < 0
+        template[inward, ..., 3] = alpha_profile.flip(0)[None, :, None, None]
     return Primitives(primpos[0], primrot[0], primscale, template)
 
 
@@ -118,6 +131,21 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     face_normals = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
     normals = torch.zeros_like(verts).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, 0))
     return normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def offset_surface(verts: torch.Tensor, faces: torch.Tensor, distance: float) -> torch.Tensor:
+    """[V,3] the vertices moved out along their normals far enough that every face's plane moves
+    by at least `distance`: by distance / cos of the largest angle between the vertex normal and
+    the normals of its faces (at most 4x), so that sharp edges, such as the rim of a closed-off
+    neck, are covered as well as smooth parts."""
+    normals = vertex_normals(verts, faces)
+    corners = verts[faces]
+    face_normals = torch.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
+    face_normals = face_normals / face_normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    cosine = (normals[faces] * face_normals[:, None]).sum(dim=-1)  # [F,3]
+    smallest = torch.ones(len(verts), dtype=verts.dtype).scatter_reduce(0, faces.reshape(-1), cosine.reshape(-1),
+                                                                       reduce="amin")
+    return verts + normals * (distance / smallest.clamp(min=0.25))[:, None]
 
 
 def rasterise_depth(points_camera: torch.Tensor, faces: torch.Tensor, focal: torch.Tensor,
@@ -165,7 +193,7 @@ def rasterise_depth(points_camera: torch.Tensor, faces: torch.Tensor, focal: tor
 
 @dataclass
 class View:
-    """One camera seen from the head frame (SPEC §2.2 conventions), at the rendered resolution."""
+    """One camera seen from the head frame (docs/data-layout.md conventions), at the rendered resolution."""
 
     camrot: torch.Tensor  # [3,3]
     campos: torch.Tensor  # [3] mm
@@ -177,6 +205,9 @@ def render_views(primitives: Primitives, views: list[View], height: int, width: 
                  verts_mm: torch.Tensor, faces: torch.Tensor, settings: RenderSettings) -> torch.Tensor:
     """rayrgba [C,H,W,4] (premultiplied rgb 0..255, alpha) of the primitives seen by each view.
 
+    `verts_mm` [V,3] and `faces` [F,3] (wound outwards) must form a closed mesh under the
+    primitives (HeadSurface.closed_mesh): its offset surface is the envelope rays march in.
+
     Equal to raymarching every full ray against every primitive (tests check this), computed in
     two passes: first each ray marches from where it enters the primitives' envelope to
     `march_mm` past the mesh surface; rays that saturated (alpha exactly 1) are final, because
@@ -185,7 +216,7 @@ def render_views(primitives: Primitives, views: list[View], height: int, width: 
     # How far outside the mesh a primitive can hold alpha: its shell plus the lift of a flat box's
     # corners over a curved surface, which its half-diagonal bounds.
     outer_reach_mm = float(settings.shell_mm + primitives.reach.max() * VOLRADIUS)
-    inflated = verts_mm + vertex_normals(verts_mm, faces) * outer_reach_mm
+    inflated = offset_surface(verts_mm, faces, outer_reach_mm)
     count = len(views)
     campos = torch.stack([view.campos for view in views]).float()
     camrot = torch.stack([view.camrot for view in views]).float()
@@ -196,9 +227,16 @@ def render_views(primitives: Primitives, views: list[View], height: int, width: 
     # Camera depth -> distance along each unit ray, in volume units.
     per_depth = 1.0 / (torch.einsum("chwj,cij->chwi", raydir, camrot)[..., 2].clamp(min=1e-6) * VOLRADIUS)
     entry, near_exit, far_exit = (torch.empty(count, height, width) for _ in range(3))
+    # A camera within the envelope's reach of the mesh (a headset camera a few cm from the skin)
+    # may sit inside the envelope, whose near side is then behind it: its rays start at the camera.
+    corners = verts_mm[faces]
+    longest_edge = float((corners - corners.roll(1, dims=1)).norm(dim=-1).max())
+    widest_offset = float((inflated - verts_mm).norm(dim=-1).max())
     for index in range(count):
         camera_points = (inflated - campos[index]) @ camrot[index].T
         envelope_near, envelope_far = rasterise_depth(camera_points, faces, focal[index], princpt[index], height, width)
+        if float((verts_mm - campos[index]).norm(dim=-1).min()) < widest_offset + longest_edge:
+            envelope_near = torch.where(torch.isfinite(envelope_far), 0.0, float("inf"))
         surface, _ = rasterise_depth((verts_mm - campos[index]) @ camrot[index].T, faces, focal[index],
                                      princpt[index], height, width)
         entry[index] = envelope_near * per_depth[index]

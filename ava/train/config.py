@@ -1,4 +1,4 @@
-"""`ava train` configuration: the original's keys (SPEC.md §6.1) as dataclass fields, and presets.
+"""`ava train` configuration: the original's keys (docs/training.md, "Configuration") as dataclass fields, and presets.
 
 Only dataclasses live here (no torch import), so `ava --help` stays fast. Field names follow the
 original's config, so `--train.maxiter`, `--train.init-learning-rate`, `--progress.output-path`
@@ -11,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import tyro
+
+from ava.runtime.device import ThreadsFlag
 from ava.synth.config import SynthConfig
 from ava.nn.config import ModelConfig, model_preset
 
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (SPEC.md §6.3); a weight of 0 drops the term."""
+    """Weights of the loss terms (docs/training.md, "One step"); a weight of 0 drops the term."""
 
     irgbl1: float = 1.0
     """Mean absolute error of the rendered image against the photo (0..255 units)."""
@@ -36,19 +39,15 @@ class TrainSection:
     """Data, optimisation and schedule (the original's `train.*` keys, plus what it hard-coded)."""
 
     dataset_dir: Path | None = None
-    """Folder holding one folder per capture. None: the demo synthetic set, generated once into
-    the cache (~/.cache/ava or $AVA_CACHE_DIR) with the --synth.* settings."""
+    """Folder holding one folder per capture. None: the demo synthetic set, generated once into the cache (~/.cache/ava or $AVA_CACHE_DIR) with the --synth.* settings."""
     data_csv: str = "256_ids.csv"
-    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is
-    looked up in the dataset folder first, then in the working directory."""
+    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is looked up in the dataset folder first, then in the working directory. The presets' names, 256_ids.csv (the release) and ids.csv (a synthetic set), stand in for each other."""
     ids: tuple[str, ...] = ()
-    """Train on these captures (MCD--MCT--SID or subject ids, looked up in the ids CSV) instead
-    of the first --train.nids rows."""
+    """Train on these captures (MCD--MCT--SID or subject ids, looked up in the ids CSV) instead of the first --train.nids rows."""
     nids: int = 4
     """Number of captures: the first N rows of the ids CSV."""
     checkpoint: str = ""
-    """Initialise the model weights from this ava checkpoint (weights only; the step, optimiser
-    and schedule start fresh). To continue a run, use --resume instead."""
+    """Initialise the model weights from this ava checkpoint (weights only; the step, optimiser and schedule start fresh). To continue a run, use --resume instead."""
     maxiter: int = 10_000_000
     """Stop after this many optimiser steps (counted across resumes)."""
     num_epochs: int = 10
@@ -58,34 +57,29 @@ class TrainSection:
     lr_scheduler_iter: int = 10_000
     """Steps between learning-rate changes (StepLR's step size)."""
     gamma: float = 1.4
-    """Factor applied to the learning rate every lr_scheduler_iter steps. The original's 1.4 makes
-    the rate *rise* (2e-4 -> 2.8e-4), probably by accident; it is kept in the ava256 preset so runs
-    match the released models. Use a value below 1 for a decay."""
+    """Factor applied to the learning rate every lr_scheduler_iter steps. The original's 1.4 makes the rate *rise* (2e-4 -> 2.8e-4), probably by accident; it is kept in the ava256 preset so runs match the released models. Use a value below 1 for a decay."""
     lr_scheduler_changes: int = 1
-    """How many times gamma is applied. The original stops stepping its scheduler after the first
-    change (step lr_scheduler_iter), so 1 reproduces it."""
+    """How many times gamma is applied. The original stops stepping its scheduler after the first change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
     """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
-    num_workers: int = 4
-    """DataLoader worker processes per rank (0 loads in the training process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes per rank (0 loads in the training process). None: this rank's share of the usable CPU cores (divided among the processes on this node) less one, at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
     """Samples per step and per rank (the global batch is batchsize x world size)."""
+    ddp_bucket_mb: float = 25.0
+    """Gradient bucket size of DistributedDataParallel in MB (torch's default 25): each bucket's all-reduce starts once backward has filled it, overlapping the rest of backward; larger buckets mean fewer, larger all-reduces that start later."""
     clip: float = 1.0
     """Gradient norm clipping threshold (after NaN/inf gradients are zeroed)."""
     losses: LossWeights = field(default_factory=LossWeights)
     """Loss weights."""
     warmup_iters: int = 100
-    """Steps that place primitives on the ground-truth mesh, with position and rotation residuals
-    off and the primitive scale estimated from the mesh (the original hard-codes 100)."""
+    """Steps that place primitives on the ground-truth mesh, with position and rotation residuals off and the primitive scale estimated from the mesh (the original hard-codes 100)."""
     cameras: tuple[str, ...] = ()
-    """Use only these camera ids (training and held out); empty: every camera of each capture's
-    calibration. A camera whose archive is missing or unreadable is skipped with a warning, so
-    this is also how to leave such cameras out knowingly."""
+    """Use only these camera ids (training and held out); empty: every camera of each capture's calibration. A camera whose archive is missing or unreadable is skipped with a warning, so this is also how to leave such cameras out knowingly."""
     holdout_cameras: tuple[str, ...] = ()
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0
-    """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the
-    captures, keeping at least one training camera each)."""
+    """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the captures, keeping at least one training camera each)."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
 
@@ -116,6 +110,8 @@ class ProgressSection:
     """Write a checkpoint every N steps (and at the last step)."""
     keep_checkpoints: int = 5
     """Keep the newest N step checkpoints (0 keeps all)."""
+    overwrite: bool = False
+    """Train into a run folder that holds an earlier run, deleting that run's checkpoints, metrics, pictures and logs first (without it or --resume, such a folder is refused)."""
     psnr_freq: int = 1000
     """Evaluate PSNR on held-out cameras (and a few training views) every N steps and at the end."""
     psnr_samples: int = 32
@@ -139,18 +135,18 @@ class TrainConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     """The synthetic set generated when --train.dataset-dir is not given."""
     resume: str | None = None
-    """Continue a run: a checkpoint path, or `auto` for the newest checkpoint in the run folder
-    (starting fresh if there is none). Restores weights, optimiser, schedule, step and RNG state."""
+    """Continue a run: a checkpoint path, or `auto` for the newest checkpoint in the run folder (starting fresh if there is none). Restores weights, optimiser, schedule, step and RNG state."""
     seed: int = 0
     """Random seed (data order, latent noise); each rank adds its rank."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto: CUDA when available."""
     raymarch_backend: Literal["auto", "torch", "triton"] = "auto"
     """Raymarcher: Triton on CUDA, the vectorised PyTorch path on a CPU (auto), or forced."""
-    threads: int = 0
-    """CPU threads for torch (0: torch's default)."""
+    threads: ThreadsFlag = 0
+    preset: Annotated[str, tyro.conf.Suppress] = "demo"
+    """The preset these values started from (recorded in config.json; ava256 needs a dataset)."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for CUDA, off on a CPU. Costs about a minute at the start and made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md)."""
+    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for a CUDA device and a model of 1024x1024 UV maps (the ava256 size, where it was measured), off otherwise. Costs a minute or more at the start, and recompiles at the first evaluation and after the warm-up; made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md). For short runs of small models the compile time outweighs the gain."""
 
 
 def _demo() -> TrainConfig:
@@ -169,7 +165,7 @@ def _demo() -> TrainConfig:
             num_workers=1,
             batchsize=4,
             warmup_iters=100,
-            num_holdout_cameras=4,
+            num_holdout_cameras=1,  # synthetic captures share their camera ids: 1 of the 6 in every capture
         ),
         progress=ProgressSection(
             image_freq=100,
@@ -185,6 +181,7 @@ def _demo() -> TrainConfig:
 
 def _ava256() -> TrainConfig:
     return TrainConfig(
+        preset="ava256",
         train=TrainSection(),
         progress=ProgressSection(image_freq=1000, checkpoint_freq=2000, psnr_freq=2000),
         model=model_preset("ava256"),
@@ -193,12 +190,12 @@ def _ava256() -> TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {"demo": _demo(), "ava256": _ava256()}
 """demo: synthetic data generated once, a small model, minutes on a CPU. ava256: the original's
-configuration (SPEC.md §6.1) for the real dataset."""
+configuration (docs/training.md, "Configuration") for the real dataset."""
 
 PRESET_HELP = {
     "demo": "The default: a synthetic capture set generated once into the cache and a small model; "
     "finishes on a laptop CPU in minutes.",
-    "ava256": "The original configuration (SPEC.md §6.1): 1024^2 UV maps, 16384 primitives, batch 4 at "
+    "ava256": "The original configuration (docs/training.md): 1024^2 UV maps, 16384 primitives, batch 4 at "
     "downsample 8, Adam 2e-4; needs --train.dataset-dir.",
 }
 

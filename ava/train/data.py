@@ -1,6 +1,6 @@
 """Training data: which dataset and captures, held-out cameras, datasets and a resumable loader.
 
-Index conventions (DESIGN.md): `camindex` is the position of a camera in the sorted list of ALL
+Index conventions (docs/architecture.md): `camindex` is the position of a camera in the sorted list of ALL
 cameras of the selected captures, held-out ones included, so that the checkpoint's camera list
 covers every camera a render may ask for; `idindex` is the capture's position in the training list.
 """
@@ -24,16 +24,22 @@ from ava.synth.config import IDS_FILENAME
 from ava.errors import UserError
 
 
+# The presets' ids CSV names: the release's list and a synthetic set's. Either preset then reads
+# either kind of dataset; a file the user named is never swapped for another.
+DEFAULT_IDS_CSVS = ("256_ids.csv", IDS_FILENAME)
+
+
 def ids_csv_path(dataset_dir: Path, data_csv: str) -> Path:
-    """The ids CSV: absolute, else in the dataset folder, else relative to the working directory;
-    a synthetic set's own ids.csv when the named file is absent."""
+    """The ids CSV: absolute, else in the dataset folder, else relative to the working directory.
+    When `data_csv` is one of the presets' names (DEFAULT_IDS_CSVS) and absent, the dataset's file
+    of the other name; any other missing name is a UserError."""
     named = Path(data_csv).expanduser()
     candidates = [named] if named.is_absolute() else [dataset_dir / named, named]
+    if data_csv in DEFAULT_IDS_CSVS:
+        candidates += [dataset_dir / name for name in DEFAULT_IDS_CSVS]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    if (dataset_dir / IDS_FILENAME).is_file():
-        return dataset_dir / IDS_FILENAME
     raise UserError(
         f"ids CSV {data_csv} not found in {dataset_dir} or the working directory; pass --train.data-csv PATH"
     )
@@ -275,8 +281,26 @@ def nonempty_batches(loader: DataLoader) -> Iterator[dict]:
                         "lower --train.batchsize or train on fewer processes")
 
 
+MAX_AUTO_WORKERS = 8
+"""Cap of the automatic worker count: a worker delivers about 30 ava256 samples/s (BENCHMARKS.md,
+data loading), so 8 feed well over 100 samples/s per GPU; more would only cost memory."""
+
+
+def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
+    """Loader workers per process when --train.num-workers is not given: this process's share of
+    the usable cores (`cpus`, default: ava.runtime.device.usable_cores) among the `local_world_size`
+    processes of the node, less one core for the training process itself; 0..MAX_AUTO_WORKERS."""
+    if cpus is None:
+        from ava.runtime.device import usable_cores
+
+        cpus = usable_cores()  # affinity (taskset, cpusets, SLURM bindings) and cgroup quota
+    share = cpus // max(local_world_size, 1)
+    return max(0, min(MAX_AUTO_WORKERS, share - 1))
+
+
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
+    from ava.train.interrupt import ignore_stop_signals
 
     return DataLoader(
         dataset,
@@ -286,7 +310,12 @@ def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int
         collate_fn=collate_samples,
         drop_last=True,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # Workers live for the whole run: starting them again each epoch costs seconds of data
+        # wait per epoch, which dominates on small sets. The sampler is still iterated in this
+        # process, so set_epoch takes effect, and the dataset draws no random numbers, so a
+        # resumed run loads exactly what an unbroken one would.
+        persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Its own generator: a DataLoader otherwise draws worker seeds from the global RNG each
         # epoch, which would make the latent noise after a resume differ from an unbroken run.
         generator=torch.Generator().manual_seed(sampler.seed),

@@ -1,10 +1,11 @@
-"""The training loop (SPEC.md §6.3) with the original's defects fixed (SPEC.md §9 item 18):
+"""The training loop (docs/training.md) with the original's defects fixed (docs/original-quirks.md):
 the sampler changes order every epoch, maxiter ends the whole run, and a resume restores the
 weights, optimiser, schedule, step, data position and RNG state.
 
 The loop only orchestrates; each part is its own module: setup (data, model, optimiser and
-schedule, resume, run folder, loader), step (one optimiser step), periodic (pictures, evaluation,
-checkpoints), report (metrics and progress) and schedule (the learning rate, and step numbering).
+schedule, resume, loader, run folder), step (one optimiser step), periodic (pictures, evaluation,
+checkpoints), report (metrics and progress), interrupt (Ctrl-C / SIGTERM) and schedule (the
+learning rate, and step numbering).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from rich.console import Console
 
 from ava.errors import UserError
 from ava.runtime.batch import to_device
+from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
-from ava.train.periodic import after_step
+from ava.train.interrupt import INTERRUPTED, StopRequest
+from ava.train.losses import TERMS
+from ava.train.periodic import after_step, due, save
 from ava.train.report import Reporter
 from ava.train.schedule import advance
 from ava.train.setup import Trainer, check_config, setup
@@ -29,7 +33,8 @@ from ava.train.step import decoder_terms, train_step
 
 
 def train(config: TrainConfig) -> int:
-    """Runs `ava train`; returns the exit status."""
+    """Runs `ava train`; returns the exit status (0 done, 130 stopped by SIGINT/SIGTERM after
+    writing a checkpoint)."""
     check_config(config)
     ctx = setup_distributed(config.device)
     try:
@@ -46,29 +51,38 @@ def train(config: TrainConfig) -> int:
 def _train(config: TrainConfig, ctx: Distributed) -> int:
     started = time.perf_counter()
     trainer = setup(config, ctx, Console(stderr=True))
-    trainer.say(f"training {trainer.last_step - trainer.start_step} steps (to step {trainer.last_step}) on "
-                f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.enabled else "")
-                + f", batch {config.train.batchsize}" + (" per process" if ctx.enabled else ""), highlight=False)
+    where = f"{ctx.device} ({threads_note(trainer.threads)})" if ctx.device.type == "cpu" else str(ctx.device)
+    trainer.say(f"training {trainer.last_step - trainer.start_step} steps (to step {trainer.last_step}) on {where}"
+                + (f" x {ctx.world_size} processes" if ctx.enabled else "") + f", batch {config.train.batchsize}"
+                + (" per process" if ctx.enabled else ""), highlight=False)
     if trainer.start_step >= trainer.last_step:
         trainer.say(f"nothing to do: the run is already at step {trainer.start_step} of {trainer.last_step}")
         _shutdown(trainer)
         return 0
     reporter = Reporter(trainer)
     try:
-        _run_steps(trainer, reporter)
+        with StopRequest() as stop:
+            stopped = _run_steps(trainer, reporter, stop)
     finally:
         reporter.stop()
         _shutdown(trainer)
     if reporter.nonfinite:
         trainer.say(f"[yellow]warning:[/] {reporter.nonfinite} steps had a non-finite loss (their gradients "
                     "were zeroed)")
+    checkpoints = Path(config.progress.output_path) / "checkpoints"
+    if stopped:
+        trainer.say(f"stopped by {stop.name() or 'another rank'} at step {trainer.state.step} after "
+                    f"{time.perf_counter() - started:.0f} s; checkpoint in {checkpoints}; continue with the same "
+                    "command and --resume auto", highlight=False)
+        return INTERRUPTED
     trainer.say(f"done: step {trainer.state.step} in {time.perf_counter() - started:.0f} s; checkpoints in "
-                f"{Path(config.progress.output_path) / 'checkpoints'}", highlight=False)
+                f"{checkpoints}", highlight=False)
     return 0
 
 
-def _run_steps(trainer: Trainer, reporter: Reporter) -> None:
-    """Steps from the current one to the last, epoch by epoch, with the periodic actions."""
+def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
+    """Steps from the current one to the last, epoch by epoch, with the periodic actions.
+    Returns True when a stop was requested (on any rank); the checkpoint of the step is written."""
     from ava.data.bad_data import BadDataReport
 
     config, ctx, state = trainer.config, trainer.ctx, trainer.state
@@ -90,13 +104,21 @@ def _run_steps(trainer: Trainer, reporter: Reporter) -> None:
                                 config.train.clip)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
-            reporter.step(state.step, epoch, warm, result, fetch_started, step_started)
+            # One all-reduce per step carries the logged losses and whether any rank was asked to stop.
+            flag = torch.tensor(float(stop.requested), device=ctx.device)
+            values = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS] + [flag])).tolist()
+            reporter.step(state.step, epoch, warm, values[:-1], result, fetch_started, step_started)
             final = state.step >= trainer.last_step
             after_step(trainer, state.step, batch, result.output, final)
             if final:
-                break
+                break  # a stop asked for during the last step changes nothing: the run is complete
+            if values[-1] > 0:
+                if not due(state.step, config.progress.checkpoint_freq, final):
+                    save(trainer, state.step)
+                return True
             fetch_started = time.perf_counter()
         bad_data.end_epoch(epoch)
+    return False
 
 
 def _shutdown(trainer: Trainer) -> None:

@@ -51,20 +51,22 @@ def evaluate(trainer: Trainer, step: int) -> None:
 
 
 def pictures(trainer: Trainer, step: int, batch: dict, output: dict) -> None:
-    """progress/step_*.png of this batch and, with several identities, an x-id/ strip (rank 0)."""
-    from ava.runtime.images import save_png
+    """progress/step_*.png of this batch ([gt | recon | error] rows) and, with several identities, an
+    x-id/ strip, enlarged (nearest neighbour) until a panel is at least VIEW_HEIGHT pixels high (rank 0)."""
+    from ava.runtime.images import save_png, upscale_nearest, viewing_scale
     from ava.train.evaluate import progress_image
 
     run, model = trainer.run, trainer.state.model
     if run is None:
         return
-    save_png(run.image_path("progress", step), progress_image(batch["image"], output["irgbrec"]))
+    scale = viewing_scale(batch["image"].shape[-2])
+    save_png(run.image_path("progress", step), upscale_nearest(progress_image(batch["image"], output["irgbrec"]), scale))
     if trainer.cross_identity is not None:
         model.eval()
         strip = trainer.cross_identity.strip(model, step, trainer.config.seed, trainer.ctx.device)
         model.train()
         if strip is not None:
-            save_png(run.image_path("x-id", step), strip)
+            save_png(run.image_path("x-id", step), upscale_nearest(strip, scale))
 
 
 def after_step(trainer: Trainer, step: int, batch: dict, output: dict, final: bool) -> None:

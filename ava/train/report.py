@@ -1,10 +1,16 @@
 """What a run tells as it goes: one metrics record per step (metrics.jsonl, TensorBoard), the
-progress bar in a terminal, and a line every ~5% of the run otherwise."""
+progress bar in a terminal, and a line every ~5% of the run otherwise.
+
+The bar and the lines show the same numbers: the mean loss and the mean wall-clock time per step
+(data loading, pictures and evaluations included) over the last `window` steps, and the ETA
+those steps predict for the rest of the run.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections import deque
 
 import torch
 from rich.console import Console
@@ -12,21 +18,6 @@ from rich.console import Console
 from ava.train.losses import TERMS
 from ava.train.setup import Trainer
 from ava.train.step import StepResult
-
-
-@dataclass
-class _Meters:
-    """Running sums for the console line between two log points."""
-
-    loss: float = 0.0
-    count: int = 0
-
-    def add(self, value: float) -> None:
-        self.loss += value
-        self.count += 1
-
-    def mean(self) -> float:
-        return self.loss / max(self.count, 1)
 
 
 def gpu_utilisation(device: torch.device) -> float | None:
@@ -39,29 +30,66 @@ def gpu_utilisation(device: torch.device) -> float | None:
         return None
 
 
+def format_duration(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m' ('-' when unknown)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Window:
+    """Loss and wall-clock seconds of the last `size` steps, and what they predict."""
+
+    def __init__(self, size: int) -> None:
+        self.losses: deque[float] = deque(maxlen=size)
+        self.seconds: deque[float] = deque(maxlen=size)
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.losses.append(loss)
+        self.seconds.append(seconds)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses) if self.losses else math.nan
+
+    def seconds_per_step(self) -> float:
+        return sum(self.seconds) / len(self.seconds) if self.seconds else math.nan
+
+    def eta(self, steps_left: int) -> float:
+        return self.seconds_per_step() * steps_left
+
+
 def _progress_bar(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=False)
+                    TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), console=console, transient=False)
 
 
 class Reporter:
-    """Logs each step and shows progress (rank 0 shows; every rank joins the loss all-reduce)."""
+    """Logs each step and shows progress (rank 0 shows; the loss is already averaged over ranks)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.nonfinite = 0
-        self._meters = _Meters()
-        self._line_every = max(1, (trainer.last_step - trainer.start_step) // 20)
-        self._progress = _progress_bar(trainer.console) if trainer.ctx.is_main else None
+        steps = trainer.last_step - trainer.start_step
+        self._line_every = max(1, steps // 20)
+        self._window = Window(self._line_every)
+        # A bar in a terminal; elsewhere (a log file, a pipe) a line every ~5% instead.
+        self._progress = _progress_bar(trainer.console) if trainer.ctx.is_main and trainer.console.is_terminal else None
+        self._lines = trainer.ctx.is_main and not trainer.console.is_terminal
         self._task = None
+        self._last = time.perf_counter()
         if self._progress:
             self._task = self._progress.add_task("training", total=trainer.last_step, completed=trainer.start_step,
-                                                 loss=float("nan"))
+                                                 summary="first step ...")
 
     def start(self) -> None:
+        self._last = time.perf_counter()
         if self._progress:
             self._progress.start()
 
@@ -69,14 +97,23 @@ class Reporter:
         if self._progress:
             self._progress.stop()
 
-    def step(self, step: int, epoch: int, warm: bool, result: StepResult, fetch_started: float,
-             step_started: float) -> None:
-        """Records step `step` (1-based): averages the loss over ranks (collective), then logs it."""
-        import time
+    def summary(self, step: int, short: bool = False) -> str:
+        """'loss 7.148, 0.71 s/step, 5.6 samples/s, ETA 4m30s (means over the last 20 steps)';
+        `short` (for the bar): 'loss 7.148, 0.71 s/step, ETA 4m30s'."""
+        window, trainer = self._window, self.trainer
+        per_step = window.seconds_per_step()
+        eta = format_duration(window.eta(trainer.last_step - step))
+        if short:
+            return f"loss {window.mean_loss():.3f}, {per_step:.2f} s/step, ETA {eta}"
+        samples = trainer.config.train.batchsize * trainer.ctx.world_size / per_step
+        count = len(window.losses)
+        return (f"loss {window.mean_loss():.3f}, {per_step:.2f} s/step, {samples:.1f} samples/s, ETA {eta} "
+                f"(means over the last {count} step" + ("s)" if count > 1 else ")"))
 
+    def step(self, step: int, epoch: int, warm: bool, values: list[float], result: StepResult, fetch_started: float,
+             step_started: float) -> None:
+        """Records step `step` (1-based). values: [loss, *TERMS] averaged over ranks."""
         trainer, ctx, config = self.trainer, self.trainer.ctx, self.trainer.config
-        logged = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS]))
-        values = logged.tolist()
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
         now = time.perf_counter()
@@ -98,11 +135,12 @@ class Reporter:
             if step % config.progress.tensorboard.log_freq == 0:
                 run.scalars(step, {"Total Loss": values[0], "lr": record["lr"], "step_time": step_time,
                                    **{f"loss/{name}": value for name, value in zip(TERMS, values[1:])}})
-        self._meters.add(values[0])
+        # Wall-clock time since the previous step ended: the step, its data, and the pictures,
+        # evaluations and checkpoints of the step before.
+        self._window.add(values[0], now - self._last)
+        self._last = now
         if self._progress:
-            self._progress.update(self._task, completed=step, loss=values[0])
-            if not trainer.console.is_terminal and (step % self._line_every == 0 or step == trainer.last_step):
-                trainer.console.print(f"step {step}/{trainer.last_step} loss {self._meters.mean():.3f} "
-                                      f"({step_time:.2f} s/step, {record['samples_per_s']:.1f} samples/s)",
-                                      highlight=False)
-                self._meters = _Meters()
+            self._progress.update(self._task, completed=step, summary=self.summary(step, short=True))
+        if self._lines and (step % self._line_every == 0 or step == trainer.last_step):
+            trainer.console.print(f"step {step}/{trainer.last_step} {self.summary(step)}", highlight=False,
+                                  soft_wrap=True)

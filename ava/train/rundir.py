@@ -50,6 +50,18 @@ def find_latest_checkpoint(root: Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def earlier_run(root: Path) -> str | None:
+    """What in `root` shows an earlier run ("3 checkpoints, metrics.jsonl, config.json"), or None."""
+    root = Path(root)
+    found = []
+    checkpoints = [path for path in (root / "checkpoints").glob("step_*.safetensors")
+                   if CHECKPOINT_PATTERN.match(path.name)]
+    if checkpoints:
+        found.append(f"{len(checkpoints)} checkpoint" + ("s" if len(checkpoints) > 1 else ""))
+    found += [name for name in ("metrics.jsonl", "config.json") if (root / name).is_file()]
+    return ", ".join(found) or None
+
+
 class RunDir:
     """Rank 0's writer for one run folder."""
 
@@ -65,6 +77,18 @@ class RunDir:
         self.metrics_path = self.root / "metrics.jsonl"
         self._metrics = None
         self._tensorboard = None
+
+    def clear(self, logdir: str) -> None:
+        """Deletes what an earlier run wrote here: checkpoints and `latest`, metrics.jsonl,
+        config.json, progress/ and x-id/ pictures, and TensorBoard event files under `logdir`."""
+        doomed = [self.root / "metrics.jsonl", self.root / "config.json", self.root / "checkpoints" / LATEST]
+        doomed += [path for path in (self.root / "checkpoints").glob("step_*.safetensors")
+                   if CHECKPOINT_PATTERN.match(path.name)]
+        for kind in ("progress", "x-id"):
+            doomed += list((self.root / kind).glob("step_*.png"))
+        doomed += list((self.root / logdir).rglob("events.out.tfevents.*"))
+        for path in doomed:
+            path.unlink(missing_ok=True)
 
     # --- config and metrics --------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Setting up a run, in the order `setup` does it: data, model with optimiser and schedule,
-resume, run folder, loader. The result is a `Trainer`, everything the loop and the periodic
+resume, loader, run folder. The result is a `Trainer`, everything the loop and the periodic
 actions need."""
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -13,11 +15,14 @@ from rich.console import Console
 
 from ava.errors import UserError
 from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
+from ava.runtime.device import use_threads
 from ava.train.config import TrainConfig, config_to_dict
-from ava.train.data import EpochSampler, TrainingData, build_training_data, ids_csv_path, make_loader, select_captures
+from ava.train.data import (EpochSampler, TrainingData, build_training_data, default_num_workers, ids_csv_path,
+                            make_loader, select_captures)
+from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
 from ava.train.resume import check_compatible, restore_rng, resume_path
-from ava.train.rundir import RunDir
+from ava.train.rundir import RunDir, earlier_run
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -61,10 +66,14 @@ class Trainer:
     last_step: int
     vertmean: torch.Tensor
     """The dataset's mean mesh [V,3] (mm) on the training device."""
+    threads: int
+    """torch's CPU threads in this process."""
 
     def say(self, *args, **kwargs) -> None:
-        """Prints on rank 0 only."""
+        """Prints on rank 0 only; a long line stays one line (rich would otherwise break it at 80
+        columns when stderr is a log file, as under a cluster scheduler)."""
         if self.ctx.is_main:
+            kwargs.setdefault("soft_wrap", True)
             self.console.print(*args, **kwargs)
 
 
@@ -75,8 +84,10 @@ def check_config(config: TrainConfig) -> None:
     for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter"):
         if getattr(train, name) < 1:
             problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
-    if train.num_workers < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
+    if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
+    if not train.ddp_bucket_mb > 0:
+        problems.append("--train.ddp-bucket-mb must be positive")
     if not train.init_learning_rate > 0 or not train.gamma > 0 or not train.clip > 0:
         problems.append("--train.init-learning-rate, --train.gamma and --train.clip must be positive")
     for name in ("image_freq", "checkpoint_freq", "psnr_freq"):
@@ -86,6 +97,29 @@ def check_config(config: TrainConfig) -> None:
         problems.append("--progress.tensorboard.log-freq must be at least 1")
     if problems:
         raise UserError("; ".join(problems))
+    if config.train.dataset_dir is None and config.preset != "demo":
+        raise UserError(f"the {config.preset} preset trains on the Ava-256 captures: pass --train.dataset-dir DIR "
+                        "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
+
+
+def check_run_folder(config: TrainConfig) -> None:
+    """Refuses to train into a folder holding an earlier run, unless --resume continues it or
+    --progress.overwrite replaces it."""
+    root = Path(config.progress.output_path)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
+    found = earlier_run(root)
+    if found and not config.resume and not config.progress.overwrite:
+        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
+                        "--progress.overwrite to replace it, or another --progress.output-path")
+
+
+def local_processes(ctx: Distributed) -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or ctx.world_size))
+    except ValueError:
+        return ctx.world_size
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -101,7 +135,7 @@ def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> 
     path = None
     if ctx.is_main:
         target = demo_dataset_dir(config.synth)
-        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False)
+        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False, soft_wrap=True)
         path = ensure_demo_dataset(config.synth, progress=True)
     ctx.barrier()  # the other ranks wait until rank 0 has generated the set
     return Path(ctx.broadcast_object(str(path) if path else None))
@@ -181,14 +215,37 @@ def restore(config: TrainConfig, ctx: Distributed, state: TrainingState, data: T
     return path
 
 
-def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, say: Callable) -> None:
-    """Sets the precision, compiles what --compile asks for and wraps the model for DDP when there
-    are several ranks."""
+def plan_distributed(config: TrainConfig, ctx: Distributed, state: TrainingState, data: TrainingData,
+                     vertmean: torch.Tensor) -> DdpPlan:
+    """Which parameters and buffers DDP must handle (ava.train.ddp), from one training forward per
+    phase this run will go through, on its first training sample."""
+    from ava.runtime.batch import collate, to_device
+    from ava.train.losses import total_loss
+    from ava.train.step import decoder_terms
+
+    batch = to_device(collate([data.train[0]]), ctx.device)
+
+    def loss_of(warm: bool) -> torch.Tensor:
+        _, terms = decoder_terms(state.model, batch, warm=warm, vertmean=vertmean, vertstd=data.stats.vertstd)
+        return total_loss(terms, config.train.losses)
+
+    warmup = config.train.warmup_iters
+    phases = [phase for phase, happens in ((True, state.step < warmup), (False, config.train.maxiter > warmup))
+              if happens] or [False]  # none: the run has no step left, the plan is never used
+    return plan_ddp(probe_graph(state.model, loss_of, phases, ctx.device), config.train.ddp_bucket_mb)
+
+
+def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState, data: TrainingData,
+                    vertmean: torch.Tensor, say: Callable) -> DdpPlan | None:
+    """Sets the precision, plans DDP when there are several ranks (before compiling: the probe's
+    batch of one would otherwise be compiled for), compiles what --compile asks for and wraps
+    the model for DDP. Returns the DDP plan (None for one process)."""
     from ava.nn.precision import configure_tensor_cores
 
     configure_tensor_cores(config.train.precision)
     state.model.set_precision(config.train.precision)
-    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+    plan = plan_distributed(config, ctx, state, data, vertmean) if ctx.enabled else None
+    if should_compile(config, ctx.device):
         # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
         # decoder assembler and the background model separately fuses the weight-norm, activation
         # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
@@ -198,27 +255,39 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
             getattr(state.model, name).compile()
         say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
     state.network = state.model
-    if ctx.enabled:
-        # Some parameters get no gradient in some steps (as in the original, which passes the same
-        # flag), so DDP must look for them.
-        state.network = torch.nn.parallel.DistributedDataParallel(
-            state.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=True)
+    if plan is not None:
+        state.network = wrap_ddp(state.model, ctx, plan)
+        say(plan.describe(state.model), highlight=False)
+    return plan
 
 
 COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
+# --compile auto compiles from this UV size up: measured at 1024 (ava256), where it gains 1.4x; a
+# 1000-step demo-size run on an H200 spent more time compiling (about 4 minutes over its
+# warm-up, evaluation and training graphs) than the whole run otherwise takes.
+COMPILE_MIN_UV_SIZE = 1024
+
+
+def should_compile(config: TrainConfig, device: torch.device) -> bool:
+    """Whether prepare_network compiles the model's parts (see TrainConfig.compile)."""
+    if config.compile != "auto":
+        return config.compile == "on"
+    return device.type == "cuda" and config.model.uv_size >= COMPILE_MIN_UV_SIZE
 
 
 # --- run folder ---------------------------------------------------------------------------------
 
 def resolved_config(config: TrainConfig, ctx: Distributed, data: TrainingData, csv: Path,
-                    backend: str | None) -> dict:
-    """The config plus what was resolved at start: dataset, captures, cameras, device, backend."""
+                    backend: str | None, num_workers: int, plan: DdpPlan | None) -> dict:
+    """The config plus what was resolved at start: dataset, captures, cameras, device, backend,
+    loader workers and the DDP plan."""
     resolved = config_to_dict(config)
     resolved["resolved"] = {"dataset_dir": str(data.dataset_dir), "ids_csv": str(csv),
                             "captures": [capture.folder for capture in data.captures], "cameras": data.cameras,
                             "holdout_cameras": data.holdout_cameras, "world_size": ctx.world_size,
-                            "device": str(ctx.device), "raymarch_backend": backend or "auto"}
+                            "global_batch": config.train.batchsize * ctx.world_size,
+                            "device": str(ctx.device), "raymarch_backend": backend or "auto",
+                            "num_workers": num_workers, "ddp": plan.to_dict() if plan is not None else None}
     return resolved
 
 
@@ -228,6 +297,8 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
     if not ctx.is_main:
         return None
     run = RunDir(config.progress.output_path)
+    if config.progress.overwrite and resume_step is None:
+        run.clear(config.progress.tensorboard.logdir)
     run.write_config(resolved)
     run.open_metrics(resume_step)
     if run.open_tensorboard(config.progress.tensorboard.logdir, {
@@ -239,15 +310,23 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
 
 # --- loader -------------------------------------------------------------------------------------
 
-def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData):
+def loader_workers(config: TrainConfig, ctx: Distributed) -> int:
+    """--train.num-workers, or the automatic count for this rank's share of the node's cores."""
+    if config.train.num_workers is not None:
+        return config.train.num_workers
+    return default_num_workers(local_processes(ctx))
+
+
+def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int):
     """(sampler, loader, steps per epoch, last step): the resumable order over the training set."""
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
     if steps_per_epoch < 1:
-        raise UserError(f"{len(data.train)} training samples over {ctx.world_size} processes do not fill one batch "
-                        f"of {config.train.batchsize}; lower --train.batchsize")
+        spread = f" over {ctx.world_size} processes" if ctx.world_size > 1 else ""
+        raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
+                        f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
-    loader = make_loader(data.train, sampler, config.train.batchsize, config.train.num_workers,
+    loader = make_loader(data.train, sampler, config.train.batchsize, num_workers,
                          pin_memory=ctx.device.type == "cuda")
     return sampler, loader, steps_per_epoch, last_step
 
@@ -256,26 +335,31 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
     from ava.train.evaluate import CrossIdentity
 
-    say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    # One line per message even in a log file (see Trainer.say).
+    say = functools.partial(console.print, soft_wrap=True) if ctx.is_main else (lambda *args, **kwargs: None)
+    threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
+    check_run_folder(config)
     data, csv, topology = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
     resumed_from = restore(config, ctx, state, data, topology, say)
-    prepare_network(config, ctx, state, say)
+    vertmean = torch.from_numpy(data.stats.vertmean).to(ctx.device)
+    plan = prepare_network(config, ctx, state, data, vertmean, say)
+    num_workers = loader_workers(config, ctx)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
+    if config.train.num_workers is None:
+        say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
 
-    resolved = resolved_config(config, ctx, data, csv, backend)
+    # The run folder is touched only once everything above has been checked.
+    resolved = resolved_config(config, ctx, data, csv, backend, num_workers, plan)
     run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
     cross_identity = None
     if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
         cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))
-
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data)
     return Trainer(config=config, ctx=ctx, console=console, data=data, ids_csv=csv, topology=topology,
                    backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
                    resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
                    steps_per_epoch=steps_per_epoch, last_step=last_step,
-                   vertmean=torch.from_numpy(data.stats.vertmean).to(ctx.device))
+                   vertmean=vertmean, threads=threads)

@@ -1,0 +1,144 @@
+"""The driver's data: subjects, their dome frames' expression codes, their headset frames, and the
+frame-to-frame targets that alignment keeps changing.
+
+Nothing here reads the synthetic ground truth (`encoder_truth.json`): the supervision uses only
+what the real release has, the subject and segment names of the two sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ava.data.encoder import HeadsetDataset
+from ava.errors import UserError
+from ava.runtime.headset import dome_view, headset_subjects, resolve_subjects
+
+
+def split_subjects(dataset_dir: Path, ids: Sequence[str], holdout: Sequence[str], count: int) -> tuple[list[str], list[str]]:
+    """(training subjects, held-out subjects), both capture folders in folder order."""
+    available = headset_subjects(dataset_dir)
+    if not available:
+        raise UserError(f"no capture in {dataset_dir} has both a dome (decoder/) and a headset (encoder/) session; "
+                        "generate one with `ava synth` or download the encoder asset group")
+    pool = resolve_subjects(ids, available, dataset_dir) if ids else available
+    if holdout:
+        held = resolve_subjects(holdout, available, dataset_dir)
+    else:
+        if count < 0:
+            raise UserError("--train.num-holdout-subjects cannot be negative")
+        held = pool[len(pool) - count :] if count else []
+    training = [folder for folder in pool if folder not in held]
+    if not training:
+        raise UserError(f"holding out {len(held)} of {len(pool)} subjects leaves none to train on; hold out fewer")
+    return training, held
+
+
+@dataclass
+class Subject:
+    """One subject's two sessions, as the driver sees them."""
+
+    folder: str
+    headset: HeadsetDataset
+    dome: object  # one-camera CaptureDataset read as the decoder expects (runtime.headset.dome_view)
+    camera: str
+    codes: torch.Tensor  # [F,16,4,4]: the decoder's expression code of every dome sample
+    dome_segments: dict[str, list[int]]  # segment -> dome sample indices in recording order
+    headset_segments: dict[str, list[int]]  # segment -> headset frame indices in recording order
+    identity: int | None  # the decoder's idindex, None for a capture it was not trained on
+    shared: list[str] = field(default_factory=list)  # segments in both sessions, in headset order
+
+
+@torch.no_grad()
+def dome_codes(model, part, device: torch.device, batch: int = 16) -> torch.Tensor:
+    """[F,16,4,4] expression codes (expr_mu) of every sample of a one-camera dome part."""
+    from ava.runtime.batch import collate, to_device
+    from ava.runtime.model import encode_expression
+
+    codes = []
+    for start in range(0, len(part), batch):
+        samples = [part[index] for index in range(start, min(start + batch, len(part)))]
+        codes.append(encode_expression(model, to_device(collate(samples), device)).cpu())
+    return torch.cat(codes)
+
+
+def load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int, image_size: int,
+                 device: torch.device, camera: str | None = None) -> Subject:
+    """A subject's headset frames (at image_size^2) and dome frames (one camera: `camera`, else the
+    most frontal one) with the decoder's expression code of every dome frame."""
+    identities = list(decoder.identities)
+    identity = identities.index(folder) if folder in identities else None
+    headset = HeadsetDataset(Path(dataset_dir) / folder, size=image_size)
+    dome, camera = dome_view(dataset_dir, folder, downsample, decoder, camera=camera, identity=identity)
+    codes = dome_codes(model, dome, device)
+    segment_of = {frame.frame_id: frame.segment for frame in dome.reader.frames}
+    dome_segments: dict[str, list[int]] = {}
+    for index in range(len(dome)):
+        dome_segments.setdefault(segment_of[dome.sample_ids(index)[0]], []).append(index)
+    headset_segments = headset.segments()
+    shared = [segment for segment in headset_segments if segment in dome_segments]
+    if not shared:
+        raise UserError(f"{folder}: its headset and dome sessions share no segment name "
+                        f"(headset: {', '.join(list(headset_segments)[:3])}; dome: {', '.join(list(dome_segments)[:3])})")
+    return Subject(folder, headset, dome, camera, codes, dome_segments, headset_segments, identity, shared)
+
+
+class FramePool(Dataset):
+    """Every headset frame of some subjects that lies in a shared segment, as one indexable pool.
+
+    Item: (views uint8 [5,S,S], pool index). `targets` [N] holds each frame's current dome target
+    as an index into `codes` (all subjects' dome codes, concatenated).
+    """
+
+    def __init__(self, subjects: list[Subject]) -> None:
+        self.subjects = subjects
+        self.entries: list[tuple[int, int]] = []  # (subject, headset frame index)
+        self.segments: list[tuple[int, str, np.ndarray, np.ndarray]] = []  # (subject, segment, pool ids, code ids)
+        offsets = np.cumsum([0] + [len(subject.codes) for subject in subjects])
+        for number, subject in enumerate(subjects):
+            for segment in subject.shared:
+                frames = subject.headset_segments[segment]
+                pool_ids = np.arange(len(self.entries), len(self.entries) + len(frames))
+                self.entries += [(number, frame) for frame in frames]
+                code_ids = offsets[number] + np.array(subject.dome_segments[segment])
+                self.segments.append((number, segment, pool_ids, code_ids))
+        self.codes = torch.cat([subject.codes for subject in subjects]) if subjects else torch.zeros(0, 16, 4, 4)
+        self.targets = torch.full((len(self.entries),), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        number, frame = self.entries[index]
+        return self.subjects[number].headset.views(frame), index
+
+    def views(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 [n,5,S,S] of pool frames `indices`."""
+        return torch.stack([self[index][0] for index in indices])
+
+    def code_location(self, code_id: int) -> tuple[int, int]:
+        """(subject number, dome sample index) of a row of `codes`."""
+        offsets = np.cumsum([0] + [len(subject.codes) for subject in self.subjects])
+        number = int(np.searchsorted(offsets, code_id, side="right") - 1)
+        return number, int(code_id - offsets[number])
+
+
+class StepBatches:
+    """Batches of pool indices, one per step from `start` to `stop`, each drawn from a generator
+    seeded with (seed, step), so a resumed run draws exactly the batches of an unbroken one."""
+
+    def __init__(self, size: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.size, self.batch, self.seed, self.start, self.stop = size, batch, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randint(self.size, (self.batch,), generator=generator).tolist()

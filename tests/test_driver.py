@@ -1,0 +1,325 @@
+"""The headset driver end to end on a tiny synthetic set (CPU): `ava train-driver` (run folder,
+exact resume, no use of the ground truth), `ava eval-driver` (its metrics checked with a perfect
+driver), `ava render --driver-checkpoint`, the headset encoder, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train import TINY_MODEL, read_metrics, run_cli
+
+SUBJECTS = 3
+DRIVER = ["--encoder.image-size", "16", "--encoder.channels", "8", "16", "--encoder.hidden", "32",
+          "--train.batchsize", "8", "--train.num-holdout-subjects", "1", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from ava.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth-driver")
+    generate(root, SynthConfig(n_ids=SUBJECTS, n_frames=8, n_cams=2, texture_size=64, downsample=128, prims_per_side=8,
+                               voxels=4, mesh_columns=16, mesh_rows=12, keypoints=False, workers=1, headset_size=16),
+             progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def without_truth(dataset, tmp_path_factory) -> Path:
+    """The same captures with the ground truth files removed: what a real release looks like."""
+    root = tmp_path_factory.mktemp("no-truth") / "data"
+    shutil.copytree(dataset, root)
+    removed = list(root.glob("*/encoder_truth.json"))
+    assert len(removed) == SUBJECTS
+    for path in removed:
+        path.unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def decoder(dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("decoder") / "run"
+    assert run_cli(["train", "--train.dataset-dir", str(dataset), "--train.maxiter", "2", "--train.nids", str(SUBJECTS),
+                    "--progress.output-path", str(run), "--train.batchsize", "2", "--train.downsample", "128",
+                    "--train.num-workers", "0", "--train.warmup-iters", "1", "--progress.checkpoint-freq", "1",
+                    "--progress.psnr-freq", "100", "--progress.image-freq", "100", "--device", "cpu",
+                    "--progress.keep-checkpoints", "0", *TINY_MODEL]) == 0
+    return run / "checkpoints" / "step_00000002.safetensors"
+
+
+def driver_argv(decoder: Path, data: Path, run: Path, maxiter: int, *extra: str) -> list[str]:
+    return ["train-driver", "--checkpoint", str(decoder), "--train.dataset-dir", str(data), "--train.maxiter",
+            str(maxiter), "--train.decay-steps", "4", "--train.align-every", "2", "--progress.output-path", str(run), "--progress.eval-freq", "2",
+            "--progress.image-freq", "4", "--progress.checkpoint-freq", "2", "--progress.picture-rows", "2",
+            *DRIVER, *extra]
+
+
+@pytest.fixture(scope="module")
+def driver_run(decoder, without_truth, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("driver") / "run"
+    assert run_cli(driver_argv(decoder, without_truth, run, 4)) == 0
+    return run
+
+
+def test_train_driver_writes_checkpoints_metrics_and_pictures(driver_run, decoder):
+    from PIL import Image
+
+    from ava.checkpoint import decoder_fingerprint, load_checkpoint, load_driver_checkpoint
+
+    names = sorted(path.name for path in (driver_run / "checkpoints").glob("step_*.safetensors"))
+    assert names == ["step_00000002.safetensors", "step_00000004.safetensors"]
+    assert (driver_run / "checkpoints" / "latest").read_text().strip() == names[-1]
+    driver = load_driver_checkpoint(driver_run / "checkpoints" / names[-1])
+    assert driver.step == 4 and driver.optimizer_state is not None
+    assert driver.decoder["fingerprint"] == decoder_fingerprint(load_checkpoint(decoder))
+    assert Path(driver.decoder["path"]) == decoder.resolve()
+    resolved = driver.config["resolved"]
+    assert len(resolved["train_subjects"]) == SUBJECTS - 1 and len(resolved["holdout_subjects"]) == 1
+    assert not set(resolved["train_subjects"]) & set(resolved["holdout_subjects"])
+    assert len(driver.extra_state["alignment"]) == resolved["train_frames"] > 0
+    encoder = driver.build_encoder()
+    assert encoder(torch.rand(2, 5, 16, 16) * 255).shape == (2, 16, 4, 4)
+    records = read_metrics(driver_run)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert [r["step"] for r in records if r.get("kind") == "align"] == [2, 4]
+    evaluations = [r for r in records if r.get("kind") == "eval"]
+    assert [r["step"] for r in evaluations] == [2, 4]
+    for key in ("train_aligned_error", "train_stretch_error", "holdout_aligned_error", "holdout_code_variance"):
+        assert all(r[key] >= 0 for r in evaluations), key
+    # DTW minimises the very error it is compared with, so it can only do as well or better.
+    assert all(r["train_aligned_error"] <= r["train_stretch_error"] + 1e-9 for r in evaluations)
+    from ava.runtime.images import viewing_scale
+
+    picture = np.asarray(Image.open(driver_run / "driven" / "step_00000004.png"))
+    height, width = 32, 20  # the decoder's images: sensor / 128
+    scale = viewing_scale(height)  # enlarged, as ava train's pictures
+    assert picture.shape == (scale * (2 * height + 4), scale * (5 * height + 4 * 2 + 4 + width + 4 + width), 3)
+
+
+def test_resume_continues_where_it_stopped(decoder, without_truth, driver_run, tmp_path):
+    from ava.checkpoint import load_driver_checkpoint
+
+    run = tmp_path / "resumed"
+    assert run_cli(driver_argv(decoder, without_truth, run, 2)) == 0
+    assert run_cli(driver_argv(decoder, without_truth, run, 4, "--resume", "auto")) == 0
+    straight = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
+    resumed = load_driver_checkpoint(run / "checkpoints" / "step_00000004.safetensors")
+    for key, value in straight.encoder_state.items():
+        torch.testing.assert_close(resumed.encoder_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert torch.equal(resumed.extra_state["alignment"], straight.extra_state["alignment"])
+    losses = [[r["loss"] for r in read_metrics(folder) if "loss" in r] for folder in (driver_run, run)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    other = driver_argv(decoder, without_truth, run, 6, "--resume", "auto")
+    other[other.index("--encoder.hidden") + 1] = "64"
+    assert run_cli(other) == 2
+
+
+def test_eval_driver_reports_every_segment_and_writes_strips(driver_run, decoder, dataset, tmp_path):
+    out = tmp_path / "eval"
+    checkpoint = driver_run / "checkpoints" / "step_00000004.safetensors"
+    assert run_cli(["eval-driver", "--driver-checkpoint", str(checkpoint), "--dataset-dir", str(dataset), "-o", str(out),
+                    "--device", "cpu", "--strip-frames", "3"]) == 0
+    document = json.loads((out / "eval.json").read_text())
+    held_out = json.loads((driver_run / "config.json").read_text())["resolved"]["holdout_subjects"]
+    assert document["subjects"] == held_out and document["held_out"] is True
+    rows = document["rows"]
+    segments = [row["segment"] for row in rows if row["subject"] == held_out[0]]
+    assert segments[0] == "EXP_neutral_peak" and segments[-1] == "all segments" and len(segments) >= 4
+    headset_frames = len((dataset / held_out[0] / "encoder" / "frame_list.csv").read_text().splitlines()) - 1
+    assert rows[-1]["frames"] == headset_frames
+    for row in rows:
+        assert row["psnr_gain"] == pytest.approx(row["psnr_driver"] - row["psnr_mean"])
+        assert 0 <= row["aligned_exact"] <= row["aligned_within_1"] <= 1 and row["code_mse_mean"] >= 0
+    assert (out / f"{held_out[0]}.png").is_file() and "| gain (dB) |" in (out / "eval.md").read_text()
+
+
+def test_a_perfect_driver_scores_perfectly(driver_run, decoder, dataset):
+    """The evaluation's plumbing (truth lookup, codes, renders, alignment) checked with an oracle
+    that outputs each headset frame's true code: zero code and image error, exact alignment."""
+    from ava.checkpoint import load_driver_checkpoint
+    from ava.data.encoder import read_encoder_truth
+    from ava.driver.data import load_subject
+    from ava.driver.evaluate import _evaluate_subject
+    from ava.driver.setup import load_decoder
+    from ava.runtime.headset import frame_index
+
+    driver = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
+    encoder = driver.build_encoder().eval()
+    folder = driver.config["resolved"]["holdout_subjects"][0]
+    checkpoint, model = load_decoder(decoder, torch.device("cpu"))
+    subject = load_subject(dataset, folder, checkpoint, model, 128, 16, torch.device("cpu"))
+    truth = read_encoder_truth(dataset / folder)
+    dome_of = frame_index(subject.dome)
+    table = {subject.headset.views(i).numpy().tobytes(): subject.codes[dome_of[truth.dome_frame[frame]]]
+             for i, (_, frame) in enumerate(subject.headset.frames)}
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = encoder.config
+            self.register_buffer("code_mean", encoder.code_mean.clone())
+            self.register_buffer("code_scale", encoder.code_scale.clone())
+
+        def forward(self, views):
+            return torch.stack([table[view.to(torch.uint8).numpy().tobytes()] for view in views])
+
+    result = _evaluate_subject(subject, truth, Oracle(), model, torch.device("cpu"), 0)
+    assert result.segments
+    for segment, tally in result.segments.items():
+        assert tally.code_driver == 0 and tally.image_driver == 0, segment
+        assert tally.aligned_exact == tally.frames, segment
+        assert tally.pixels > 0 and tally.code_mean >= 0
+
+
+def test_render_driven_by_headset_frames(driver_run, decoder, dataset, tmp_path):
+    from PIL import Image
+
+    from ava.runtime.video import read_video_frames
+
+    checkpoint = driver_run / "checkpoints" / "step_00000004.safetensors"
+    resolved = json.loads((driver_run / "config.json").read_text())["resolved"]
+    headset, other = resolved["holdout_subjects"][0], resolved["train_subjects"][0]
+    out = tmp_path / "viz"
+    assert run_cli(["render", "--checkpoint", str(decoder), "--driver-checkpoint", str(checkpoint), "--headset",
+                    headset.split("--")[-1], "--driven", other, "--segment", "EXP_jaw_open", "-o", str(out),
+                    "--dataset-dir", str(dataset), "--device", "cpu", "--fps", "5"]) == 0
+    name = f"{headset}_headset_{other}+EXP_jaw_open"
+    rows = (dataset / headset / "encoder" / "frame_list.csv").read_text().splitlines()
+    jaw_frames = sum(row.startswith("EXP_jaw_open,") for row in rows)
+    strips = sorted((out / name).glob("img_*.png"))
+    assert len(strips) == jaw_frames > 0
+    strip = np.asarray(Image.open(strips[0]))
+    assert strip.shape == (32, 5 * 32 + 4 * 2 + 4 + 20, 3)  # [5 headset views | driven render]
+    assert len(read_video_frames(out / f"{name}.mp4")) == jaw_frames
+
+
+def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, without_truth, tmp_path, capsys):
+    checkpoint = driver_run / "checkpoints" / "step_00000004.safetensors"
+    argv = driver_argv(decoder, without_truth, tmp_path / "run", 1)
+    assert run_cli(argv[:1] + argv[3:]) == 2  # no --checkpoint
+    assert "pass the trained decoder" in capsys.readouterr().err
+    no_headset = tmp_path / "no-headset"
+    shutil.copytree(without_truth, no_headset)
+    for folder in no_headset.glob("*/encoder"):
+        shutil.rmtree(folder)
+    assert run_cli(driver_argv(decoder, no_headset, tmp_path / "run", 1)) == 2
+    assert "has both a dome (decoder/) and a headset (encoder/) session" in capsys.readouterr().err
+    # A driver only drives the decoder it was trained against.
+    older = decoder.with_name("step_00000001.safetensors")
+    render = ["render", "--checkpoint", str(older), "--driver-checkpoint", str(checkpoint), "-o", str(tmp_path / "viz"),
+              "--device", "cpu"]
+    assert run_cli(render + ["--dataset-dir", str(dataset)]) == 2
+    assert "whose weights differ" in capsys.readouterr().err
+    render[2] = str(decoder)
+    assert run_cli(render + ["--dataset-dir", str(dataset), "--headset", "XYZ999"]) == 2
+    assert "no subject XYZ999 with headset data" in capsys.readouterr().err
+    assert run_cli(render[:3] + ["--headset", "XYZ999", "-o", str(tmp_path / "viz")]) == 2
+    assert "--headset needs --driver-checkpoint" in capsys.readouterr().err
+    assert run_cli(["render", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "viz")]) == 2
+    assert "is a headset driver checkpoint" in capsys.readouterr().err
+    # The headset subject's encoder group is incomplete.
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    holdout = json.loads((driver_run / "config.json").read_text())["resolved"]["holdout_subjects"][0]
+    (broken / holdout / "encoder" / "image" / "cam-cyclop.zip").unlink()
+    assert run_cli(render + ["--dataset-dir", str(broken)]) == 2
+    assert "ava download --assets encoder" in capsys.readouterr().err
+    # Evaluation needs the synthetic ground truth.
+    assert run_cli(["eval-driver", "--driver-checkpoint", str(checkpoint), "--dataset-dir", str(without_truth),
+                    "-o", str(tmp_path / "eval"), "--device", "cpu"]) == 2
+    assert "only synthetic captures" in capsys.readouterr().err
+
+
+def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
+    """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
+    from ava.driver.setup import load_decoder
+    from ava.runtime.batch import collate
+    from ava.runtime.datasets import checkpoint_capture
+    from ava.runtime.model import encode_expression, run_model
+
+    checkpoint, model = load_decoder(decoder, torch.device("cpu"))
+    part = checkpoint_capture(dataset, checkpoint.identities[0], 128, checkpoint, identity=0)
+    batch = collate([part[0], part[len(part) - 1]])
+    with torch.no_grad():
+        code = encode_expression(model, batch)
+        direct = run_model(model, batch)
+        given = run_model(model, batch, code=code)
+        torch.testing.assert_close(given["irgbrec"], direct["irgbrec"])
+        torch.testing.assert_close(direct["expr_mu"], code)
+        other = run_model(model, batch, code=code.flip(0))["irgbrec"]
+    assert not torch.allclose(other, direct["irgbrec"])  # the code is what changes the render
+
+
+def test_headset_encoder_ignores_exposure_and_checks_shapes():
+    from ava.nn.config import HeadsetEncoderConfig
+    from ava.nn.headset import HeadsetEncoder
+
+    torch.manual_seed(0)
+    encoder = HeadsetEncoder(HeadsetEncoderConfig(image_size=16, channels=(8, 16), hidden=32)).eval()
+    encoder.set_code_statistics(torch.full((16, 4, 4), 0.5), torch.full((16, 4, 4), 2.0))
+    views = torch.rand(3, 5, 16, 16) * 200
+    code = encoder(views)
+    assert code.shape == (3, 16, 4, 4)
+    # Each view is normalised on its own: a brighter exposure of one view changes nothing (up to
+    # the small floor on its spread).
+    brighter = views.clone()
+    brighter[:, 2] = brighter[:, 2] * 1.2 + 10
+    torch.testing.assert_close(encoder(brighter), code, atol=0.05, rtol=0)
+    torch.testing.assert_close(encoder.standardise(code) * 2.0 + 0.5, code)
+    with pytest.raises(ValueError, match=r"\[N,5,16,16\]"):
+        encoder(torch.rand(3, 4, 16, 16))
+
+
+def test_decoder_fingerprint_follows_the_weights(decoder, tmp_path):
+    from ava.checkpoint import decoder_fingerprint, load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(decoder)
+    copy = save_checkpoint(tmp_path / "copy.safetensors", model_state=checkpoint.model_state, stats=checkpoint.stats,
+                           topology=checkpoint.topology, identities=checkpoint.identities, cameras=checkpoint.cameras,
+                           config=checkpoint.config, step=99)
+    assert decoder_fingerprint(load_checkpoint(copy)) == decoder_fingerprint(checkpoint)
+    changed = dict(checkpoint.model_state)
+    key = sorted(changed)[0]
+    changed[key] = changed[key] + 1e-3
+    checkpoint.model_state = changed
+    assert decoder_fingerprint(checkpoint) != decoder_fingerprint(load_checkpoint(copy))
+
+
+@pytest.mark.parametrize("command, sources", [
+    ("train-driver", ["ava/driver/config.py", "ava/nn/config.py"]),
+    ("eval-driver", ["ava/driver/config.py"]),
+])
+def test_driver_commands_take_threads_and_keep_help_lines_whole(command, sources, monkeypatch, capsys):
+    import re
+
+    from tests.test_first_hour import REPO, _field_docstrings
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    assert run_cli([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"--threads N\s+CPU threads for torch", out)
+    for source in sources:
+        for line_count, docstring in _field_docstrings(REPO / source):
+            assert line_count == 1, f"{source}: {docstring!r} spans {line_count} lines"
+
+
+def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth, driver_run, tmp_path, capsys):
+    run = tmp_path / "again"
+    shutil.copytree(driver_run, run)
+    assert run_cli(driver_argv(decoder, without_truth, run, 2)) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert run_cli(driver_argv(decoder, without_truth, run, 2, "--progress.overwrite")) == 0
+    assert sorted(path.name for path in (run / "checkpoints").glob("step_*")) == ["step_00000002.safetensors"]
+    assert not (run / "driven" / "step_00000004.png").exists()
