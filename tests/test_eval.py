@@ -36,21 +36,23 @@ def test_eval_reproduces_training_held_out_psnr(tiny_checkpoints, tmp_path, caps
     assert document["held_out_cameras"] is True
     assert document["cameras"] == json.loads((run / "config.json").read_text())["resolved"]["holdout_cameras"]
     overall = document["checkpoints"]["A"]["overall"]
-    assert overall["views"] == at_step_4["holdout_samples"] == 6  # 2 identities x 1 held-out camera x 3 frames
+    cameras = len(document["cameras"])  # every capture of the synthetic set has every held-out camera
+    assert overall["views"] == at_step_4["holdout_samples"] == 2 * cameras * 3  # identities x cameras x frames
     assert overall["psnr"] == pytest.approx(at_step_4["psnr_holdout"], rel=1e-9)
     assert overall["psnr_head"] == pytest.approx(at_step_4["psnr_holdout_head"], rel=1e-9)
     assert overall["psnr_model_bg"] == pytest.approx(at_step_4["psnr_holdout_model_bg"], rel=1e-9)
     assert 0 < overall["ssim"] <= 1 and 0 < overall["ssim_head"] <= 1 and overall["lpips"] is None
     assert document["lpips"]["measured"] is False and document["lpips"]["reason"]
     identities = document["checkpoints"]["A"]["identities"]
-    assert len(identities) == 2 and all(entry["views"] == 3 for entry in identities.values())
+    assert len(identities) == 2 and all(entry["views"] == 3 * cameras for entry in identities.values())
 
     summary = _rows(out / "metrics.csv")
-    assert [(row["identity"] == "all", row["camera"] == "all") for row in summary] == [
-        (False, False), (False, True), (False, False), (False, True), (True, True)]
+    per_identity = [(False, False)] * cameras + [(False, True)]  # its cameras, then all of them
+    assert [(row["identity"] == "all", row["camera"] == "all") for row in summary] == (
+        per_identity * 2 + [(True, True)])
     assert float(summary[-1]["psnr"]) == pytest.approx(overall["psnr"], rel=1e-5)
     samples = _rows(out / "samples.csv")
-    assert len(samples) == 6 and {row["camera"] for row in samples} == set(document["cameras"])
+    assert len(samples) == overall["views"] and {row["camera"] for row in samples} == set(document["cameras"])
     assert all(row["lpips"] == "" for row in samples)
     assert (out / "examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The table on stdout (notes on stderr): every identity by subject id, and the overall row.

@@ -140,11 +140,11 @@ def test_overlays_follow_the_calibration(tiny_capture_set, tmp_path):
 def test_show_notes_absent_parts_and_errs_for_requested_ones(tiny_capture_set, tmp_path, capsys):
     root = _copy_capture(tiny_capture_set, tmp_path / "data")
     out = tmp_path / "show"
-    # Synthetic output has no segmentation and no headset: noted, not an error.
+    # Synthetic output has no segmentation (it has headset sessions): noted, not an error.
     assert run_cli(["show", str(root), "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "skipped segmentation" in err and "skipped headset" in err and "error" not in err
-    assert len(list(out.glob("*.png"))) == 4
+    assert "skipped segmentation" in err and "skipped headset" not in err and "error" not in err
+    assert len(list(out.glob("*.png"))) == 5 and len(list(out.glob("*_headset_*.png"))) == 1
     (root / "decoder" / "keypoints_3d" / "keypoints_3d.zip").unlink()
     shutil.rmtree(out)
     assert run_cli(["show", str(root), "-o", str(out), "--parts", "image", "keypoints", "cameras"]) == 1
