@@ -1,6 +1,6 @@
 """Interactive frame rate of `ava view` (run on a GPU):
 
-    python tools/bench_view.py [--checkpoint CKPT [--dataset-dir DIR]] [--frames 60] [--json OUT.json]
+    python tools/bench_view.py [--checkpoint CKPT [--dataset-dir DIR]] [--frames 60] [--json OUT.json] [--profile]
 
 Per frame the viewer runs what depends on the viewpoint: the decoder (its colours depend on the
 view direction) and the raymarcher, through `ava.view.avatar.render_view`, the function the viewer
@@ -149,6 +149,28 @@ def measure(model, id_cond, encoding, centre, direction, up, idindex, camindex, 
     return rows
 
 
+@torch.no_grad()
+def profile_frame(model, id_cond, encoding, centre, direction, up, idindex, camindex, distance: float,
+                  sizes) -> None:
+    """A CPU and CUDA profile of one viewer frame per size (after a warm-up frame): where the
+    frame's time goes, host side included (launches, synchronisations, Python)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ava.view.avatar import render_view
+
+    for height, width in sizes:
+        camera = orbit(centre, direction, up, distance, 4, height, width)[1]
+        render_view(model, camera, id_cond, encoding, idindex, camindex, (0.0, 0.0, 0.0))
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+            render_view(model, camera, id_cond, encoding, idindex, camindex, (0.0, 0.0, 0.0))
+            torch.cuda.synchronize()
+        print(f"\n{height}x{width}, by CUDA time:")
+        print(profiler.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+        print(f"{height}x{width}, by CPU time:")
+        print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=15))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="an ava256 checkpoint (default: random model)")
@@ -159,6 +181,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=[f"{h}x{w}" for h, w in SIZES],
                         help="image sizes HEIGHTxWIDTH (default: 512x334 1024x667; keep them small on a CPU)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="also print a CPU+CUDA profile of one frame per size")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.checkpoint is not None:
@@ -184,6 +207,8 @@ def main() -> None:
         print(f"| {row['height']}x{row['width']} | {row['decode_raymarch_ms']:.1f} ms | {row['fps']:.1f} | "
               f"{row['decoder_ms']:.1f} ms | {row['viewer_frame_ms']:.1f} ms | {row['viewer_fps']:.1f} | "
               f"{100 * row['covered_fraction']:.0f}% |")
+    if args.profile and device.type == "cuda":
+        profile_frame(*avatar, distance=args.distance, sizes=sizes)
     if args.json:
         args.json.write_text(json.dumps({"model": model_name, "gpu": gpu, "torch": torch.__version__,
                                          "distance_mm": args.distance, "rows": rows}, indent=1))
