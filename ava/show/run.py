@@ -40,8 +40,9 @@ class Shown:
 
 
 def stored_downsample(layout, camera) -> int:
-    """The downsample at which `camera`'s images are stored: sensor width / stored width, rounded
-    (releases store /2 or /4 images, synthetic sets what --downsample said)."""
+    """The downsample at which `camera`'s images are stored (releases store /2 or /4 images,
+    synthetic sets what their --downsample said): the one whose sensor // downsample gives the
+    stored width and height, as the loader sizes images."""
     from PIL import Image
 
     from ava.data.zips import ZipPool
@@ -54,9 +55,9 @@ def stored_downsample(layout, camera) -> int:
             raise UserError(f"{path} holds no images")
         with Image.open(io.BytesIO(pool.read(path, names[0]))) as image:
             width, height = image.size
-    except Exception as error:
-        if isinstance(error, UserError):
-            raise
+    except UserError:
+        raise
+    except Exception as error:  # a missing or unreadable archive or image
         raise UserError(f"cannot read an image of camera {camera.camera_id} to learn the stored size ({error}); "
                         "pass --downsample") from None
     finally:
@@ -112,7 +113,8 @@ class Capture:
         if camera is not None and camera not in by_id:
             raise UserError(f"camera {camera} is not in {self.layout.calibration} (it has {len(by_id)} cameras, "
                             f"e.g. {', '.join(sorted(by_id)[:6])})")
-        probe = by_id[camera] if camera is not None else calibration[0]
+        with_images = [entry for entry in calibration if self.layout.image_zip(entry.camera_id).is_file()]
+        probe = by_id[camera] if camera is not None else (with_images or calibration)[0]
         if downsample is not None and downsample < 1:
             raise UserError("--downsample must be at least 1")
         self.downsample = downsample or stored_downsample(self.layout, probe)
