@@ -10,6 +10,7 @@ from ava.eval.config import EvalConfig
 
 
 def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
+    """Measure a checkpoint on held-out cameras: PSNR (whole image, head mask), SSIM and, where its weights are on disk, LPIPS, per identity; JSON, CSV and a table."""
     from rich.console import Console
 
     from ava.eval.run import evaluate

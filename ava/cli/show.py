@@ -10,6 +10,7 @@ from ava.show.config import ShowConfig
 
 
 def main(config: Annotated[ShowConfig, tyro.conf.arg(name="")]) -> int:
+    """Draw one capture's data as PNGs: the image, the tracked mesh and keypoints projected onto it, the part segmentation, the camera rig from above and the headset's IR views."""
     from rich.console import Console
 
     from ava.show.run import show
