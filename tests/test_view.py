@@ -82,7 +82,7 @@ def test_viewer_serves_the_page_and_rendered_frames(viewer):
     wxyz, position = viser_pose(home.camrot, home.campos)
     # A browser window 300x480: frames come back 32 pixels tall at its shape.
     image = receive_frame(viewer.url, camera_message(wxyz, position, home.fov, 300, 480, home.centre / 1000,
-                                                     home.up))[0]
+                                                     home.up), until=lambda frame: frame.shape[0] == 32)[-1]
     assert image.shape == (32, 20, 3)
     # It is what the viewer's render path gives for that camera and the controls' state (small
     # frames travel as PNG, so exactly).

@@ -55,9 +55,12 @@ def camera_message(wxyz, position, fov: float, width: int, height: int, look_at,
     })
 
 
-def receive_frame(url: str, camera: bytes, timeout: float = 60.0, frames: int = 1) -> list[np.ndarray]:
+def receive_frame(url: str, camera: bytes, timeout: float = 60.0, frames: int = 1,
+                  until=None) -> list[np.ndarray]:
     """Connects to the viewer at `url` (http://host:port), sends `camera` and returns the first
-    `frames` background images it sends back (uint8 [H,W,3])."""
+    `frames` background images it sends back (uint8 [H,W,3]); with `until` (image -> bool), the
+    images up to and including the first for which it holds (a viewer first sends a half-size
+    preview while the camera has just moved, then the full frame)."""
     import viser
     from PIL import Image
     from websockets.sync.client import connect
@@ -67,7 +70,7 @@ def receive_frame(url: str, camera: bytes, timeout: float = 60.0, frames: int = 
     with connect(url.replace("http://", "ws://"), subprotocols=[f"viser-v{viser.__version__}"],
                  max_size=None, open_timeout=timeout) as socket:
         socket.send(camera)
-        while len(images) < frames:
+        while (len(images) < frames) if until is None else not (images and until(images[-1])):
             data = socket.recv(timeout=max(0.1, deadline - time.monotonic()))
             for message in decode_frame_messages(data):
                 if message.get("type") == "BackgroundImageMessage" and message.get("rgb_data"):
