@@ -12,6 +12,8 @@ Stages, each an `ava` command printed before it runs (so they can be rerun by ha
   4. ava eval-driver    OUT/eval      per-segment code error and PSNR on the held-out subjects,
                                       driver vs the mean-code baseline; strips OUT/eval/<subject>.png
   5. ava render         OUT/render    a held-out subject's headset frames driving its avatar
+With --ablate, also a driver trained without re-alignment (the linear time stretch only) and its
+evaluation (OUT/driver-stretch, OUT/eval-stretch), to show what the alignment buys.
 The table is printed at the end and OUT/summary.json holds it with the stage times. Rerunning
 continues where a stage stopped (the trainings resume; synthesis is skipped when complete).
 """
@@ -42,23 +44,25 @@ def _sizes(workers: int) -> dict[str, Size]:
         # One GPU (the synthesis uses the CPU cores): about 1.5 min of synthesis, 2 of decoder,
         # 1 of driver, under a minute of evaluation and rendering.
         "gpu": Size(
-            synth=["--n-ids", "16", "--n-frames", "48", "--n-cams", "6", "--texture-size", "128", "--downsample", "64",
+            synth=["--n-ids", "16", "--n-frames", "64", "--n-cams", "6", "--texture-size", "128", "--downsample", "64",
                    "--headset-size", "64", "--no-keypoints", "--workers", str(workers)],
+            # torch.compile would cost about a minute up front, as much as it could save in 1000 steps.
             decoder=["--train.maxiter", "1000", "--train.batchsize", "8", "--train.lr-scheduler-iter", "700",
+                     "--compile", "off",
                      "--train.num-holdout-cameras", "0", "--train.num-workers", "4", "--progress.image-freq", "500",
                      "--progress.psnr-freq", "1000", "--progress.checkpoint-freq", "500", "--progress.cross-id-n-subjects", "2"],
-            driver=["--train.maxiter", "3000", "--train.batchsize", "64", "--train.align-every", "500",
+            driver=["--train.maxiter", "3000", "--train.batchsize", "64", "--train.align-every", "200",
                     "--progress.eval-freq", "1000", "--progress.image-freq", "1000", "--progress.checkpoint-freq", "1000"],
             holdout=4,
         ),
         # The 2-core development machine: tiny sizes, minutes rather than seconds per stage.
         "cpu": Size(
-            synth=["--n-ids", "8", "--n-frames", "24", "--n-cams", "4", "--texture-size", "128", "--downsample", "64",
+            synth=["--n-ids", "8", "--n-frames", "36", "--n-cams", "4", "--texture-size", "128", "--downsample", "64",
                    "--headset-size", "32", "--no-keypoints", "--workers", str(workers)],
             decoder=["--train.maxiter", "400", "--train.batchsize", "4", "--train.num-holdout-cameras", "0",
                      "--train.num-workers", "1", "--progress.image-freq", "200", "--progress.psnr-freq", "400",
                      "--progress.checkpoint-freq", "200", "--progress.cross-id-n-subjects", "2"],
-            driver=["--train.maxiter", "1200", "--train.batchsize", "32", "--train.align-every", "300",
+            driver=["--train.maxiter", "1200", "--train.batchsize", "32", "--train.align-every", "100",
                     "--encoder.image-size", "32", "--encoder.channels", "16", "32", "64",
                     "--progress.eval-freq", "400", "--progress.image-freq", "400", "--progress.checkpoint-freq", "400"],
             holdout=2,
@@ -92,6 +96,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16),
                         help="synthesis processes (default: every core, at most 16)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also train and evaluate a driver without re-alignment (linear time stretch only)")
     args = parser.parse_args()
     size = _sizes(args.workers)[args.size]
     out = args.output
@@ -115,6 +121,16 @@ def main() -> None:
         driver_checkpoint = _latest(driver)
         times["eval"] = _run(["eval-driver", "--driver-checkpoint", str(driver_checkpoint), "--checkpoint",
                               str(decoder_checkpoint), "-o", str(evaluation), *device], log)
+        if args.ablate:
+            stretch_driver = out / "driver-stretch"
+            steps = size.driver[size.driver.index("--train.maxiter") + 1]
+            times["driver_stretch"] = _run(["train-driver", "--checkpoint", str(decoder_checkpoint), "--train.dataset-dir",
+                                            str(data), "--train.holdout-subjects", *held_out, "--progress.output-path",
+                                            str(stretch_driver), "--resume", "auto", *device, *size.driver,
+                                            "--train.align-every", str(10 * int(steps))], log)
+            times["eval_stretch"] = _run(["eval-driver", "--driver-checkpoint", str(_latest(stretch_driver)), "--checkpoint",
+                                          str(decoder_checkpoint), "-o", str(out / "eval-stretch"), "--strip-frames", "0",
+                                          *device], log)
         times["render"] = _run(["render", "--checkpoint", str(decoder_checkpoint), "--driver-checkpoint",
                                 str(driver_checkpoint), "--headset", held_out[0], "-o", str(out / "render"), *device], log)
     times["total"] = time.perf_counter() - started
@@ -122,13 +138,19 @@ def main() -> None:
     strip = evaluation / f"{held_out[0]}.png"
     if strip.is_file():
         shutil.copyfile(strip, out / "driver_strip.png")
-    (out / "summary.json").write_text(json.dumps({"size": args.size, "seconds": times, "held_out": held_out,
-                                                   "rows": result["rows"]}, indent=1) + "\n")
+    summary = {"size": args.size, "seconds": times, "held_out": held_out, "rows": result["rows"]}
+    if args.ablate:
+        summary["stretch_only_rows"] = json.loads((out / "eval-stretch" / "eval.json").read_text())["rows"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print((evaluation / "eval.md").read_text())
     total = result["rows"][-1]
     print(f"held-out subjects {', '.join(f.split('--')[-1] for f in held_out)}: PSNR against the true-code render "
           f"{total['psnr_driver']:.2f} dB (driver) vs {total['psnr_mean']:.2f} dB (mean code), "
           f"{total['psnr_gain']:+.2f} dB; code MSE {total['code_mse_driver']:.3g} vs {total['code_mse_mean']:.3g}")
+    if args.ablate:
+        stretch = summary["stretch_only_rows"][-1]
+        print(f"without re-alignment (linear stretch only): {stretch['psnr_driver']:.2f} dB ({stretch['psnr_gain']:+.2f} dB "
+              f"over the mean code), code MSE {stretch['code_mse_driver']:.3g}")
     print("stage times: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items()))
     print(f"strip: {out / 'driver_strip.png'}; everything else under {out}")
 

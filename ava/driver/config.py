@@ -38,7 +38,7 @@ class DriverTrainSection:
     """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
-    align_every: int = 300
+    align_every: int = 100
     """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3
     """Sakoe-Chiba band of the alignment, as a fraction of the segment (1 or more: no band)."""

@@ -135,8 +135,9 @@ def _evaluate_subject(subject, truth, encoder, model, device, strip_count: int) 
 @torch.no_grad()
 def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -> np.ndarray | None:
     """Rows [5 IR views | truth | driver | mean code] of the most expressive frame of the
-    `count` segments whose truth differs most from the mean."""
-    from ava.driver.pictures import render_code
+    `count` segments whose truth differs most from the mean; the renders are cropped to the head
+    (the truth render's coverage) and enlarged by whole pixels, so the expression can be judged."""
+    from ava.driver.pictures import head_box, render_code
     from ava.runtime.headset import headset_panel, predict_codes
     from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
 
@@ -147,9 +148,11 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -
         views = subject.headset.views(frame)
         predicted = predict_codes(encoder, views[None], device)
         codes = torch.cat([subject.codes[dome : dome + 1], predicted, encoder.code_mean.cpu()[None]])
-        images = render_code(model, subject, dome, codes, device)
-        height = images[0].shape[-2]
-        rows.append(hstack([headset_panel(views, height)] + [to_uint8(image) for image in images], gap=4))
+        images, alphas = render_code(model, subject, dome, codes, device, with_alpha=True)
+        top, bottom, left, right = head_box(alphas[0])
+        factor = viewing_scale(bottom - top, target=views.shape[-1])
+        crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
+        rows.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
     return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0])) if rows else None
 
 

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 
 from ava.driver.config import DriverConfig
-from ava.driver.setup import check_config, check_resumable, check_run_folder, learning_rate, prepare, resume_path
+from ava.driver.setup import check_config, check_resumable, learning_rate, prepare
 from ava.driver.state import DriverState
 from ava.errors import UserError
 
@@ -28,12 +28,13 @@ from ava.errors import UserError
 def train_driver(config: DriverConfig) -> int:
     """Runs `ava train-driver`; returns the exit status."""
     from ava.runtime.device import select_device, use_threads
+    from ava.runtime.rundir import refuse_earlier_run
 
     check_config(config)
     console = Console(stderr=True)
     device = select_device(config.device)
     use_threads(config.threads)
-    check_run_folder(config)
+    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite)
     torch.manual_seed(config.seed)
     try:
         return _train(config, device, console)
@@ -47,7 +48,7 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
     from ava.driver.augment import augment_views
     from ava.driver.data import StepBatches
     from ava.runtime.images import save_png
-    from ava.runtime.rundir import RunDir, json_ready
+    from ava.runtime.rundir import RunDir, json_ready, resume_checkpoint
 
     started = time.perf_counter()
     setup = prepare(config, device, console)
@@ -64,7 +65,7 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
         "holdout_frames": len(setup.holdout_pool)}
     state = DriverState(config, setup, device, resolved)
 
-    resume_from = resume_path(config, console)
+    resume_from = resume_checkpoint(config.resume, config.progress.output_path, console.print)
     if resume_from is not None:
         checkpoint = load_driver_checkpoint(resume_from)
         check_resumable(checkpoint, setup, config, train_subjects)

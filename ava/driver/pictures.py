@@ -7,14 +7,32 @@ import torch
 
 
 @torch.no_grad()
-def render_code(model, subject, dome_index: int, codes: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+def render_code(model, subject, dome_index: int, codes: torch.Tensor, device: torch.device,
+                with_alpha: bool = False):
     """Renders [3,H,W] of the decoder with each code of `codes` [n,16,4,4], in the subject's dome
-    view (camera and head pose of dome sample `dome_index`, the subject's own identity)."""
+    view (camera and head pose of dome sample `dome_index`, the subject's own identity); with
+    `with_alpha` also the primitives' coverage [1,H,W] of each."""
     from ava.runtime.batch import collate, to_device
     from ava.runtime.model import run_model
 
     batch = to_device(collate([subject.dome[dome_index]] * len(codes)), device)
-    return list(run_model(model, batch, code=codes.to(device))["irgbrec"])
+    output = run_model(model, batch, code=codes.to(device), outputs=("ialpha",) if with_alpha else ())
+    images = list(output["irgbrec"])
+    return (images, list(output["ialpha"])) if with_alpha else images
+
+
+def head_box(alpha: torch.Tensor, margin: float = 0.1) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the pixels the head covers (alpha [1,H,W] > 0.5), widened by
+    `margin` of its size on every side; the whole image when nothing is covered."""
+    rows = torch.nonzero(alpha[0].amax(dim=1) > 0.5).flatten()
+    columns = torch.nonzero(alpha[0].amax(dim=0) > 0.5).flatten()
+    height, width = alpha.shape[-2:]
+    if len(rows) == 0 or len(columns) == 0:
+        return 0, height, 0, width
+    pad_rows = int(margin * (rows[-1] - rows[0] + 1)) + 1
+    pad_columns = int(margin * (columns[-1] - columns[0] + 1)) + 1
+    return (max(int(rows[0]) - pad_rows, 0), min(int(rows[-1]) + 1 + pad_rows, height),
+            max(int(columns[0]) - pad_columns, 0), min(int(columns[-1]) + 1 + pad_columns, width))
 
 
 @torch.no_grad()

@@ -40,20 +40,6 @@ def check_config(config: DriverConfig) -> None:
         raise UserError("; ".join(problems))
 
 
-def check_run_folder(config: DriverConfig) -> None:
-    """Refuses to train into a folder holding an earlier run, unless --resume continues it or
-    --progress.overwrite replaces it (checked before any data is read)."""
-    from ava.runtime.rundir import earlier_run
-
-    root = Path(config.progress.output_path)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
-    found = earlier_run(root)
-    if found and not config.resume and not config.progress.overwrite:
-        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
-                        "--progress.overwrite to replace it, or another --progress.output-path")
-
-
 def learning_rate(config: DriverConfig, step: int) -> float:
     """Cosine from learning_rate at step 0 to learning_rate x final_lr_factor at decay_steps (or maxiter)."""
     train = config.train
@@ -120,19 +106,6 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
             for subject in train_subjects + holdout_subjects:
                 subject.headset.preload(lambda count: progress.advance(task, count))
     return Setup(decoder, model, decoder_fingerprint(decoder), dataset_dir, downsample, train_pool, holdout_pool)
-
-
-def resume_path(config: DriverConfig, console: Console) -> Path | None:
-    from ava.runtime.rundir import find_latest_checkpoint
-
-    if not config.resume:
-        return None
-    if config.resume == "auto":
-        path = find_latest_checkpoint(config.progress.output_path)
-        if path is None:
-            console.print(f"--resume auto: no checkpoint in {config.progress.output_path}; starting a new run")
-        return path
-    return Path(config.resume).expanduser()
 
 
 def check_resumable(checkpoint, setup: Setup, config: DriverConfig, train_subjects: list[str]) -> None:

@@ -180,3 +180,28 @@ class RunDir:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+
+
+def refuse_earlier_run(root: str | Path, resume: str | None, overwrite: bool) -> None:
+    """UserError when the run folder `root` holds an earlier run and neither `resume` (--resume)
+    continues it nor `overwrite` (--progress.overwrite) replaces it; also when it is a file."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
+    found = earlier_run(root)
+    if found and not resume and not overwrite:
+        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
+                        "--progress.overwrite to replace it, or another --progress.output-path")
+
+
+def resume_checkpoint(resume: str | None, root: str | Path, say) -> Path | None:
+    """The checkpoint --resume names (`auto`: the newest in the run folder `root`, telling `say`
+    when there is none), or None for a fresh start."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = find_latest_checkpoint(Path(root))
+        if path is None:
+            say(f"--resume auto: no checkpoint in {root}; starting a new run")
+        return path
+    return Path(resume).expanduser()

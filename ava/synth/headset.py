@@ -115,7 +115,7 @@ class HeadsetPlan:
     noise_seed: tuple[int, ...]
 
 
-def monotone_warp(dome_length: int, headset_length: int, rng: np.random.Generator, jitter: float = 0.5) -> np.ndarray:
+def monotone_warp(dome_length: int, headset_length: int, rng: np.random.Generator, jitter: float = 1.0) -> np.ndarray:
     """int [headset_length]: non-decreasing dome indices from 0 to dome_length - 1.
 
     Time runs at a random, smoothly varying speed (log-normal step sizes with spread `jitter`),
