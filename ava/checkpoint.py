@@ -1,4 +1,4 @@
-"""The one checkpoint format: a single safetensors file (DESIGN.md "Checkpoint").
+"""The one checkpoint format: a single safetensors file (docs/checkpoint.md).
 
 Tensors (names are prefixes plus the original names):
   model.<state-dict key>                      model weights and persistent buffers
@@ -338,6 +338,13 @@ def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str,
                         + (f", e.g. {newest}" if newest else " (it holds none)"))
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    # A safetensors file opens with its header's length (8 bytes) and the header's "{". torch.save
+    # writes a zip archive (or, before torch 1.6, a pickle): the original's aeparams*.pt.
+    if start[8:9] != b"{" and (start[:4] == b"PK\x03\x04" or start[:1] == b"\x80"):
+        raise UserError(f"{path} is a PyTorch file (torch.save), not an ava checkpoint; a state dict of the "
+                        "original code is imported with `ava convert`")
     try:
         with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
             metadata = reader.metadata() or {}

@@ -72,6 +72,33 @@ def fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file of the data (JSON, CSV, a variance), gzip-compressed or not: `ava download`
+    keeps an object that the server labels `Content-Encoding: gzip` as stored, since its size and
+    MD5 refer to those bytes. UserError naming the file when it is not readable text."""
+    import gzip
+    import zlib
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{path} is damaged gzip data ({error}); download it again") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start} is 0x{data[error.start]:02x}); is the file "
+                        "damaged or of another kind?") from None
+
+
 def write_atomically(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one: a
     temporary file beside it, flushed and fsynced, renamed over it, and the rename made durable."""

@@ -61,3 +61,35 @@ def original_topology(tmp_path_factory) -> Path:
             return copy
     pytest.skip(f"the Ava-256 face_topology.obj is not here: set {ORIGINAL_CHECKOUT_ENV} to an original "
                 "ava-256 checkout to run this test")
+
+
+# --- a tiny capture set and checkpoint shared by the tests of ava show, view and eval -----------
+
+@pytest.fixture(scope="session")
+def tiny_capture_set(tmp_path_factory):
+    """`ava synth` output: 2 subjects x 4 frames x 3 cameras, 20x32 images, with keypoints."""
+    from ava.synth import generate
+    from ava.synth.config import SynthConfig
+
+    root = tmp_path_factory.mktemp("tiny-captures")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        generate(root, SynthConfig(n_ids=2, n_frames=4, n_cams=3, texture_size=64, downsample=128, prims_per_side=8,
+                                   voxels=4, mesh_columns=16, mesh_rows=12, keypoints=True, workers=1),
+                 progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_capture_set, tmp_path_factory):
+    """(step 2, step 4) checkpoints of a 4-step run on `tiny_capture_set` with 2 held-out cameras,
+    whose metrics.jsonl holds the held-out PSNR over every held-out frame at step 4."""
+    from tests.test_train import run_cli, train_argv
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    argv = train_argv(tiny_capture_set, run, 4)
+    argv[argv.index("--progress.psnr-samples") + 1] = "64"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert run_cli(argv) == 0
+    return run / "checkpoints" / "step_00000002.safetensors", run / "checkpoints" / "step_00000004.safetensors"

@@ -128,6 +128,19 @@ def test_foreign_and_future_files_are_refused(tmp_path):
     safetensors.torch.save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(UserError, match="ava convert"):
         load_checkpoint(plain)
+    # The original's aeparams*.pt (torch.save: a zip archive, or a pickle from torch < 1.6).
+    for legacy in (False, True):
+        original = tmp_path / f"aeparams_{int(legacy)}.pt"
+        torch.save({"w": torch.zeros(2)}, original, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(UserError, match="PyTorch file .* `ava convert`"):
+            load_checkpoint(original)
+    # ... while a checkpoint whose header length starts with those bytes (0x80 = 128 + 256 k) loads.
+    header = len(json.dumps({"__metadata__": {}}).encode())
+    padded = tmp_path / "padded.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(padded), metadata={"pad": "x" * (0x80 + 256 - 60 - header)})
+    assert padded.read_bytes()[0] == 0x80, padded.read_bytes()[:9]
+    with pytest.raises(UserError, match=r"is not an ava checkpoint \(a state dict"):  # safetensors, not ava's
+        load_checkpoint(padded)
     future = tmp_path / "future.safetensors"
     safetensors.torch.save_file(
         {"w": torch.zeros(2)}, str(future), metadata={"format": "ava-checkpoint", "format_version": "99"}

@@ -113,6 +113,28 @@ def test_missing_required_file_is_named(capture, which):
         CaptureDataset(capture.root, downsample=64)
 
 
+def test_text_files_stored_gzip_compressed_read_as_plain(capture):
+    """`ava download` keeps an object the server labels Content-Encoding gzip as stored (sizes and
+    MD5s refer to those bytes); the reader must take such a calibration, frame list or variance."""
+    import gzip
+
+    plain = CaptureDataset(capture.root, downsample=64)
+    for path in (capture.calibration, capture.frame_list, capture.texture_variance, capture.vertices_variance):
+        path.write_bytes(gzip.compress(path.read_bytes()))
+    stored = CaptureDataset(capture.root, downsample=64)
+    assert len(stored) == len(plain) and stored.reader.camera_ids == plain.reader.camera_ids
+    assert torch.equal(stored[0]["image"], plain[0]["image"]) and torch.equal(stored[0]["verts"], plain[0]["verts"])
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff", b"\x1f\x8b\x08\x00truncated"])
+@pytest.mark.parametrize("which", ["calibration", "frame_list", "texture_variance"])
+def test_a_text_file_that_is_not_text_is_named(capture, which, content):
+    path = getattr(capture, which)
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{path} is (not UTF-8 text|damaged gzip data)"):
+        CaptureDataset(capture.root, downsample=64)
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "not a zip"])
 def test_unusable_camera_archive_skips_that_camera_and_says_so(capture, damage):
     first, second = _camera_ids(capture)

@@ -160,3 +160,23 @@ def test_the_checks_can_fail(tmp_path):
     citations = outside_citations(paths, tmp_path)
     # The fenced line and the prose line both cite notes readers cannot open.
     assert [line.split(":")[1] for line in citations] == ["7", "10"], citations
+
+
+def source_citations(root: Path = ROOT) -> list[str]:
+    """file:line of every citation of SPEC.md / DESIGN.md in the package's and tools' sources."""
+    found = []
+    for path in sorted([*(root / "ava").rglob("*.py"), *(root / "tools").glob("*.py")]):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if OUTSIDE_NOTES.search(line):
+                found.append(f"{path.relative_to(root)}:{number}")
+    return found
+
+
+def test_sources_cite_the_docs_not_outside_notes(tmp_path):
+    found = source_citations()
+    assert not found, "docstrings must point at docs/ pages, not SPEC.md or DESIGN.md: " + ", ".join(found)
+    # the scan itself can fail
+    (tmp_path / "ava").mkdir()
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "ava" / "planted.py").write_text('"""As SPEC §3 says."""\n')
+    assert source_citations(tmp_path) == ["ava/planted.py:1"]

@@ -140,6 +140,22 @@ def test_training_into_an_earlier_run_needs_resume_or_overwrite(tiny_dataset, st
     assert "is a file" in one_line_error(capsys)
 
 
+def test_messages_stay_one_line_in_a_log_file(tiny_dataset, straight_run, tmp_path, monkeypatch, capsys):
+    """Without a terminal rich breaks lines at COLUMNS (80 by default); a cluster job's log would
+    then split paths and metrics over two lines."""
+    monkeypatch.setenv("COLUMNS", "30")
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    assert run_cli(train_argv(tiny_dataset, run, 4, "--resume", "auto")) == 0
+    lines = capsys.readouterr().err.splitlines()
+    checkpoint = run / "checkpoints" / "step_00000004.safetensors"
+    assert f"resuming from {checkpoint} at step 4" in lines
+    assert "nothing to do: the run is already at step 4 of 4" in lines
+    out = tmp_path / "viz"
+    assert run_cli(["render", "--checkpoint", str(checkpoint), "-o", str(out), "--max-frames", "1"]) == 0
+    assert any(line.startswith(f"wrote {out}") and line.endswith(")") for line in capsys.readouterr().err.splitlines())
+
+
 # --- 4. Ctrl-C and SIGTERM write a checkpoint ---------------------------------------------------
 
 def _wait_for_steps(process: subprocess.Popen, metrics: Path, steps: int, timeout: float = 120.0) -> None:
@@ -318,12 +334,14 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"ava {__version__}"
 
 
-def _field_docstrings(path: Path) -> list[tuple[int, str]]:
+def _field_docstrings(path: Path, classes: set[str] | None = None) -> list[tuple[int, str]]:
     """(line count in the source, text with whitespace collapsed) of the attribute docstrings of
-    the classes in `path`, except for flattened (`name=""`) and hidden fields, which have no help line."""
+    the classes in `path` (those named in `classes`, if given), except for flattened (`name=""`)
+    and hidden fields, which have no help line."""
     source = path.read_text()
     found = []
-    for cls in [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)]:
+    for cls in [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)
+                and (classes is None or node.name in classes)]:
         for before, node in zip(cls.body, cls.body[1:]):
             if (isinstance(before, ast.AnnAssign) and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
                     and not re.search(r'name=""|Suppress', ast.get_source_segment(source, before.annotation))):
@@ -332,7 +350,10 @@ def _field_docstrings(path: Path) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("command, sources", [
-    ("train", ["ava/train/config.py", "ava/nn/config.py", "ava/synth/config.py"]),
+    ("train", ["ava/train/config.py", "ava/nn/config.py::ModelConfig", "ava/synth/config.py"]),
+    ("train-driver", ["ava/driver/config.py::DriverTrainSection,DriverProgressSection,DriverConfig",
+                      "ava/nn/config.py::HeadsetEncoderConfig"]),
+    ("eval-driver", ["ava/driver/config.py::EvalDriverConfig"]),
     ("render", ["ava/render/config.py"]),
     ("synth", ["ava/synth/config.py", "ava/cli/synth.py"]),
     ("convert", ["ava/cli/convert.py"]),
@@ -345,10 +366,31 @@ def test_help_lines_are_not_broken_mid_sentence(command, sources, monkeypatch, c
     assert run_cli([command, "--help"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for source in sources:
-        for line_count, docstring in _field_docstrings(REPO / source):
+        path, _, names = source.partition("::")
+        for line_count, docstring in _field_docstrings(REPO / path, set(names.split(",")) if names else None):
             assert line_count == 1, f"{source}: {docstring!r} spans {line_count} lines"
             if len(docstring) < 150:
                 assert any(docstring in line for line in lines), f"{source}: {docstring!r} is broken up in the help"
+
+
+@pytest.mark.parametrize("argv", [[], ["train", "ava256"], ["train", "demo"]] + [[name] for name in SUBCOMMANDS])
+def test_help_cites_nothing_users_cannot_open(argv, monkeypatch, capsys):
+    """SPEC.md and DESIGN.md are design notes outside the repository; help points into docs/."""
+    monkeypatch.setenv("COLUMNS", "2000")
+    assert run_cli([*argv, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"SPEC|DESIGN", text), [line for line in text.splitlines() if re.search(r"SPEC|DESIGN", line)]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "ava256", "--help"], ["convert"]])
+def test_usage_names_the_command_a_user_types(argv, monkeypatch, capsys):
+    """Not sys.argv[0], which is '/path/to/venv/bin/ava', or '.../ava/__main__.py' under python -m."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / "ava" / "__main__.py"), *argv])
+    assert run_cli(argv) in (0, 2)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert re.search(r"usage: ava( |$)", text, re.MULTILINE) or "ava convert --help" in text, text[:500]
+    assert "__main__" not in text
 
 
 def test_the_default_of_n_is_said_once(capsys):

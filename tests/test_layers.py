@@ -65,8 +65,18 @@ def _imports(path: Path) -> list[tuple[int, str]]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.append((node.lineno, target))
+            if target == "ava":
+                # `from ava import train` / `from .. import render` import the parts themselves;
+                # `from ava import __version__` takes a name from ava/__init__.py.
+                found += [(node.lineno, f"ava.{alias.name}" if _is_part(alias.name) else "ava")
+                          for alias in node.names]
+            else:
+                found.append((node.lineno, target))
     return found
+
+
+def _is_part(name: str) -> bool:
+    return (PACKAGE / name / "__init__.py").exists() or (PACKAGE / f"{name}.py").exists()
 
 
 def _sources() -> list[Path]:
@@ -114,6 +124,10 @@ def test_every_part_has_a_layer():
     ("from ava.nn.uvmap import Topology\n", "a sibling"),
     ("import scipy\n", "the data layer uses only"),
     ("def f():\n    from ..render import cross_id\n", "a layer above"),
+    ("from ava import train\n", "a layer above"),
+    ("from .. import render\n", "a layer above"),
+    ("from .. import errors, nn\n", "a sibling"),
+    ("from ava import __version__, train\n", "a layer above"),
 ])
 def test_the_check_catches_upward_imports(tmp_path, monkeypatch, source, message):
     # The checker itself must be able to fail: plant an offending module in a copy of ava/data.

@@ -79,3 +79,19 @@ def test_bf16_stays_close_to_fp32_and_returns_fp32():
         # relative error of a few percent of each output's spread is what bf16 training sees.
         spread = reference[key].std().clamp_min(1e-6)
         assert ((output[key] - reference[key]).abs().mean() / spread) < 0.05, key
+
+
+def test_compile_auto_only_for_ava256_sized_models_on_cuda():
+    import copy
+
+    from ava.train.config import PRESETS
+    from ava.train.setup import should_compile
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    ava256, demo = copy.deepcopy(PRESETS["ava256"]), copy.deepcopy(PRESETS["demo"])
+    assert should_compile(ava256, cuda) and not should_compile(ava256, cpu)
+    assert not should_compile(demo, cuda)
+    demo.compile = "on"
+    assert should_compile(demo, cpu)
+    ava256.compile = "off"
+    assert not should_compile(ava256, cuda)

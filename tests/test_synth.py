@@ -66,6 +66,33 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(dataset_dir):
         generate(dataset_dir, SynthConfig(**{**TINY, "seed": 5}), progress=False)
 
 
+def test_an_interrupted_run_is_finished_by_the_next(dataset_dir, tmp_path):
+    """Ctrl-C during `ava synth` (or during `ava train`'s first demo-data generation) leaves some
+    capture folders and no manifest; the same command again must finish the set, not refuse it."""
+    import shutil
+
+    before = _digest(dataset_dir)
+    out = tmp_path / "interrupted"
+    shutil.copytree(dataset_dir, out)
+    (out / "synth_config.json").unlink()
+    (out / "ids.csv").unlink()
+    second = read_ids_csv(dataset_dir / "ids.csv")[1].folder
+    (out / second).rename(out / f".{second}.partial")  # the capture being written when it stopped
+    generate(out, SynthConfig(**TINY), progress=False)
+    assert _digest(out) == before and not (out / f".{second}.partial").exists()
+    # Anything else in the folder is not ours to replace.
+    (out / "synth_config.json").unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds no synthetic dataset"):
+        generate(out, SynthConfig(**TINY), progress=False)
+
+
+def test_progress_goes_to_stderr(tmp_path, capsys):
+    generate(tmp_path / "out", SynthConfig(**{**TINY, "n_ids": 1, "n_frames": 1}), progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "images" in captured.err
+
+
 def test_round_trip_sample(dataset_dir):
     captures = read_ids_csv(dataset_dir / "ids.csv")
     dataset = MultiCaptureDataset(dataset_dir, captures, downsample=64, with_keypoints=True)

@@ -17,7 +17,14 @@ from torch.utils.data import DataLoader
 from ava.data.ids import read_ids_csv
 from ava.data.layout import CaptureLayout
 from ava.errors import UserError
-from ava.train.data import EpochSampler, build_training_data, capture_cameras, nonempty_batches, select_cameras
+from ava.train.data import (
+    EpochSampler,
+    build_training_data,
+    capture_cameras,
+    ids_csv_path,
+    nonempty_batches,
+    select_cameras,
+)
 
 
 def _rank_orders(length: int, world_size: int, seed: int, epoch: int, start: int = 0) -> list[list[int]]:
@@ -57,6 +64,22 @@ def test_sampler_refuses_impossible_ranks():
         EpochSampler(4, 2, 2, 0)
     with pytest.raises(ValueError):
         EpochSampler(-1, 0, 1, 0)
+
+
+def test_a_named_ids_csv_that_is_missing_is_an_error_not_swapped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ids.csv").write_text("mcd,sid,mct\n")  # a synthetic set's list
+    # The presets' names fall back to each other: ava256 reads a synthetic set, demo a release.
+    assert ids_csv_path(tmp_path, "256_ids.csv") == tmp_path / "ids.csv"
+    (tmp_path / "ids.csv").rename(tmp_path / "256_ids.csv")
+    assert ids_csv_path(tmp_path, "ids.csv") == tmp_path / "256_ids.csv"
+    (tmp_path / "256_ids.csv").rename(tmp_path / "ids.csv")
+    # A file the user named is used or refused, never replaced by the dataset's list.
+    (tmp_path / "mine.csv").write_text("mcd,sid,mct\n")
+    assert ids_csv_path(tmp_path, "mine.csv") == tmp_path / "mine.csv"
+    for named in ("nope.csv", str(tmp_path / "elsewhere" / "ids.csv")):
+        with pytest.raises(UserError, match="not found"):
+            ids_csv_path(tmp_path, named)
 
 
 def test_an_empty_loader_raises_instead_of_spinning():

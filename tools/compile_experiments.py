@@ -131,7 +131,7 @@ def part_b(reps, results):
 
 
 def _training_batch(topology, batch: int, height: int, width: int, size: int, vertstd: float):
-    """A random batch with the shapes and value ranges of a real one (SPEC.md §2.2)."""
+    """A random batch with the shapes and value ranges of a real one (docs/data-layout.md)."""
     from head_scene import look_at_cameras
 
     from ava.data.dataset import pixel_coordinates

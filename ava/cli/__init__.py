@@ -20,6 +20,9 @@ SUBCOMMANDS: dict[str, str] = {
     "synth": "synth",
     "train": "train",
     "render": "render",
+    "show": "show",
+    "view": "view",
+    "eval": "eval",
     "train-driver": "train_driver",
     "eval-driver": "eval_driver",
 }
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = tyro.extras.subcommand_cli_from_dict(
             _load_subcommands(),
+            prog="ava",  # not sys.argv[0]: '/venv/bin/ava' or '.../ava/__main__.py' under python -m
             args=arguments,
             description=f"ava {__version__}: Ava-256 face avatars with a Triton MVP raymarcher (ava --version "
             "prints the version; ava COMMAND --help explains a command).",

@@ -125,7 +125,7 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     if not consistent:
         console.print(
             "[yellow]warning:[/] the captures list their cameras in different orders, so the original's "
-            "camera indices were ambiguous; colour calibration follows the first capture's order"
+            "camera indices were ambiguous; colour calibration follows the first capture's order", soft_wrap=True
         )
     state = reorder_cameras(state, original_order, cameras)
 
@@ -167,6 +167,6 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     console.print(
         f"wrote {config.output}: {model_config.num_prims} primitives at {model_config.uv_size}^2 UV, "
         f"{num_cameras} cameras, {num_identities} identities, step {step} "
-        f"(UV maps agree on {agreement:.2%} of texels)"
+        f"(UV maps agree on {agreement:.2%} of texels)", soft_wrap=True
     )
     return 0

@@ -35,7 +35,7 @@ def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
         return 0
     written = render(config, console)
     console.print(f"wrote {written['video']} ({len(written['frames'])} frames, camera {written['camera']}, "
-                  f"{written['driver']} driving {written['driven']})", highlight=False)
+                  f"{written['driver']} driving {written['driven']})", highlight=False, soft_wrap=True)
     if "orbit_video" in written:
-        console.print(f"wrote {written['orbit_video']} ({len(written['orbit_frames'])} views)", highlight=False)
+        console.print(f"wrote {written['orbit_video']} ({len(written['orbit_frames'])} views)", highlight=False, soft_wrap=True)
     return 0

@@ -39,9 +39,9 @@ def main(config: Annotated[SynthCommand, tyro.conf.arg(name="")]) -> int:
     threads = use_threads(config.threads, processes=worker_count(config.settings))
     output_folder(config.output_dir, "-o/--output-dir", create=False)  # generate() creates it
     if is_generated(config.output_dir, config.settings) and not config.settings.overwrite:
-        console.print(f"{config.output_dir} already holds this synthetic dataset; nothing to do", highlight=False)
+        console.print(f"{config.output_dir} already holds this synthetic dataset; nothing to do", highlight=False, soft_wrap=True)
         return 0
     captures = generate(config.output_dir, config.settings, threads=threads)
     console.print(f"wrote {len(captures)} captures to {config.output_dir} (ids in {config.output_dir / 'ids.csv'})",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     return 0

@@ -1,4 +1,4 @@
-"""`camera_calibration.json`: the dome cameras of one capture (SPEC §1.4).
+"""`camera_calibration.json`: the dome cameras of one capture (docs/data-layout.md).
 
 Schema: `{"KRT": [camera, ...]}`. Each camera stores `K` (3x3) and `T` (4x4) **transposed**:
 `intrinsics = K.T` and the world->camera matrix is `T.T = [[R, t], [0, 0, 0, 1]]`, so a camera maps
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ava.errors import UserError
+from ava.files import read_text
 
 # Sensor of the Ava-256 dome cameras (portrait); the original loader hard-codes these.
 DOME_SENSOR_WIDTH = 2668
@@ -161,7 +162,7 @@ def read_calibration(path: str | Path, in_front_of=WORLD_ORIGIN) -> list[Camera]
     path = Path(path)
     if not path.is_file():
         raise UserError(f"camera calibration {path} does not exist; download the camera_calibration asset")
-    return parse_calibration(path.read_text(encoding="utf-8"), source=str(path), in_front_of=in_front_of)
+    return parse_calibration(read_text(path), source=str(path), in_front_of=in_front_of)
 
 
 def calibration_document(cameras: list[Camera]) -> dict:
@@ -187,7 +188,7 @@ def calibration_document(cameras: list[Camera]) -> dict:
 
 
 def camera_in_head_frame(camera: Camera, headpose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The camera seen from the head frame (SPEC §2.2).
+    """The camera seen from the head frame (docs/data-layout.md).
 
     `headpose` [3,4] maps head -> world, `x_w = Hr x_h + Ht`. Returns `camrot = R Hr` [3,3] and
     `campos = Hr^T (campos_world - Ht)` [3] (mm), both float64.

@@ -1,4 +1,4 @@
-"""One capture's decoder data: what exists, and loading one member at a time (SPEC §1, §2.3).
+"""One capture's decoder data: what exists, and loading one member at a time (docs/data-layout.md).
 
 Construction checks the required files (a clear error naming the missing ones), reads the
 calibration and the frame list, and takes an inventory of the zips' member lists, so that frames
@@ -34,8 +34,9 @@ from ava.data.formats import (
 from ava.data.layout import NEUTRAL_SEGMENT, CaptureLayout
 from ava.data.zips import ZipPool
 from ava.errors import UserError
+from ava.files import read_text
 
-# Keypoint ids run 0..273 in the Ava-256 keypoint set (SPEC §1.11).
+# Keypoint ids run 0..273 in the Ava-256 keypoint set (docs/data-layout.md).
 KEYPOINT_COUNT = 274
 
 
@@ -83,7 +84,7 @@ class CaptureReader:
         calibration = read_calibration(self.layout.calibration, in_front_of=None)
         self.cameras: list[Camera] = self._select_cameras(calibration, cameras)
         self.frames = [Frame(seg, frame) for seg, frame in parse_frame_list(
-            self.layout.frame_list.read_text(encoding="utf-8"), str(self.layout.frame_list))]
+            read_text(self.layout.frame_list), str(self.layout.frame_list))]
         self.problems: list[Problem] = []
         self.archive_problems: list[ArchiveProblem] = []
         self._naming: dict[Path, names.MemberNaming] = {}

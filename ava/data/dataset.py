@@ -1,6 +1,6 @@
-"""Datasets of Ava-256 captures returning the samples of SPEC §2.2.
+"""Datasets of Ava-256 captures returning the samples of docs/data-layout.md.
 
-Differences from the original, on purpose (DESIGN.md):
+Differences from the original, on purpose (docs/architecture.md):
 - `camindex` is the position of the camera in the sorted union of all camera ids of the dataset and
   `idindex` the position of the capture in the ids list, the same in every dataset built from the
   same captures; `camera_ids` and `capture_ids` expose both mappings.
@@ -247,7 +247,7 @@ def _coprime_stride(length: int) -> int:
 
 
 class MultiCaptureDataset(Dataset):
-    """Several captures in ids-list order (SPEC §2.1), with the multi-capture statistics of SPEC §2.4.
+    """Several captures in ids-list order (docs/data-layout.md), with the multi-capture statistics of docs/data-layout.md.
 
     dataset_dir: holds one folder per capture. captures: the ids, in the order that defines
     `idindex`. stats: pass the training statistics when building a dataset for evaluation or

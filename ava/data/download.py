@@ -1,4 +1,4 @@
-"""`ava download`: fetch Ava-256 captures in parallel, resumably and verified (SPEC.md §1.13).
+"""`ava download`: fetch Ava-256 captures in parallel, resumably and verified (docs/data-layout.md).
 
 `ava.data.release` says which files make up the release and where they live; `ava.data.http`
 moves one file safely. This module ties them together: it checks the input, plans the file list

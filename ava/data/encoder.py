@@ -1,4 +1,4 @@
-"""The encoder (headset) part of a capture (SPEC §1.12): a frame list and five IR camera zips.
+"""The encoder (headset) part of a capture (docs/data-layout.md): a frame list and five IR camera zips.
 
 `EncoderCapture` reads single frames; `HeadsetDataset` gives training samples, the five views of
 one headset frame as `[5,S,S]` with its segment and frame id. The datasheet names the members
@@ -28,6 +28,7 @@ from ava.data.formats import BadMember, decode_image, member_frame, parse_frame_
 from ava.data.layout import ENCODER_CAMERAS, CaptureLayout, UnknownNaming, detect_naming
 from ava.data.zips import ZipPool
 from ava.errors import UserError
+from ava.files import read_text
 
 TRUTH_FILENAME = "encoder_truth.json"
 TRUTH_FORMAT = "ava-encoder-truth"
@@ -44,7 +45,7 @@ class EncoderCapture:
         if missing:
             raise UserError(f"missing required file {', '.join(missing[:3])}; download the encoder asset group "
                             "(ava download --assets encoder)")
-        self.frames = parse_frame_list(self.layout.encoder_frame_list.read_text(encoding="utf-8"),
+        self.frames = parse_frame_list(read_text(self.layout.encoder_frame_list),
                                        str(self.layout.encoder_frame_list))
         self.cameras = ENCODER_CAMERAS
         self.zips = ZipPool()

@@ -1,4 +1,4 @@
-"""Decoders and encoders for the member formats of a capture (SPEC §1.3, §1.5-§1.11).
+"""Decoders and encoders for the member formats of a capture (docs/data-layout.md).
 
 Every decoder takes the raw bytes of one zip member and raises `BadMember` when they cannot be
 what the format promises, so the dataset can skip that one sample and say why.
@@ -223,7 +223,7 @@ FRAME_LIST_HEADER = ("seg_id", "frame_id")
 
 
 def parse_frame_list(text: str, source: str) -> list[tuple[str, str]]:
-    """`frame_list.csv` rows as (seg_id, frame_id) strings, in file order (SPEC §1.5)."""
+    """`frame_list.csv` rows as (seg_id, frame_id) strings, in file order (docs/data-layout.md)."""
     rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if not rows:
         raise UserError(f"{source} is empty; expected a header seg_id,frame_id")

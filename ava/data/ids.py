@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ava.errors import UserError
+from ava.files import read_text
 
 _MCD = re.compile(r"^\d{8}$")
 _MCT = re.compile(r"^\d{4}$")
@@ -99,7 +100,7 @@ def read_ids_csv(path: str | Path) -> list[CaptureId]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ids CSV {path} does not exist; pass a file with header mcd,sid,mct")
-    return parse_ids_csv(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_ids_csv(read_text(path), source=str(path))
 
 
 def format_ids_csv(captures: list[CaptureId]) -> str:

@@ -1,4 +1,4 @@
-"""Where the files and zip members of one capture live (SPEC §1.2, §1.3).
+"""Where the files and zip members of one capture live (docs/data-layout.md).
 
 `CaptureLayout(root)` names every path under `<root>` = `<dataset_dir>/<mcd>--<mct>--<sid>`; the
 reader and the synthetic writer both use it, so they cannot disagree about the layout.
@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Iterable
 
 NEUTRAL_SEGMENT = "EXP_neutral_peak"
+# Part labels of segmentation_parts (DATASHEET.md); 0 is background or anything else.
+SEGMENTATION_CLASSES = {
+    0: "background", 1: "hair", 2: "body", 3: "chair", 4: "apparel", 5: "lenses", 6: "upper lip",
+    7: "lower lip", 8: "upper teeth", 9: "lower teeth", 10: "tongue (visible)",
+}
 ENCODER_CAMERAS = (
     "cam-cyclop",
     "cam-left-eye-atl-temporal",

@@ -1,4 +1,4 @@
-"""What the Ava-256 release holds and where (SPEC.md §1.13): asset groups, URLs, capture lists.
+"""What the Ava-256 release holds and where (docs/data-layout.md): asset groups, URLs, capture lists.
 
 The release lives under `<base URL>/<SIZE>/<mcd>--<mct>--<sid>/{decoder,encoder}/...`; locally the
 size tier is dropped: `OUT/<capture>/decoder/...`. Files come in asset groups; two of them

@@ -1,4 +1,4 @@
-"""Normalisation statistics (SPEC §2.4).
+"""Normalisation statistics (docs/data-layout.md).
 
 These are the ORIGINAL's formulas, kept on purpose although some are odd (the per-capture texture
 variance files are ignored; one capture's texture std is the spread across colour channels), because
@@ -15,6 +15,7 @@ import numpy as np
 from ava.data.formats import BadMember, decode_image, parse_variance
 from ava.data.layout import CaptureLayout
 from ava.errors import UserError
+from ava.files import read_text
 
 
 @dataclass
@@ -63,7 +64,7 @@ def read_capture_stats(layout: CaptureLayout) -> CaptureStats:
     def variance(path) -> float:
         if not path.is_file():
             raise UserError(f"{path} does not exist; download it again")
-        return parse_variance(path.read_text(encoding="utf-8"), str(path))
+        return parse_variance(read_text(path), str(path))
 
     return CaptureStats(
         texmean=np.ascontiguousarray(texture.transpose(2, 0, 1), dtype=np.float32),
@@ -74,7 +75,7 @@ def read_capture_stats(layout: CaptureLayout) -> CaptureStats:
 
 
 def combine_capture_stats(captures: Iterable[CaptureStats]) -> NormStats:
-    """The multi-capture statistics of the original (SPEC §2.4), streamed over the captures.
+    """The multi-capture statistics of the original (docs/data-layout.md), streamed over the captures.
 
     texmean  = mean_i texmean_i
     texstd   = N == 1: sqrt(mean((texmean - mean over channels of texmean)^2))

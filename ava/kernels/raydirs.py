@@ -1,4 +1,4 @@
-"""Public `compute_raydirs`: camera rays clipped to the volume cube (SPEC.md section 4)."""
+"""Public `compute_raydirs`: camera rays clipped to the volume cube (docs/raymarching.md)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def mvp_raymarch(
     backend: str | None = None,  # "triton", "torch" or None (automatic)
 ) -> torch.Tensor:
     """Renders a Mixture of Volumetric Primitives; returns rayrgba [N, H, W, 4] (premultiplied rgb,
-    alpha). Semantics: DESIGN.md "Raymarching semantics". Differentiable with respect to primpos,
+    alpha). Semantics: docs/raymarching.md. Differentiable with respect to primpos,
     primrot, primscale, template and warp; rays, tminmax and stepsize get no gradient."""
     sizes: dict[str, int] = {}
     check_tensor("raypos", raypos, ("N", "H", "W", 3), sizes)

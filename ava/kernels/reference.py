@@ -1,6 +1,6 @@
 """Plain PyTorch references for the ava kernels, written for clarity rather than speed.
 
-These are the oracles every other implementation is tested against, so they follow DESIGN.md's
+These are the oracles every other implementation is tested against, so they follow docs/raymarching.md's
 raymarching semantics in the most literal form: an explicit loop over steps and, inside a step,
 over primitives in ascending index. They support float64 (for `torch.autograd.gradcheck`).
 """
@@ -19,7 +19,7 @@ def compute_raydirs(
     pixelcoords: torch.Tensor,  # [N, H, W, 2] (x = column, y = row), no half-pixel offset
     volradius: float,  # mm per volume unit
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rays through pixel positions, clipped to the volume cube [-1, 1]^3 (SPEC.md section 4).
+    """Rays through pixel positions, clipped to the volume cube [-1, 1]^3 (docs/raymarching.md).
 
     Returns raypos [N,H,W,3] (volume units), raydir [N,H,W,3] (unit length) and tminmax [N,H,W,2];
     rays that miss the cube get tmin > tmax and therefore no samples.

@@ -7,7 +7,7 @@ Instead of marching, it enumerates the samples directly:
 2. Each hit pair expands into the step indices i whose sample t_i = tmin + i*dt may fall inside
    the box (one step of slack on each side; the exact strict test on y decides).
 3. All samples are evaluated at once (fade, optional warp, trilinear template fetch).
-4. Samples are sorted by (ray, step, primitive), the order DESIGN.md prescribes, and composited
+4. Samples are sorted by (ray, step, primitive), the order docs/raymarching.md prescribes, and composited
    with the closed form w_j = min(S_j, 1) - min(S_{j-1}, 1), S being the per-ray running sum
    of alpha*dt. The running sum is taken in float64: a float32 cumulative sum over millions of
    samples would lose the per-ray precision that the saturation point depends on.

@@ -1,4 +1,4 @@
-"""Decoder assembler: decoders plus primitive placement on the guide mesh (SPEC.md §3.9)."""
+"""Decoder assembler: decoders plus primitive placement on the guide mesh (docs/model.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The full model: encoders, bottleneck, decoder assembler, raymarcher, colour calibration and
-background (SPEC.md §3.12-3.13), and `build_autoencoder` to assemble it from a config.
+background (docs/model.md), and `build_autoencoder` to assemble it from a config.
 """
 
 from __future__ import annotations
@@ -131,22 +131,23 @@ class Autoencoder(nn.Module):
         camindex: torch.Tensor | None = None,
         id_cond: dict | None = None,
         bg: torch.Tensor | None = None,
+        expr_encoding: torch.Tensor | None = None,
         running_avg_scale: bool = False,
         gt_geo: torch.Tensor | None = None,
         residuals_weight: float = 1.0,
         output_set=frozenset(),
         force_neutral: bool = False,
         alpha_mask: torch.Tensor | None = None,
-        expression_code: torch.Tensor | None = None,
     ) -> dict:
         """Shapes: camrot [N,3,3], campos [N,3] (head frame, mm), focal, princpt [N,2],
         modelmatrix [N,4,4], avgtex, neut_avgtex [N,3,S,S] and verts, neut_verts [N,V,3]
         (normalised), pixelcoords [N,H,W,2] (x, y), idindex, camindex i64 [N].
 
         The identity comes from the *target* neutral (default: the source neutral); the
-        expression is encoded relative to the source neutral, unless `expression_code` [N,16,4,4]
-        is given: then it is decoded as it is (a headset driver's output; verts and avgtex are
-        not read, expr_mu is the code and expr_logstd zero). Returns encoding, expr_mu,
+        expression is encoded relative to the source neutral. A given `id_cond` (the identity
+        encoder's output) or `expr_encoding` [N,16,4,4] skips that encoder, and its inputs may be
+        None: a headset driver's output or an interactive viewer's cached code is decoded as it is
+        (expr_mu is then the code and expr_logstd zero). Returns encoding, expr_mu,
         expr_logstd [N,16,4,4], irgbrec [N,3,H,W] and verts [N,V,3] (mm) always, plus every name
         of `output_set` among id_cond (or idcond), samplecoords, primpos, primrot, primscale,
         template, bg, ialpha.
@@ -159,8 +160,8 @@ class Autoencoder(nn.Module):
             target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
             with autocast(verts, self.precision):
                 id_cond = to_float(self.id_encoder(target_verts, target_tex))
-        if expression_code is not None:
-            encoding, expr_mu, expr_logstd = expression_code, expression_code, torch.zeros_like(expression_code)
+        if expr_encoding is not None:
+            encoding, expr_mu, expr_logstd = expr_encoding, expr_encoding, torch.zeros_like(expr_encoding)
         else:
             with autocast(verts, self.precision):
                 code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
@@ -231,7 +232,7 @@ def build_autoencoder(
 ) -> Autoencoder:
     """Assemble the model (the original's `get_autoencoder`) for a topology and dataset sizes.
 
-    vertmean [V,3] and vertstd are the dataset's vertex statistics (SPEC.md §2.4); the number of
+    vertmean [V,3] and vertstd are the dataset's vertex statistics (docs/data-layout.md); the number of
     cameras and identities sizes the colour calibration and background tables.
     """
     config.validate()

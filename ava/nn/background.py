@@ -1,4 +1,4 @@
-"""Background model: an MLP over pixel position, camera and identity (SPEC.md §3.11)."""
+"""Background model: an MLP over pixel position, camera and identity (docs/model.md)."""
 
 from __future__ import annotations
 

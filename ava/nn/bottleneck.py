@@ -1,4 +1,4 @@
-"""VAE bottleneck and its "stable" KL term (SPEC.md §3.6)."""
+"""VAE bottleneck and its "stable" KL term (docs/model.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-camera and per-identity colour calibration (SPEC.md §3.10)."""
+"""Per-camera and per-identity colour calibration (docs/model.md)."""
 
 from __future__ import annotations
 

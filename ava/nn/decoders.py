@@ -1,4 +1,4 @@
-"""Geometry and RGB decoders (SPEC.md §3.7-3.8), generalised to any UV size and primitive grid.
+"""Geometry and RGB decoders (docs/model.md), generalised to any UV size and primitive grid.
 
 Both decoders double a 4x4 code up to an S x S slab with transposed convolutions t_0..t_{L-1},
 adding the identity skip of the same level when its width matches, and cut the slab into
@@ -65,7 +65,7 @@ def _slab_to_primitives(slab: torch.Tensor, per_side: int, voxels: int, channels
 
 
 class GeometryDecoder(nn.Module):
-    """Opacity slabs, per-primitive motion residuals and the mesh (SPEC.md §3.7).
+    """Opacity slabs, per-primitive motion residuals and the mesh (docs/model.md).
 
     Quirk kept for parity: vertices are read from the decoded geometry image with grid y = 2v - 1,
     i.e. v = 0 at the top, the opposite of the (flipped) UV maps used everywhere else. The
@@ -126,7 +126,7 @@ class GeometryDecoder(nn.Module):
 
 
 class RGBDecoder(nn.Module):
-    """View-conditioned colour slabs (SPEC.md §3.8): [N,K,D,D,D,3] in about -4..6 (x25+100 later)."""
+    """View-conditioned colour slabs (docs/model.md): [N,K,D,D,D,3] in about -4..6 (x25+100 later)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()

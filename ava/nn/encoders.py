@@ -1,4 +1,4 @@
-"""Identity and expression encoders (SPEC.md §3.4-3.5), generalised to any UV size.
+"""Identity and expression encoders (docs/model.md), generalised to any UV size.
 
 Module and parameter names follow the original so that its state dicts load unchanged
 (`id_encoder.tex.layers.e3.0.g`, `expr_encoder.comb.14.bias`, ...).
@@ -26,7 +26,7 @@ def _check_uv_input(name: str, image: torch.Tensor, size: int) -> None:
 
 
 class UnetEncoder(nn.Module):
-    """Encoder half of a UNet: a [N,16,4,4] code and one skip map per level (SPEC.md §3.4 step 2).
+    """Encoder half of a UNet: a [N,16,4,4] code and one skip map per level (docs/model.md).
 
     Level i has e_i (4x4 stride-2 conv + lrelu) and the skip b_i (1x1 conv on the level's input,
     followed by lrelu except at level 0). Skips are returned coarse to fine.
@@ -59,7 +59,7 @@ class UnetEncoder(nn.Module):
 
 
 class GeoTexCombiner(nn.Module):
-    """Mixes geometry and texture skips per level (SPEC.md §3.4 step 3), coarse to fine."""
+    """Mixes geometry and texture skips per level (docs/model.md), coarse to fine."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -96,7 +96,7 @@ def _identity_grid(size: int) -> torch.Tensor:
 
 
 class IdentityEncoder(nn.Module):
-    """Identity conditioning from a neutral mesh and texture (SPEC.md §3.4).
+    """Identity conditioning from a neutral mesh and texture (docs/model.md).
 
     Buffers `uv_tidx`, `uv_bary` ([3,S,S]) and `warpidentity` ([1,2,W,W]) are persistent as in the
     original, so original checkpoints load strictly. The skips are resampled through a learned
@@ -136,7 +136,7 @@ class IdentityEncoder(nn.Module):
 
 
 class ExpressionEncoder(nn.Module):
-    """Expression features relative to the neutral (SPEC.md §3.5): [N,64,4,4].
+    """Expression features relative to the neutral (docs/model.md): [N,64,4,4].
 
     Every convolution, including the last, is followed by lrelu (as in the original).
     """

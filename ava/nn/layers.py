@@ -1,4 +1,4 @@
-"""Weight-normalised layers and the original's initialisation (SPEC.md §3.1).
+"""Weight-normalised layers and the original's initialisation (docs/model.md).
 
 The weight norm here is *not* torch's per-output-channel weight norm: the effective weight is
 `W * g / ||W||_F` with `||W||_F` the Frobenius norm of the whole weight tensor (one scalar) and

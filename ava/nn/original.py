@@ -1,6 +1,6 @@
 """Reading state dicts saved by the original ava-256 code (`aeparams*.pt`).
 
-ava's modules keep the original's parameter names and shapes (SPEC.md §3.13), so the mapping is
+ava's modules keep the original's parameter names and shapes (docs/model.md), so the mapping is
 the identity once wrapper names (DDP's `module.`, torch.compile's `_orig_mod.`) are stripped; what
 needs work is recovering the model size from the tensors and the camera order of the colour
 calibration and background tables.
@@ -132,7 +132,7 @@ def original_camera_order(per_capture: list[list[str]], union: list[str]) -> tup
     """The camera each original index meant, and whether all captures agreed on it.
 
     The original indexed cameras by their position in each capture's own calibration list
-    (SPEC.md §9 item 6), so the index is only well defined when the captures list their cameras in
+    (docs/original-quirks.md), so the index is only well defined when the captures list their cameras in
     the same order. Otherwise the first capture that has a camera decides its index, which is
     exact for that capture and approximate for the others.
     """

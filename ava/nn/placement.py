@@ -1,4 +1,4 @@
-"""Placing primitives on the guide surface (SPEC.md §3.9 steps 4-6), for any grid size.
+"""Placing primitives on the guide surface (docs/model.md steps 4-6), for any grid size.
 
 The original supports only 16x16 and 128x128 primitive grids on a 1024 UV map; the same rules
 are written here for a P x P grid on an S x S position image: primitive (r, c) sits at texel
@@ -49,7 +49,7 @@ def place_primitives(postex: torch.Tensor, prims_per_side: int) -> tuple[torch.T
 
 
 def primitive_spacing(postex: torch.Tensor, prims_per_side: int) -> torch.Tensor:
-    """Distance from each primitive centre to its next neighbour (SPEC.md §3.9 step 6).
+    """Distance from each primitive centre to its next neighbour (docs/model.md).
 
     postex [N,3,S,S] -> [N,P*P]: the elementwise max of the distance to the next centre in the
     row and in the column; the last column (row) repeats the distance of the one before it.

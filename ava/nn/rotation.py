@@ -1,4 +1,4 @@
-"""Axis-angle to rotation matrix exactly as the original computes it (SPEC.md §4)."""
+"""Axis-angle to rotation matrix exactly as the original computes it (docs/model.md)."""
 
 from __future__ import annotations
 

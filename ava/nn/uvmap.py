@@ -1,4 +1,4 @@
-"""Mesh topology (OBJ) and the per-texel UV index/barycentric maps of SPEC.md §3.2-3.3.
+"""Mesh topology (OBJ) and the per-texel UV index/barycentric maps of docs/model.md.
 
 Conventions kept from the original (they decide which texel sees which surface point, so a
 checkpoint trained there only works here if they match):
@@ -173,7 +173,7 @@ def parse_obj(text: str, source: str = "<obj>") -> Topology:
 
 
 def load_obj(path: str | Path) -> Topology:
-    """Read an OBJ mesh with texture coordinates (SPEC.md §3.2 `load_obj`)."""
+    """Read an OBJ mesh with texture coordinates (docs/model.md `load_obj`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -200,7 +200,7 @@ def write_obj(topology: Topology, path: str | Path) -> None:
 
 @dataclass
 class UVMaps:
-    """Per-texel surface lookup for one topology at one UV resolution S (SPEC.md §3.2)."""
+    """Per-texel surface lookup for one topology at one UV resolution S (docs/model.md)."""
 
     vertex_index: torch.Tensor
     """i64 [3,S,S] geometry vertex id of each corner of the texel's triangle."""
@@ -344,7 +344,7 @@ def _check_size(size: int) -> None:
 
 
 def build_uv_maps(topology: Topology, size: int, *, use_cache: bool = True) -> UVMaps:
-    """Per-texel vertex ids and barycentrics for an S x S UV map (SPEC.md §3.2 conventions).
+    """Per-texel vertex ids and barycentrics for an S x S UV map (docs/model.md conventions).
 
     Results are cached under `$AVA_CACHE_DIR/uvmaps` (default `~/.cache/ava/uvmaps`), keyed by the
     topology's content hash and the size.
@@ -378,7 +378,7 @@ def build_uv_maps(topology: Topology, size: int, *, use_cache: bool = True) -> U
 def geometry_image(
     verts: torch.Tensor, uvmaps: UVMaps | torch.Tensor, bary: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Interpolate per-vertex values into UV space (SPEC.md §3.3 `generate_geomap`).
+    """Interpolate per-vertex values into UV space (docs/model.md `generate_geomap`).
 
     verts [N,V,C] and either a `UVMaps` or its two tensors (vertex_index i64 [3,S,S],
     bary [3,S,S]) -> [N,C,S,S]. The corner terms are summed in corner order, as the original does.

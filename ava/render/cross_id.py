@@ -3,7 +3,7 @@ orbits (novel views of one frame), from a checkpoint.
 
 Normalisation statistics, the camera list (camindex) and the identity list (idindex) all come
 from the checkpoint, so inputs are normalised exactly as in training. Everything runs in eval
-mode under torch.no_grad (SPEC.md §9 item 20).
+mode under torch.no_grad (docs/original-quirks.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def render(request, console) -> dict:
     driven, driven_index = resolve_identity(request.driven, identities, dataset_dir, min(1, len(identities) - 1))
     if driver_index is None:
         console.print(f"[yellow]note:[/] {driver} was not trained on; its colour calibration and background "
-                      "use the first identity's")
+                      "use the first identity's", soft_wrap=True)
     probe = checkpoint_capture(dataset_dir, driver, downsample, checkpoint, identity=driver_index)
     held_out = checkpoint.config.get("resolved", {}).get("holdout_cameras", [])
     camera = request.camera or frontal_cameras([probe], exclude=held_out)[0]

@@ -1,8 +1,9 @@
-"""Choosing cameras to show a model from."""
+"""Cameras: projecting points as the model sees them, and choosing cameras to show a model from."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 # The original's frontal cameras of the Ava-256 dome, used for cross-identity strips when present.
 FRONTAL_CAMERAS = ("401168", "401875", "402040", "401031")
@@ -30,3 +31,18 @@ def frontal_cameras(parts, exclude=()) -> list[str]:
         mean = directions.mean(axis=0)
         chosen.append(cameras[int(np.argmax(directions @ mean))].camera_id)
     return sorted(set(chosen))
+
+
+def project_points(points: torch.Tensor, camrot: torch.Tensor, campos: torch.Tensor, focal: torch.Tensor,
+                   princpt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pinhole projection of head-frame points with a sample's camera (docs/data-layout.md).
+
+    points [P,3] (mm, head frame), camrot [3,3] (head -> camera), campos [3] (mm), focal [2],
+    princpt [2] (pixels at the sample's size) -> (pixels [P,2] as (x, y): column and row, with
+    pixel centres at integers as in `pixelcoords`; in_camera [P,3], the points in the camera frame
+    in mm, whose z is the depth along the optical axis, <= 0 behind the camera). The inverse of
+    the rays `ava.kernels.compute_raydirs` casts.
+    """
+    in_camera = (points - campos) @ camrot.T
+    pixels = focal * in_camera[:, :2] / in_camera[:, 2].clamp_min(1e-6)[:, None] + princpt
+    return pixels, in_camera

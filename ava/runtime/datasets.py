@@ -53,3 +53,32 @@ def checkpoint_capture(dataset_dir: Path, folder: str, downsample: int, checkpoi
     part.camera_ids = list(checkpoint.cameras)  # camindex in the checkpoint's order
     part.identity_index = 0 if identity is None else identity
     return part
+
+
+def checkpoint_downsample(checkpoint, requested: int | None = None) -> int:
+    """`requested` (a --downsample flag), else the downsample the checkpoint was trained at."""
+    if requested is not None:
+        if requested < 1:
+            raise UserError("--downsample must be at least 1")
+        return int(requested)
+    return int(checkpoint.extra_state.get("downsample", 0) or checkpoint.config.get("train", {}).get("downsample", 8))
+
+
+def held_out_cameras(checkpoint) -> list[str]:
+    """The camera ids the checkpoint's run never trained on (recorded by `ava train`; [] for a
+    converted checkpoint or a run without held-out cameras)."""
+    return [str(camera) for camera in checkpoint.config.get("resolved", {}).get("holdout_cameras", [])]
+
+
+def match_identities(names, identities: list[str]) -> list[int]:
+    """Positions in `identities` (capture folders MCD--MCT--SID) of `names`, each a folder or a
+    subject id; UserError for a name that matches none or several."""
+    chosen = []
+    for name in names:
+        matches = [i for i, folder in enumerate(identities) if folder == name or folder.split("--")[-1] == name]
+        if len(matches) != 1:
+            problem = "matches several" if matches else "is not one"
+            raise UserError(f"identity {name} {problem} of the checkpoint's {len(identities)} identities "
+                            f"(e.g. {', '.join(identities[:3])}); name one as MCD--MCT--SID or by subject id")
+        chosen.append(matches[0])
+    return list(dict.fromkeys(chosen))

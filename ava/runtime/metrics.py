@@ -1,4 +1,5 @@
-"""Image metrics shared by training and evaluation: PSNR on held-out cameras and training views.
+"""Image metrics shared by training (`ava train`'s held-out PSNR) and evaluation (`ava eval`):
+PSNR on held-out cameras and training views, SSIM, and LPIPS where its weights are on disk.
 
 Held-out cameras and their backgrounds. A camera that was never trained on has an untrained row
 in the background model (and in colour calibration), and its backdrop cannot be predicted from
@@ -18,6 +19,8 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset
 
 from ava.runtime.batch import collate, to_device
+from ava.runtime.cameras import project_points
 from ava.runtime.model import run_model
 
 PLATE_ROWS, PLATE_COLUMNS = 8, 6
@@ -77,9 +81,8 @@ def head_mask(sample: dict, vertmean: torch.Tensor, vertstd: float) -> torch.Ten
     splats closed by a 3x3 dilation. Pixel (x, y) looks along the ray through column x, row y."""
     height, width = sample["image"].shape[-2:]
     verts = sample["verts"] * vertstd + vertmean  # [V,3] mm, head frame
-    in_camera = (verts - sample["campos"]) @ sample["camrot"].T
-    depth = in_camera[:, 2].clamp_min(1e-6)
-    pixels = (sample["focal"] * in_camera[:, :2] / depth[:, None] + sample["princpt"]).round().long()
+    projected, in_camera = project_points(verts, sample["camrot"], sample["campos"], sample["focal"], sample["princpt"])
+    pixels = projected.round().long()
     inside = (in_camera[:, 2] > 0) & (pixels[:, 0] >= 0) & (pixels[:, 0] < width) & (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
     mask = torch.zeros(height, width)
     mask[pixels[inside, 1], pixels[inside, 0]] = 1.0
@@ -97,6 +100,82 @@ def _render_split(model, sample: dict, device) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
+def camera_plate(model, calibration_sample: dict, device) -> torch.Tensor:
+    """The background plate [3,H,W] of one held-out camera, fitted to `calibration_sample` (a frame
+    of that camera that is then left out of the measurement)."""
+    foreground, alpha, _ = _render_split(model, calibration_sample, device)
+    return fit_plate(foreground, alpha, calibration_sample["image"].to(device))
+
+
+@dataclass
+class HeldOutView:
+    """One sample rendered for measurement (tensors on the model's device, 0..255).
+
+    image: the photo [3,H,W]; with_plate / with_model_bg: the render [3,H,W] composited over the
+    camera's fitted plate / over the model's own background row, clamped to 0..255; head: bool
+    [H,W], the tracked mesh's silhouette (`head_mask`).
+    """
+
+    image: torch.Tensor
+    with_plate: torch.Tensor
+    with_model_bg: torch.Tensor
+    head: torch.Tensor
+
+
+@torch.no_grad()
+def held_out_view(model, sample: dict, plate: torch.Tensor, device, vertmean: torch.Tensor,
+                  vertstd: float) -> HeldOutView:
+    """Renders `sample` and composites it over `plate` (from `camera_plate`) and over the model's
+    background. vertmean [V,3] (mm) and vertstd undo the vertex normalisation for the head mask."""
+    foreground, alpha, background = _render_split(model, sample, device)
+    return HeldOutView(
+        image=sample["image"].to(device),
+        with_plate=(foreground + (1.0 - alpha) * plate).clamp(0, 255),
+        with_model_bg=(foreground + (1.0 - alpha) * background).clamp(0, 255),
+        head=head_mask(sample, vertmean, vertstd).to(device),
+    )
+
+
+@dataclass
+class SquaredErrors:
+    """Sums of squared errors over views, so that PSNR is pooled over pixels (the PSNR of the mean
+    squared error, not the mean of per-image PSNRs)."""
+
+    plate: float = 0.0
+    model_bg: float = 0.0
+    head: float = 0.0
+    pixels: int = 0
+    head_pixels: int = 0
+    views: int = 0
+
+    @staticmethod
+    def of(view: HeldOutView) -> "SquaredErrors":
+        """The sums of one view."""
+        plate_error = (view.with_plate - view.image) ** 2
+        return SquaredErrors(
+            plate=float(plate_error.sum()),
+            model_bg=float(((view.with_model_bg - view.image) ** 2).sum()),
+            head=float(plate_error[:, view.head].sum()),
+            pixels=view.image.numel(),
+            head_pixels=int(view.head.sum()) * view.image.shape[0],
+            views=1,
+        )
+
+    def __add__(self, other: "SquaredErrors") -> "SquaredErrors":
+        return SquaredErrors(*(getattr(self, name) + getattr(other, name) for name in
+                               ("plate", "model_bg", "head", "pixels", "head_pixels", "views")))
+
+    def psnr(self) -> dict[str, float]:
+        """{"psnr": with the plate, "psnr_head": inside the head mask, "psnr_model_bg": with the
+        model's background}, in dB."""
+        return {
+            "psnr": psnr_from_mse(self.plate / max(self.pixels, 1)),
+            "psnr_head": psnr_from_mse(self.head / max(self.head_pixels, 1)),
+            "psnr_model_bg": psnr_from_mse(self.model_bg / max(self.pixels, 1)),
+        }
+
+
+@torch.no_grad()
 def holdout_psnr(model, holdout: ConcatDataset, count: int, device, stats) -> dict[str, float]:
     """PSNR on up to `count` held-out samples (see the module docstring); {} if none."""
     by_camera: dict[tuple[int, str], list[int]] = defaultdict(list)  # (part, camera) -> indices
@@ -109,32 +188,20 @@ def holdout_psnr(model, holdout: ConcatDataset, count: int, device, stats) -> di
     if not chosen:
         return {}
     plates: dict[tuple[int, str], torch.Tensor] = {}
-    squared_plate = squared_model = squared_head = 0.0
-    pixels = head_pixels = 0
+    total = SquaredErrors()
     vertmean = torch.from_numpy(stats.vertmean)
     for index in chosen:
         part, local = _locate(holdout, index)
         key = (id(part), part.sample_ids(local)[1])
         if key not in plates:
-            calibration_sample = holdout[calibration[key]]
-            foreground, alpha, _ = _render_split(model, calibration_sample, device)
-            plates[key] = fit_plate(foreground, alpha, calibration_sample["image"].to(device))
-        sample = holdout[index]
-        foreground, alpha, background = _render_split(model, sample, device)
-        image = sample["image"].to(device)
-        with_plate = foreground + (1.0 - alpha) * plates[key]
-        with_model_bg = foreground + (1.0 - alpha) * background
-        plate_error = (with_plate.clamp(0, 255) - image) ** 2
-        squared_plate += float(plate_error.sum())
-        squared_model += float(((with_model_bg.clamp(0, 255) - image) ** 2).sum())
-        pixels += image.numel()
-        mask = head_mask(sample, vertmean, stats.vertstd).to(device)
-        squared_head += float(plate_error[:, mask].sum())
-        head_pixels += int(mask.sum()) * image.shape[0]
+            plates[key] = camera_plate(model, holdout[calibration[key]], device)
+        total = total + SquaredErrors.of(held_out_view(model, holdout[index], plates[key], device, vertmean,
+                                                       stats.vertstd))
+    psnr = total.psnr()
     return {
-        "psnr_holdout": psnr_from_mse(squared_plate / pixels),
-        "psnr_holdout_model_bg": psnr_from_mse(squared_model / pixels),
-        "psnr_holdout_head": psnr_from_mse(squared_head / max(head_pixels, 1)),
+        "psnr_holdout": psnr["psnr"],
+        "psnr_holdout_model_bg": psnr["psnr_model_bg"],
+        "psnr_holdout_head": psnr["psnr_head"],
         "holdout_samples": len(chosen),
     }
 
@@ -149,3 +216,69 @@ def training_view_psnr(model, dataset, count: int, device) -> float:
         squared += float(((rendered - batch["image"]) ** 2).sum())
         pixels += batch["image"].numel()
     return psnr_from_mse(squared / pixels)
+
+
+# SSIM with the usual Gaussian window (Wang et al. 2004): 11 pixels, sigma 1.5, on 0..255 images.
+SSIM_KERNEL, SSIM_SIGMA = 11, 1.5
+
+
+@torch.no_grad()
+def structural_similarity(rendered: torch.Tensor, target: torch.Tensor,
+                          mask: torch.Tensor | None = None) -> tuple[float, float | None]:
+    """(SSIM over the whole image, mean of the SSIM map inside `mask`) of [3,H,W] images in 0..255
+    (torchmetrics' implementation; the map is averaged over channels). The second value is None
+    when no mask is given or it is empty. Images need at least 11 pixels on each side."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    height, width = target.shape[-2:]
+    if min(height, width) < SSIM_KERNEL:
+        raise ValueError(f"SSIM needs images of at least {SSIM_KERNEL}x{SSIM_KERNEL} pixels, got {width}x{height}")
+    whole, ssim_map = structural_similarity_index_measure(
+        rendered[None].float(), target[None].float(), gaussian_kernel=True, sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL, data_range=255.0, return_full_image=True)
+    inside = None
+    if mask is not None and bool(mask.any()):
+        inside = float(ssim_map[0].mean(dim=0)[mask].mean())
+    return float(whole), inside
+
+
+LPIPS_NETWORK = "alexnet"  # the LPIPS paper's default backbone, and the cheapest
+
+
+def lpips_weights_file() -> tuple[Path | None, str]:
+    """(path of the ImageNet backbone weights LPIPS needs, "") when they are on disk, else
+    (None, why not). Nothing is downloaded: torchvision keeps such files in torch.hub's cache
+    (`$TORCH_HOME/hub/checkpoints`), where they are looked for."""
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.models import AlexNet_Weights
+    except Exception as error:  # ImportError, or a torchvision built for another torch
+        return None, f"torchvision is not usable here ({type(error).__name__}: {error})"
+    url = AlexNet_Weights.DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        return None, f"the {LPIPS_NETWORK} weights are not at {path} (ava never downloads them; fetch {url} there)"
+    return path, ""
+
+
+class Lpips:
+    """LPIPS (Zhang et al. 2018; torchmetrics' implementation, AlexNet backbone) of [3,H,W] images
+    in 0..255; lower is more similar. Build it with `Lpips.load`, which never downloads."""
+
+    def __init__(self, metric) -> None:
+        self.metric = metric
+
+    @staticmethod
+    def load(device) -> tuple["Lpips | None", str]:
+        """(metric, "") when the weights are on disk, else (None, the reason it is skipped)."""
+        path, reason = lpips_weights_file()
+        if path is None:
+            return None, reason
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(device).eval()
+        return Lpips(metric), ""
+
+    @torch.no_grad()
+    def __call__(self, rendered: torch.Tensor, target: torch.Tensor) -> float:
+        return float(self.metric((rendered[None] / 255.0).clamp(0, 1), (target[None] / 255.0).clamp(0, 1)))

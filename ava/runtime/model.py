@@ -1,4 +1,4 @@
-"""The model call of training, evaluation and rendering (SPEC.md §6.3, §3.12 argument order)."""
+"""The model call of training, evaluation and rendering (docs/training.md argument order)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def run_model(model: torch.nn.Module, batch: dict, *, warm: bool = False, output
         gt_geo=batch["verts"] if warm else None,
         residuals_weight=0.0 if warm else 1.0,
         output_set=set(outputs),
-        expression_code=code,
+        expr_encoding=code,
     )
 
 

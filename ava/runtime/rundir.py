@@ -1,6 +1,6 @@
 """A run folder: resolved config, metrics log, checkpoints with a `latest` pointer, pictures,
-TensorBoard. Shared by the trainings (`ava train-driver` uses it; `ava train` has the same layout in
-ava/train/rundir.py, which can become a re-export of this module).
+TensorBoard. Shared by the trainings: `ava train` (through ava/train/rundir.py) and
+`ava train-driver`.
 
 Layout of `<output_path>`:
   config.json                  the resolved config of the (latest) start of the run

@@ -1,4 +1,4 @@
-"""Unwrapped textures of the procedural head (flipped-UV layout: row 0 is v ~ 1, SPEC §1.8).
+"""Unwrapped textures of the procedural head (flipped-UV layout: row 0 is v ~ 1, docs/data-layout.md).
 
 Colours are functions of the surface angles (theta, phi) of head.py, so the texture lines up with
 the geometry by construction (on another topology, template.py gives every texel its angles):

@@ -3,7 +3,7 @@
 World frame: millimetres, z up, the dome centred at the origin. The head frame (head.py: y up,
 z out of the face) is turned into the world by a base pose that maps the head's up to world z and
 its face to world -y, yawed a little, so that head pose composition is exercised for real; each
-frame adds a small smooth rotation and translation (SPEC §1.6: head -> world).
+frame adds a small smooth rotation and translation (docs/data-layout.md: head -> world).
 
 Like the real capture dome, every synthetic capture draws its cameras from one fixed set of
 camera ids, each at a fixed place: `DOME_CAMERA_IDS` holds 96 six-digit ids in the style of the

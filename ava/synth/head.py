@@ -8,7 +8,7 @@ cells split into triangles that tile the whole unit square, as the Ava-256 topol
 seam column shares geometry vertices between two UVs. The neck is open and the crown keeps a
 pin-hole (rings stop just short of the poles), which the primitives cover.
 
-With this orientation the decoder's frame (SPEC §3.9) has T along +u, B along the texture rows
+With this orientation the decoder's frame (docs/model.md) has T along +u, B along the texture rows
 and N = T x dv pointing out of the head.
 
 Head frame: +x towards the subject's left ear, +y up, +z out of the face; millimetres; the

@@ -4,7 +4,7 @@ The real Ava-256 release pairs each dome capture with a headset capture (a Quest
 cameras) recorded in a separate session from a similar script, so the two takes of a segment
 have their own timing and length and no frame of one matches a frame of the other by index.
 This module makes the synthetic equivalent, written in exactly the release layout
-(`encoder/frame_list.csv`, `encoder/image/cam-*.zip`, SPEC.md §1.12):
+(`encoder/frame_list.csv`, `encoder/image/cam-*.zip`, docs/data-layout.md):
 
 Timing. Each dome segment of n frames gets a headset segment of m != n frames. Headset frame i
 shows exactly the expression of dome frame j(i), with j a random monotone warp (j(0) = 0,

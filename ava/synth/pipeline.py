@@ -1,4 +1,4 @@
-"""`ava synth`: synthetic captures in the real on-disk layout (SPEC §1), rendered with ava.kernels.
+"""`ava synth`: synthetic captures in the real on-disk layout (docs/data-layout.md), rendered with ava.kernels.
 
 Per subject: a head (surface.py: the procedural head of head.py, or a face topology's template,
 template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
@@ -249,7 +249,7 @@ def _keypoint_vertices(surface: HeadSurface) -> np.ndarray:
 
 
 def _keypoints(vertices: np.ndarray, pose: np.ndarray, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (SPEC §1.11)."""
+    """[K,6] rows of keypoint id, world x, y, z, summed confidence, inlier count (docs/data-layout.md)."""
     world = vertices[chosen].astype(np.float64) @ pose[:, :3].T + pose[:, 3]
     inliers = rng.integers(3, 20, len(chosen)).astype(np.float64)
     confidence = inliers * rng.uniform(0.5, 1.0, len(chosen))
@@ -342,6 +342,15 @@ def worker_count(config: SynthConfig) -> int:
     return config.workers or min(os.cpu_count() or 1, 8)
 
 
+def _left_by_interrupted_run(output_dir: Path, config: SynthConfig) -> bool:
+    """True when `output_dir` holds only what generate() with `config` writes before its manifest:
+    some of its capture folders (each complete: they appear by rename), their hidden `.partial`
+    folders, the topology and the ids list. A rerun then starts over (the output is the same)."""
+    folders = {plan.capture.folder for plan in plan_subjects(config)}
+    expected = folders | {f".{folder}.partial" for folder in folders} | {TOPOLOGY_FILENAME, IDS_FILENAME}
+    return all(entry.name in expected for entry in output_dir.iterdir())
+
+
 def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
     """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
     Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
@@ -351,8 +360,9 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
     manifest = read_manifest(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
         if manifest is None:
-            raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
-        if not is_generated(output_dir, config):
+            if not _left_by_interrupted_run(output_dir, config):
+                raise UserError(f"{output_dir} is not empty and holds no synthetic dataset; choose another -o or pass --overwrite")
+        elif not is_generated(output_dir, config):
             raise UserError(f"{output_dir} holds a synthetic dataset made with other settings; pass --overwrite to replace it")
     output_dir.mkdir(parents=True, exist_ok=True)
     if manifest is not None:
@@ -428,8 +438,12 @@ class _progress_bar:
                 TimeRemainingColumn,
             )
 
+            from rich.console import Console
+
+            # On stderr with every other message: stdout stays free for what a caller pipes on.
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn())
+                                     TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
 
     def __enter__(self):
         if self.progress is not None:

@@ -1,7 +1,7 @@
 """Ground-truth images: the textured head as volumetric primitives, raymarched with ava.kernels.
 
 Primitives are placed on the head mesh exactly as the decoder places them on its guide mesh
-(`ava.nn.placement`, SPEC §3.9): centres and TBN frames from the geometry image, lateral scale
+(`ava.nn.placement`, docs/model.md): centres and TBN frames from the geometry image, lateral scale
 0.8 * 2 / spacing. Along the normal the boxes are made thin (`shell_mm` half-thickness), which a
 decoder can express through its scale residual; it keeps the number of samples small on a CPU.
 Each template takes its RGB from the texture under the primitive's footprint and its alpha from a
@@ -86,7 +86,7 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     if (torch.linalg.det(primrot[0]).abs() < 0.5).any():
         raise ValueError("degenerate primitive frame: the head topology has a zero-length step along u")
     spacing = primitive_spacing(postex, count)[0].clamp(min=1e-6)  # [K]
-    lateral = 0.8 * 2.0 / spacing  # the decoder's scale, SPEC §3.9 step 6
+    lateral = 0.8 * 2.0 / spacing  # the decoder's scale, docs/model.md
     normal = torch.full_like(lateral, VOLRADIUS / settings.shell_mm)
     primscale = torch.stack([lateral, lateral, torch.maximum(normal, lateral)], dim=-1)
 
@@ -193,7 +193,7 @@ def rasterise_depth(points_camera: torch.Tensor, faces: torch.Tensor, focal: tor
 
 @dataclass
 class View:
-    """One camera seen from the head frame (SPEC §2.2 conventions), at the rendered resolution."""
+    """One camera seen from the head frame (docs/data-layout.md conventions), at the rendered resolution."""
 
     camrot: torch.Tensor  # [3,3]
     campos: torch.Tensor  # [3] mm

@@ -1,4 +1,4 @@
-"""Writes a capture folder in the real layout (SPEC §1.2, §1.3), all or nothing.
+"""Writes a capture folder in the real layout (docs/data-layout.md), all or nothing.
 
 Everything goes into a hidden sibling folder `.<name>.partial` first; `commit()` flushes and syncs
 every file and renames the folder into place, so an interrupted run never leaves a capture that

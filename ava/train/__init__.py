@@ -1,7 +1,7 @@
 """Training (`ava train`): config and presets, data, losses, the loop, the run directory.
 
 Modules: config (dataclasses and presets), data (datasets, held-out cameras, loaders),
-losses (SPEC.md §6.3 terms), distributed (torchrun / single process), ddp (how the model is
+losses (docs/training.md terms), distributed (torchrun / single process), ddp (how the model is
 wrapped in DistributedDataParallel: unused parameters, synced buffers, buckets), rundir (checkpoints,
 metrics, images, TensorBoard), evaluate (progress images, cross-identity strips).
 The loop (loop) orchestrates: setup (data, model, optimiser, resume, run folder, loader),

@@ -1,4 +1,4 @@
-"""`ava train` configuration: the original's keys (SPEC.md §6.1) as dataclass fields, and presets.
+"""`ava train` configuration: the original's keys (docs/training.md, "Configuration") as dataclass fields, and presets.
 
 Only dataclasses live here (no torch import), so `ava --help` stays fast. Field names follow the
 original's config, so `--train.maxiter`, `--train.init-learning-rate`, `--progress.output-path`
@@ -22,7 +22,7 @@ from ava.nn.config import ModelConfig, model_preset
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (SPEC.md §6.3); a weight of 0 drops the term."""
+    """Weights of the loss terms (docs/training.md, "One step"); a weight of 0 drops the term."""
 
     irgbl1: float = 1.0
     """Mean absolute error of the rendered image against the photo (0..255 units)."""
@@ -41,7 +41,7 @@ class TrainSection:
     dataset_dir: Path | None = None
     """Folder holding one folder per capture. None: the demo synthetic set, generated once into the cache (~/.cache/ava or $AVA_CACHE_DIR) with the --synth.* settings."""
     data_csv: str = "256_ids.csv"
-    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is looked up in the dataset folder first, then in the working directory."""
+    """Ids CSV (header mcd,sid,mct) listing the captures in training order; a relative path is looked up in the dataset folder first, then in the working directory. The presets' names, 256_ids.csv (the release) and ids.csv (a synthetic set), stand in for each other."""
     ids: tuple[str, ...] = ()
     """Train on these captures (MCD--MCT--SID or subject ids, looked up in the ids CSV) instead of the first --train.nids rows."""
     nids: int = 4
@@ -146,7 +146,7 @@ class TrainConfig:
     preset: Annotated[str, tyro.conf.Suppress] = "demo"
     """The preset these values started from (recorded in config.json; ava256 needs a dataset)."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for CUDA, off on a CPU. Costs about a minute at the start and made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md)."""
+    """torch.compile the encoders, the decoder assembler and the background model, each on its own (the raymarcher stays outside); auto: on for a CUDA device and a model of 1024x1024 UV maps (the ava256 size, where it was measured), off otherwise. Costs a minute or more at the start, and recompiles at the first evaluation and after the warm-up; made the ava256 step 1.4x faster on an H200 (BENCHMARKS.md). For short runs of small models the compile time outweighs the gain."""
 
 
 def _demo() -> TrainConfig:
@@ -190,12 +190,12 @@ def _ava256() -> TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {"demo": _demo(), "ava256": _ava256()}
 """demo: synthetic data generated once, a small model, minutes on a CPU. ava256: the original's
-configuration (SPEC.md §6.1) for the real dataset."""
+configuration (docs/training.md, "Configuration") for the real dataset."""
 
 PRESET_HELP = {
     "demo": "The default: a synthetic capture set generated once into the cache and a small model; "
     "finishes on a laptop CPU in minutes.",
-    "ava256": "The original configuration (SPEC.md §6.1): 1024^2 UV maps, 16384 primitives, batch 4 at "
+    "ava256": "The original configuration (docs/training.md): 1024^2 UV maps, 16384 primitives, batch 4 at "
     "downsample 8, Adam 2e-4; needs --train.dataset-dir.",
 }
 

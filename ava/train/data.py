@@ -1,6 +1,6 @@
 """Training data: which dataset and captures, held-out cameras, datasets and a resumable loader.
 
-Index conventions (DESIGN.md): `camindex` is the position of a camera in the sorted list of ALL
+Index conventions (docs/architecture.md): `camindex` is the position of a camera in the sorted list of ALL
 cameras of the selected captures, held-out ones included, so that the checkpoint's camera list
 covers every camera a render may ask for; `idindex` is the capture's position in the training list.
 """
@@ -24,16 +24,22 @@ from ava.synth.config import IDS_FILENAME
 from ava.errors import UserError
 
 
+# The presets' ids CSV names: the release's list and a synthetic set's. Either preset then reads
+# either kind of dataset; a file the user named is never swapped for another.
+DEFAULT_IDS_CSVS = ("256_ids.csv", IDS_FILENAME)
+
+
 def ids_csv_path(dataset_dir: Path, data_csv: str) -> Path:
-    """The ids CSV: absolute, else in the dataset folder, else relative to the working directory;
-    a synthetic set's own ids.csv when the named file is absent."""
+    """The ids CSV: absolute, else in the dataset folder, else relative to the working directory.
+    When `data_csv` is one of the presets' names (DEFAULT_IDS_CSVS) and absent, the dataset's file
+    of the other name; any other missing name is a UserError."""
     named = Path(data_csv).expanduser()
     candidates = [named] if named.is_absolute() else [dataset_dir / named, named]
+    if data_csv in DEFAULT_IDS_CSVS:
+        candidates += [dataset_dir / name for name in DEFAULT_IDS_CSVS]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    if (dataset_dir / IDS_FILENAME).is_file():
-        return dataset_dir / IDS_FILENAME
     raise UserError(
         f"ids CSV {data_csv} not found in {dataset_dir} or the working directory; pass --train.data-csv PATH"
     )

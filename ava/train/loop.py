@@ -1,4 +1,4 @@
-"""The training loop (SPEC.md §6.3) with the original's defects fixed (SPEC.md §9 item 18):
+"""The training loop (docs/training.md) with the original's defects fixed (docs/original-quirks.md):
 the sampler changes order every epoch, maxiter ends the whole run, and a resume restores the
 weights, optimiser, schedule, step, data position and RNG state.
 

@@ -1,4 +1,4 @@
-"""The training loss of SPEC.md §6.3: image L1, mesh L1, KL and primitive volume, weighted."""
+"""The training loss of docs/training.md: image L1, mesh L1, KL and primitive volume, weighted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The learning-rate schedule of SPEC.md §6.3: StepLR that stops changing after a set number of
+"""The learning-rate schedule of docs/training.md: StepLR that stops changing after a set number of
 changes.
 
 Step numbering: `step` counts completed optimiser steps. Step index j (0-based) is a warm-up step

@@ -4,6 +4,7 @@ actions need."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,10 @@ class Trainer:
     """torch's CPU threads in this process."""
 
     def say(self, *args, **kwargs) -> None:
-        """Prints on rank 0 only."""
+        """Prints on rank 0 only; a long line stays one line (rich would otherwise break it at 80
+        columns when stderr is a log file, as under a cluster scheduler)."""
         if self.ctx.is_main:
+            kwargs.setdefault("soft_wrap", True)
             self.console.print(*args, **kwargs)
 
 
@@ -132,7 +135,7 @@ def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> 
     path = None
     if ctx.is_main:
         target = demo_dataset_dir(config.synth)
-        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False)
+        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False, soft_wrap=True)
         path = ensure_demo_dataset(config.synth, progress=True)
     ctx.barrier()  # the other ranks wait until rank 0 has generated the set
     return Path(ctx.broadcast_object(str(path) if path else None))
@@ -242,7 +245,7 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
     configure_tensor_cores(config.train.precision)
     state.model.set_precision(config.train.precision)
     plan = plan_distributed(config, ctx, state, data, vertmean) if ctx.enabled else None
-    if config.compile == "on" or (config.compile == "auto" and ctx.device.type == "cuda"):
+    if should_compile(config, ctx.device):
         # tools/bench_train_step.py on an H200 (BENCHMARKS.md): compiling the encoders, the
         # decoder assembler and the background model separately fuses the weight-norm, activation
         # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
@@ -259,6 +262,17 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
 
 
 COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
+# --compile auto compiles from this UV size up: measured at 1024 (ava256), where it gains 1.4x; a
+# 1000-step demo-size run on an H200 spent more time compiling (about 4 minutes over its
+# warm-up, evaluation and training graphs) than the whole run otherwise takes.
+COMPILE_MIN_UV_SIZE = 1024
+
+
+def should_compile(config: TrainConfig, device: torch.device) -> bool:
+    """Whether prepare_network compiles the model's parts (see TrainConfig.compile)."""
+    if config.compile != "auto":
+        return config.compile == "on"
+    return device.type == "cuda" and config.model.uv_size >= COMPILE_MIN_UV_SIZE
 
 
 # --- run folder ---------------------------------------------------------------------------------
@@ -321,7 +335,8 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
     from ava.train.evaluate import CrossIdentity
 
-    say = console.print if ctx.is_main else (lambda *args, **kwargs: None)
+    # One line per message even in a log file (see Trainer.say).
+    say = functools.partial(console.print, soft_wrap=True) if ctx.is_main else (lambda *args, **kwargs: None)
     threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 

@@ -60,6 +60,6 @@ def train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, batch
 def decoder_terms(network: torch.nn.Module, batch: dict, *, warm: bool, vertmean: torch.Tensor,
                   vertstd: float) -> tuple[dict, dict[str, torch.Tensor]]:
     """The universal decoder's `terms_fn`: renders the batch (the warm-up form when `warm`) and
-    returns the SPEC.md §6.3 terms (vertmean [V,3] mm and vertstd undo the mesh normalisation)."""
+    returns the docs/training.md terms (vertmean [V,3] mm and vertstd undo the mesh normalisation)."""
     output = run_model(network, batch, warm=warm, outputs=LOSS_OUTPUTS)
     return output, loss_terms(output, batch, vertmean, vertstd)
