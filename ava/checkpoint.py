@@ -441,7 +441,7 @@ class DriverCheckpoint:
 
     def build_encoder(self) -> torch.nn.Module:
         """The ava.nn.headset.HeadsetEncoder with the saved weights and code statistics."""
-        from ava.nn.headset_config import HeadsetEncoderConfig
+        from ava.nn.config import HeadsetEncoderConfig
         from ava.nn.headset import HeadsetEncoder
 
         encoder = HeadsetEncoder(HeadsetEncoderConfig.from_dict(self.encoder_config))

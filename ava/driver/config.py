@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from ava.nn.headset_config import HeadsetEncoderConfig
+from ava.nn.config import HeadsetEncoderConfig
 from ava.runtime.device import ThreadsFlag
 
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ava.nn.config import LATENT_CHANNELS
-from ava.nn.headset_config import HeadsetEncoderConfig
+from ava.nn.config import LATENT_CHANNELS, HeadsetEncoderConfig
 
 CODE_SHAPE = (LATENT_CHANNELS, 4, 4)
 VIEWS = 5  # the headset's IR cameras, in the order of ava.data.layout.ENCODER_CAMERAS
