@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ava.errors import UserError
@@ -56,7 +57,7 @@ class Raymarcher(nn.Module):
             None,
             **options,
         )
-        rayrgba = rayrgba.permute(0, 3, 1, 2)
+        rayrgba = rearrange(rayrgba, "n h w rgba -> n rgba h w")
         return rayrgba[:, :3].contiguous(), rayrgba[:, 3:4].contiguous()
 
 
