@@ -43,6 +43,26 @@ def original_checkout() -> Path | None:
     return Path(value).expanduser() if value and Path(value).expanduser().is_dir() else None
 
 
+def require_original_checkout(modules=None) -> Path:
+    """The original checkout named by $AVA_ORIGINAL_CHECKOUT, where the Python modules its code
+    imports (`modules`; default: all that tools/original_checkout.py lists) are installed; else
+    skips the calling test, saying what to set or the pip command."""
+    import importlib.util
+
+    checkout = original_checkout()
+    if checkout is None:
+        pytest.skip(f"set {ORIGINAL_CHECKOUT_ENV} to a checkout of facebookresearch/ava-256 to run this test")
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    spec = importlib.util.spec_from_file_location("original_checkout", tools / "original_checkout.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    missing = helpers.missing_modules() if modules is None else helpers.missing_modules(modules)
+    if missing:
+        pytest.skip(f"the original code's dependencies are missing: {', '.join(missing)} "
+                    f"({helpers.install_hint(missing)})")
+    return checkout
+
+
 @pytest.fixture(scope="session")
 def original_topology(tmp_path_factory) -> Path:
     """A private copy of the Ava-256 face_topology.obj (checked by SHA-256): from the original
@@ -104,21 +124,10 @@ def original_code():
     `_original_extension_stubs` says. Skips the test without a checkout or the modules its code
     imports (the message gives the pip command). Afterwards sys.path and sys.modules are as before."""
     import importlib
-    import importlib.util
     import sys
     import types
 
-    checkout = original_checkout()
-    if checkout is None:
-        pytest.skip(f"set {ORIGINAL_CHECKOUT_ENV} to a checkout of facebookresearch/ava-256 to run this test")
-    tools = Path(__file__).resolve().parents[1] / "tools"
-    spec = importlib.util.spec_from_file_location("original_checkout", tools / "original_checkout.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    missing = helpers.missing_modules(_ORIGINAL_MODEL_MODULES)
-    if missing:
-        pytest.skip(f"the original code's dependencies are missing: {', '.join(missing)} "
-                    f"({helpers.install_hint(missing)})")
+    checkout = require_original_checkout(_ORIGINAL_MODEL_MODULES)
 
     def ours(name: str) -> bool:
         return name.split(".")[0] in _ORIGINAL_TOP_LEVEL
