@@ -80,12 +80,21 @@ def test_codes_and_encodings_read_back(downloaded, tiny_capture_set):
         assert torch.equal(encodings.grid(frame), expected[dome_of[str(int(frame))]])
 
 
-def test_the_released_decoder_converts_to_the_model_it_was_made_from(downloaded, tiny_capture_set, tmp_path, capsys):
-    out, trained, _, ids_csv = downloaded
-    converted_path = tmp_path / "release.safetensors"
-    assert run_cli(["convert", str(out / "checkpoints" / "decoder" / "aeparams_1440000.pt"), "-o", str(converted_path),
-                    "--dataset-dir", str(out), "--ids-csv", str(ids_csv),
-                    "--topology", str(tiny_capture_set / "face_topology.obj")]) == 0
+@pytest.fixture(scope="module")
+def converted_path(downloaded, tiny_capture_set, tmp_path_factory) -> Path:
+    """The downloaded stand-in of the released decoder, converted (the README's command)."""
+    out, _, _, ids_csv = downloaded
+    path = tmp_path_factory.mktemp("converted") / "release.safetensors"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert run_cli(["convert", str(out / "checkpoints" / "decoder" / "aeparams_1440000.pt"), "-o", str(path),
+                        "--dataset-dir", str(out), "--ids-csv", str(ids_csv),
+                        "--topology", str(tiny_capture_set / "face_topology.obj")]) == 0
+    return path
+
+
+def test_the_released_decoder_converts_to_the_model_it_was_made_from(downloaded, converted_path, tmp_path):
+    out, trained, _, _ = downloaded
     converted = load_checkpoint(converted_path)
     assert converted.step == 1440000 and converted.identities == trained.identities
     assert converted.cameras == trained.cameras
@@ -155,3 +164,68 @@ def test_a_decoder_of_256_identities_converts_renders_evaluates_and_views(downlo
     frame = avatar.render(camera, trained.identities[1], avatar.expression(trained.identities[0],
                                                                             avatar.neutral_frame(trained.identities[0])))
     assert frame.shape == (16, 12, 3) and frame.std() > 0
+
+
+DRIVER = ["--encoder.image-size", "16", "--encoder.channels", "8", "16", "--encoder.hidden", "32", "--train.batchsize",
+          "8", "--train.num-holdout-subjects", "1", "--train.maxiter", "4", "--train.decay-steps", "4",
+          "--train.align-every", "2", "--progress.eval-freq", "2", "--progress.image-freq", "4",
+          "--progress.checkpoint-freq", "4", "--progress.picture-rows", "2", "--device", "cpu",
+          "--train.downsample", DOWNSAMPLE]
+
+
+@pytest.fixture(scope="module")
+def supervised_driver(downloaded, converted_path, tmp_path_factory) -> Path:
+    """A driver trained on the downloaded release (no synthetic truth there) against its encodings."""
+    out = downloaded[0]
+    run = tmp_path_factory.mktemp("driver") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert run_cli(["train-driver", "--checkpoint", str(converted_path), "--train.dataset-dir", str(out),
+                        "--progress.output-path", str(run), "--train.targets", "encodings", *DRIVER]) == 0
+    return run
+
+
+def test_train_driver_regresses_the_encodings_without_alignment(supervised_driver, downloaded):
+    out = downloaded[0]
+    assert not list(out.glob("*/encoder_truth.json"))  # nothing but what the release has
+    resolved = json.loads((supervised_driver / "config.json").read_text())["resolved"]
+    training = resolved["train_subjects"][0]
+    encodings = read_headset_encodings(out / training / "encoder" / "encodings_gt.pt",
+                                       out / training / "encoder" / "encodings_framelist.csv")
+    assert resolved["targets"]["targets"] == "encodings"
+    assert resolved["targets"]["train"]["frames"] == resolved["train_frames"] == len(encodings)
+    records = [json.loads(line) for line in (supervised_driver / "metrics.jsonl").read_text().splitlines()]
+    aligned = [record for record in records if record.get("kind") == "align"]
+    assert aligned and all(record["align_changed"] == 0 for record in aligned)  # each frame keeps its encoding
+    assert list((supervised_driver / "driven").glob("*.png"))
+
+
+def test_train_driver_on_the_releases_expression_codes(downloaded, converted_path, tmp_path, capsys):
+    out = downloaded[0]
+    assert run_cli(["train-driver", "--checkpoint", str(converted_path), "--train.dataset-dir", str(out),
+                    "--progress.output-path", str(tmp_path / "run"), "--train.targets", "expression-codes",
+                    *DRIVER]) == 0
+    # The stand-in's codes are this decoder's: they differ from its encoder's by nothing.
+    assert "differ from this decoder's encoder by 0.0% of the codes' variance" in " ".join(capsys.readouterr().err.split())
+
+
+def test_eval_driver_on_real_headset_frames_agrees_with_the_synthetic_truth(supervised_driver, downloaded, converted_path,
+                                                                            tiny_capture_set, tmp_path):
+    out = downloaded[0]
+    driver = sorted((supervised_driver / "checkpoints").glob("step_*.safetensors"))[-1]
+    real, synthetic = tmp_path / "real", tmp_path / "synthetic"
+    assert run_cli(["eval-driver", "--driver-checkpoint", str(driver), "--checkpoint", str(converted_path),
+                    "--dataset-dir", str(out), "-o", str(real), "--strip-frames", "2", "--downsample", DOWNSAMPLE]) == 0
+    assert run_cli(["eval-driver", "--driver-checkpoint", str(driver), "--checkpoint", str(converted_path),
+                    "--dataset-dir", str(tiny_capture_set), "-o", str(synthetic), "--truth", "synthetic",
+                    "--strip-frames", "0", "--downsample", DOWNSAMPLE]) == 0
+    first, second = (json.loads((folder / "eval.json").read_text()) for folder in (real, synthetic))
+    assert set(first["truth"].values()) == {"encodings"} and set(second["truth"].values()) == {"synthetic"}
+    mine, theirs = first["rows"][-1], second["rows"][-1]
+    # The stand-in encodings are the codes of the dome frames the synthetic truth names: same frames,
+    # same code errors; the renders differ (the neutral dome view against each frame's own).
+    assert mine["frames"] == theirs["frames"] > 0
+    assert mine["code_mse_driver"] == pytest.approx(theirs["code_mse_driver"], rel=1e-5)
+    assert mine["code_mse_mean"] == pytest.approx(theirs["code_mse_mean"], rel=1e-5)
+    assert mine["aligned_exact"] is None and np.isfinite(mine["psnr_driver"])
+    assert "| - |" in (real / "eval.md").read_text() and list(real.glob("*.png"))
