@@ -42,6 +42,13 @@ class Tally:
     aligned_near: int = 0
     stretch_exact: int = 0
 
+    def add_renders(self, truth: torch.Tensor, mean: torch.Tensor, driven: list[torch.Tensor]) -> None:
+        """Adds the squared pixel errors of the driver's renders and the mean code's against the truth's."""
+        for image in driven:
+            self.image_driver += float(((image - truth) ** 2).sum())
+            self.image_mean += float(((mean - truth) ** 2).sum())
+            self.pixels += truth.numel()
+
     def add(self, other: "Tally") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -120,11 +127,7 @@ def _evaluate_subject(subject, truth, encoder, model, device, strip_count: int) 
             mine = np.nonzero(true_dome == dome)[0]
             codes = torch.cat([true_codes[mine[:1]], mean_code[None], predicted[mine]])
             images = [image.clamp(0, 255) for image in render_code(model, subject, int(dome), codes, device)]
-            truth_image, mean_image = images[0], images[1]
-            for image in images[2:]:
-                tally.image_driver += float(((image - truth_image) ** 2).sum())
-                tally.image_mean += float(((mean_image - truth_image) ** 2).sum())
-                tally.pixels += truth_image.numel()
+            tally.add_renders(images[0], images[1], images[2:])
         result.segments[segment] = tally
         deviation = ((true_codes - mean_code) / scale).pow(2).mean(dim=(1, 2, 3))
         best = int(torch.argmax(deviation))

@@ -71,9 +71,7 @@ def evaluate_against_encodings(subject, encoder, model, device):
             codes = torch.stack([truth[position], mean_code, predicted[position]])
             true_image, mean_image, driven = (image.clamp(0, 255) for image in
                                               render_code(model, subject, neutral, codes, device))
-            tally.image_driver += float(((driven - true_image) ** 2).sum())
-            tally.image_mean += float(((mean_image - true_image) ** 2).sum())
-            tally.pixels += true_image.numel()
+            tally.add_renders(true_image, mean_image, [driven])
         result.segments[segment] = tally
         deviation = ((truth - mean_code) / scale).pow(2).mean(dim=(1, 2, 3))
         best = int(torch.argmax(deviation))
