@@ -114,9 +114,8 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
     advanced by one per measured frame. release_images: an ava.eval.extras.ReleaseImages, whose
     recorded backgrounds replace the fitted plate and whose masks give `psnr_mask`, where they exist.
     """
-    from ava.eval.extras import PLATE, REAL, MaskErrors
-
     from ava.data.capture import MemberError
+    from ava.eval.extras import PLATE, REAL, MaskErrors
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.metrics import camera_plate, held_out_view, structural_similarity
 
