@@ -215,7 +215,7 @@ def test_eval_driver_on_real_headset_frames_agrees_with_the_synthetic_truth(supe
     driver = sorted((supervised_driver / "checkpoints").glob("step_*.safetensors"))[-1]
     real, synthetic = tmp_path / "real", tmp_path / "synthetic"
     assert run_cli(["eval-driver", "--driver-checkpoint", str(driver), "--checkpoint", str(converted_path),
-                    "--dataset-dir", str(out), "-o", str(real), "--strip-frames", "2", "--downsample", DOWNSAMPLE]) == 0
+                    "--dataset-dir", str(out), "-o", str(real), "--strip-frames", "1", "--downsample", DOWNSAMPLE]) == 0
     assert run_cli(["eval-driver", "--driver-checkpoint", str(driver), "--checkpoint", str(converted_path),
                     "--dataset-dir", str(tiny_capture_set), "-o", str(synthetic), "--truth", "synthetic",
                     "--strip-frames", "0", "--downsample", DOWNSAMPLE]) == 0
