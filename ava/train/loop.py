@@ -17,7 +17,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ava.checkpoint import CheckpointWriteError
 from ava.errors import UserError
+from ava.faults import crash_point
+from ava.files import is_storage_error
 from ava.runtime.batch import to_device
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
@@ -44,6 +47,15 @@ def train(config: TrainConfig) -> int:
             f"CUDA ran out of memory at --train.batchsize {config.train.batchsize} and --train.downsample "
             f"{config.train.downsample}; lower the batch size, raise the downsample or use a smaller --model"
         ) from None
+    except (CheckpointWriteError, OSError) as error:
+        if isinstance(error, OSError) and not is_storage_error(error):
+            raise
+        # A full disk (or a quota, a read-only file system) in the middle of the run: what was
+        # written before is intact, and the run continues from it once there is room again.
+        where = "" if isinstance(error, CheckpointWriteError) else f"cannot write {error.filename or 'a file'}: "
+        reason = str(error) if isinstance(error, CheckpointWriteError) else (error.strerror or str(error))
+        raise UserError(f"{where}{reason}; the checkpoints already written are intact: make room and continue "
+                        "with the same command and --resume auto") from None
     finally:
         ctx.close()
 
@@ -104,6 +116,7 @@ def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
                                 config.train.clip)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
+            crash_point("after-step", step=state.step)
             # One all-reduce per step carries the logged losses and whether any rank was asked to stop.
             flag = torch.tensor(float(stop.requested), device=ctx.device)
             values = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS] + [flag])).tolist()
