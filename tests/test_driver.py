@@ -314,3 +314,89 @@ def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth,
     assert run_cli(driver_argv(decoder, without_truth, run, 2, "--progress.overwrite")) == 0
     assert sorted(path.name for path in (run / "checkpoints").glob("step_*")) == ["step_00000002.safetensors"]
     assert not (run / "driven" / "step_00000004.png").exists()
+
+
+# --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----
+
+def test_ctrl_c_saves_a_checkpoint_and_the_resume_appends_to_the_log(decoder, without_truth, tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C, DataLoader workers included) after a few
+    steps: exit 130 with that step's checkpoint; --resume auto continues the same log."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "interrupted"
+    argv = driver_argv(decoder, without_truth, run, 1000, "--progress.checkpoint-freq", "1000", "--progress.eval-freq",
+                       "1000", "--progress.image-freq", "1000", "--train.align-every", "1000", "--train.num-workers",
+                       "1", "--threads", "1")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="400")
+    process = subprocess.Popen([sys.executable, "-m", "ava", *argv], cwd=repo, env=env, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "metrics.jsonl").is_file() or len(read_metrics(run)) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped by SIGINT" in stderr and "--resume auto" in stderr and "Traceback" not in stderr
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    stopped = int(latest[len("step_"):-len(".safetensors")])
+    before = (run / "metrics.jsonl").read_text()
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, stopped + 1))
+    argv[argv.index("--train.maxiter") + 1] = str(stopped + 2)
+    assert run_cli(argv + ["--resume", "auto"]) == 0
+    after = (run / "metrics.jsonl").read_text()
+    assert after.startswith(before)  # appended, not rewritten
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, stopped + 3))
+
+
+def test_sigterm_saves_and_a_damaged_checkpoint_is_skipped(decoder, without_truth, driver_run, tmp_path, capsys,
+                                                            monkeypatch):
+    """SIGTERM (a scheduler's) in the middle of step 3 of 4 is honoured after the step, in-process;
+    then the newest checkpoint is damaged and --resume auto falls back to the one before."""
+    import os
+    import signal
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at 80 columns without a terminal
+
+    from ava import faults
+    from ava.checkpoint import load_driver_checkpoint
+
+    run = tmp_path / "terminated"
+
+    def terminate_at_step_3(name, partial=None, step=None):
+        if name == "after-step" and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    faults.set_handler(terminate_at_step_3)
+    try:
+        assert run_cli(driver_argv(decoder, without_truth, run, 4)) == 130
+    finally:
+        faults.set_handler(None)
+    assert "stopped by SIGTERM at step 3" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003.safetensors"
+    newest = run / "checkpoints" / "step_00000003.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10])
+    assert run_cli(driver_argv(decoder, without_truth, run, 4, "--resume", "auto")) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is damaged" in err and "resuming from" in err and "step_00000002" in err
+    straight = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
+    resumed = load_driver_checkpoint(run / "checkpoints" / "step_00000004.safetensors")
+    for key, value in straight.encoder_state.items():
+        torch.testing.assert_close(resumed.encoder_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_keeps_the_old_log(decoder, without_truth, driver_run, tmp_path, capsys):
+    run = tmp_path / "no-checkpoint"
+    shutil.copytree(driver_run, run)
+    shutil.rmtree(run / "checkpoints")
+    old = (run / "metrics.jsonl").read_text()
+    assert run_cli(driver_argv(decoder, without_truth, run, 2, "--resume", "auto")) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    assert (run / "metrics.replaced.jsonl").read_text() == old  # the lines of the steps run again
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2]

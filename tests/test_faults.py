@@ -327,3 +327,79 @@ def test_real_kills_at_random_moments_and_in_a_checkpoint_write(tiny_capture_set
         list(range(1, KILL_RUN_STEPS + 1))
     assert losses(run) == pytest.approx(losses(unbroken), rel=1e-6)
     assert_same_weights(run, unbroken, KILL_RUN_STEPS)
+
+
+# --- output folders that cannot be written ------------------------------------------------------
+
+COMMANDS = {  # the command line with OUT for the output folder, and the work it must not start
+    "render": (["render", "--checkpoint", "missing.safetensors", "-o", "OUT"], "ava.render.cross_id:render"),
+    "headset render": (["render", "--checkpoint", "missing.safetensors", "--driver-checkpoint", "d.safetensors", "-o",
+                        "OUT"], "ava.render.headset:render_headset"),
+    "eval": (["eval", "missing.safetensors", "-o", "OUT"], "ava.eval.run:evaluate"),
+    "show": (["show", "missing-capture", "-o", "OUT"], "ava.show.run:show"),
+    "synth": (["synth", "-o", "OUT"], "ava.synth.pipeline:generate"),
+    "eval-driver": (["eval-driver", "--driver-checkpoint", "d.safetensors", "-o", "OUT"],
+                    "ava.driver.evaluate:evaluate_driver"),
+    "train": (["train", "--progress.output-path", "OUT"], "ava.train.setup:load_data"),
+    "train-driver": (["train-driver", "--checkpoint", "missing.safetensors", "--progress.output-path", "OUT"],
+                     "ava.driver.loop:_train"),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_an_unwritable_output_folder_is_one_line_before_the_work(command, tmp_path, monkeypatch, capsys):
+    import errno
+    import importlib
+
+    argv, work = COMMANDS[command]
+    module, name = work.split(":")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError(f"{command} started its work before checking the output folder")
+
+    monkeypatch.setattr(importlib.import_module(module), name, must_not_run)
+    flag = argv[argv.index("OUT") - 1]
+    flag = {"-o": "-o/--output-dir" if command == "synth" else "-o/--output"}.get(flag, flag)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    def run(out: Path) -> str:
+        assert run_cli([str(out) if part == "OUT" else part for part in argv]) == 2
+        return one_line_error(capsys)
+
+    # A file where a parent folder should be.
+    message = run(blocker / "out")
+    assert f"cannot write to output folder {blocker / 'out'} ({flag}): {blocker} is a file" in message
+    # A full disk: the probe's block cannot be flushed. Nothing is left behind.
+    real_fsync = os.fsync
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    message = run(tmp_path / "new" / "out")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert f"cannot write to output folder {tmp_path / 'new' / 'out'} ({flag}): No space left on device" in message
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
+    # A folder without write permission (root may write anywhere, so only for other users).
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert "Permission denied" in run(locked)
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="this machine cannot mount a tmpfs in a user namespace")
+def test_the_probe_on_a_real_read_only_and_a_real_full_file_system(tmp_path):
+    script = (f"mkdir {tmp_path}/ro {tmp_path}/full && mount -t tmpfs -o ro,size=64k tmpfs {tmp_path}/ro && "
+              f"mount -t tmpfs -o size=64k tmpfs {tmp_path}/full && "
+              f"(dd if=/dev/zero of={tmp_path}/full/filler bs=4k count=100 2>/dev/null; true) && "
+              f"{sys.executable} -c \"from ava.files import output_folder\nfor where in ('ro/out', 'full', 'full/new'):\n"
+              f"    try:\n        output_folder('{tmp_path}/' + where, '-o')\n    except Exception as error:\n"
+              f"        print(type(error).__name__, error)\"")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    lines = result.stdout.splitlines()
+    assert lines == [f"UserError cannot write to output folder {tmp_path}/ro/out (-o): Read-only file system",
+                     f"UserError cannot write to output folder {tmp_path}/full (-o): No space left on device",
+                     f"UserError cannot write to output folder {tmp_path}/full/new (-o): No space left on device"], \
+        result.stdout + result.stderr

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ava.errors import UserError
 from ava.faults import crash_point
-from ava.files import write_atomically
+from ava.files import output_folder, write_atomically
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 LATEST = "latest"
@@ -204,10 +204,12 @@ class RunDir:
 
 def refuse_earlier_run(root: str | Path, resume: str | None, overwrite: bool) -> None:
     """UserError when the run folder `root` holds an earlier run and neither `resume` (--resume)
-    continues it nor `overwrite` (--progress.overwrite) replaces it; also when it is a file."""
+    continues it nor `overwrite` (--progress.overwrite) replaces it; also when it is a file or
+    cannot be written (ava.files.output_folder)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
+    output_folder(root, "--progress.output-path", create=False)  # writable, before any work
     found = earlier_run(root)
     if found and not resume and not overwrite:
         raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "

@@ -22,9 +22,9 @@ from ava.train.data import (EpochSampler, TrainingData, build_training_data, def
                             make_loader, select_captures)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
-from ava.runtime.rundir import load_for_resume
+from ava.runtime.rundir import load_for_resume, refuse_earlier_run
 from ava.train.resume import check_compatible, restore_rng
-from ava.train.rundir import RunDir, earlier_run
+from ava.train.rundir import RunDir
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -106,14 +106,8 @@ def check_config(config: TrainConfig) -> None:
 
 def check_run_folder(config: TrainConfig) -> None:
     """Refuses to train into a folder holding an earlier run, unless --resume continues it or
-    --progress.overwrite replaces it."""
-    root = Path(config.progress.output_path)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
-    found = earlier_run(root)
-    if found and not config.resume and not config.progress.overwrite:
-        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
-                        "--progress.overwrite to replace it, or another --progress.output-path")
+    --progress.overwrite replaces it, and into one that cannot be written."""
+    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite)
 
 
 ELASTIC_RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
