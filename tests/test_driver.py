@@ -318,27 +318,22 @@ def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth,
 
 # --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----
 
-def test_ctrl_c_saves_a_checkpoint_and_the_resume_appends_to_the_log(decoder, without_truth, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_the_resume_appends_to_the_log(decoder, without_truth, tmp_path, monkeypatch):
     """SIGINT to the process group (a terminal's Ctrl-C, DataLoader workers included) after a few
     steps: exit 130 with that step's checkpoint; --resume auto continues the same log."""
     import os
     import signal
     import subprocess
-    import sys
-    import time
+
+    from tests.test_first_hour import _wait_for_steps, ava_process
 
     run = tmp_path / "interrupted"
     argv = driver_argv(decoder, without_truth, run, 1000, "--progress.checkpoint-freq", "1000", "--progress.eval-freq",
                        "1000", "--progress.image-freq", "1000", "--train.align-every", "1000", "--train.num-workers",
                        "1", "--threads", "1")
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="400")
-    process = subprocess.Popen([sys.executable, "-m", "ava", *argv], cwd=repo, env=env, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (run / "metrics.jsonl").is_file() or len(read_metrics(run)) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.05)
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at 80 columns without a terminal
+    process = ava_process(*argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_steps(process, run / "metrics.jsonl", 2)
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr

@@ -11,12 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.test_first_hour import _wait_for_steps, ava_process
 from tests.test_train import read_metrics, run_cli, train_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,12 +304,8 @@ def test_real_kills_at_random_moments_and_in_a_checkpoint_write(tiny_capture_set
     run = tmp_path / "run"
     argv = kill_run_argv(tiny_capture_set, run, "--threads", "1")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen([sys.executable, "-m", "ava", *argv], cwd=REPO, env=env, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (run / "metrics.jsonl").is_file() or len(read_metrics(run)) < 1:
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.02)
+    process = ava_process(*argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_steps(process, run / "metrics.jsonl", 1)
     time.sleep(float(torch.rand(1)) * 1.5)  # somewhere in steps 1 to 4
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
