@@ -120,13 +120,33 @@ def fsync_directory(path: Path) -> None:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_INFLATED_BYTES = 256 << 20  # the largest text file of a capture (a calibration) is about 100 kB
+
+
+def inflate(data: bytes, wbits: int = 31, limit: int | None = None) -> bytes:
+    """`data` decompressed (gzip with the default `wbits`, any number of members; zlib or raw
+    deflate with zlib's other `wbits`), refusing to produce more than `limit` bytes (default
+    MAX_INFLATED_BYTES; a gzip bomb): ValueError then, zlib.error or EOFError for damaged or cut data."""
+    import zlib
+
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+    out = bytearray()
+    while True:
+        stream = zlib.decompressobj(wbits=wbits)
+        out += stream.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise ValueError(f"it inflates to more than {limit} bytes (a decompression bomb?); refused")
+        if not stream.eof:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        data = stream.unused_data
+        if not data or wbits != 31:
+            return bytes(out)
 
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file of the data (JSON, CSV, a variance), gzip-compressed or not: `ava download`
     keeps an object that the server labels `Content-Encoding: gzip` as stored, since its size and
     MD5 refer to those bytes. UserError naming the file when it is not readable text."""
-    import gzip
     import zlib
 
     path = Path(path)
@@ -136,8 +156,8 @@ def read_text(path: str | Path) -> str:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
     if data[:2] == GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            data = inflate(data)
+        except (OSError, EOFError, ValueError, zlib.error) as error:
             raise UserError(f"{path} is damaged gzip data ({error}); download it again") from None
     try:
         return data.decode("utf-8")

@@ -27,7 +27,6 @@ from several threads as long as each thread has its own `requests.Session`.
 from __future__ import annotations
 
 import enum
-import gzip
 import hashlib
 import os
 import random
@@ -41,7 +40,7 @@ from typing import Callable, Iterator, Protocol, TypeVar
 
 import requests
 
-from ava.files import fsync_directory
+from ava.files import fsync_directory, inflate
 
 CHUNK_BYTES = 1 << 16
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -253,12 +252,12 @@ def decode_content(body: bytes, encoding: str | None) -> bytes:
     for coding in reversed(codings):  # the last coding listed was applied last
         try:
             if coding in ("gzip", "x-gzip"):
-                body = gzip.decompress(body)
+                body = inflate(body)
             elif coding == "deflate":
-                body = zlib.decompress(body) if body[:1] == b"\x78" else zlib.decompress(body, -zlib.MAX_WBITS)
+                body = inflate(body, wbits=zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
             elif coding != "identity":
                 raise TransferError(f"server sent Content-Encoding {coding!r}, which ava cannot undo", retryable=False)
-        except (OSError, EOFError, zlib.error) as error:
+        except (OSError, EOFError, ValueError, zlib.error) as error:
             raise TransferError(f"body is not valid {coding} data although the server sent Content-Encoding "
                                 f"{coding} ({error})", retryable=False) from None
     return body
