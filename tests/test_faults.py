@@ -401,3 +401,16 @@ def test_the_probe_on_a_real_read_only_and_a_real_full_file_system(tmp_path):
                      f"UserError cannot write to output folder {tmp_path}/full (-o): No space left on device",
                      f"UserError cannot write to output folder {tmp_path}/full/new (-o): No space left on device"], \
         result.stdout + result.stderr
+
+
+def test_only_the_temporaries_of_dead_processes_are_removed(tmp_path):
+    from ava.runtime.rundir import remove_stale_temporaries
+
+    alive, thread = os.getppid(), 140_737_488_355_328  # a thread ident is no pid
+    names = {f".metrics.jsonl.{alive}.{thread}.tmp": True, f".latest.{DEAD_PID}.{thread}.tmp": False,
+             f".step_00000002.safetensors.{DEAD_PID}.partial": False, f".step_00000004.safetensors.{alive}.partial": True,
+             ".hidden-notes.txt": True}
+    for name in names:
+        (tmp_path / name).write_text("")
+    remove_stale_temporaries(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(name for name, kept in names.items() if kept)

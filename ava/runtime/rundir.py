@@ -30,8 +30,9 @@ from ava.files import output_folder, write_atomically
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.safetensors$")
 LATEST = "latest"
 REPLACED_METRICS = "metrics.replaced.jsonl"
-# Temporary files of atomic writes (ava.files.write_atomically, ava.checkpoint): `.NAME.PID...`.
-_TEMPORARY = re.compile(r"^\..+\.(\d+)(\.\d+)?\.(partial|tmp)$")
+# Temporary files of atomic writes: `.NAME.PID.partial` (ava.checkpoint) and `.NAME.PID.THREAD.tmp`
+# (ava.files.write_atomically); NAME is matched lazily so that PID is the first number after it.
+_TEMPORARY = re.compile(r"^\..+?\.(\d+)(\.\d+)?\.(partial|tmp)$")
 
 
 def json_ready(value):
@@ -261,5 +262,5 @@ def remove_stale_temporaries(folder: Path) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             path.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # another user's live process
+        except (PermissionError, OverflowError):
+            pass  # another user's live process, or a number that is no process id
