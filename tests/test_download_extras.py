@@ -29,7 +29,7 @@ def ids_csv(tmp_path):
 
 def test_all_at_each_tier():
     at_4tb = release.select_groups(["all"], "4TB")
-    assert at_4tb.groups == [group for group in release.ASSET_GROUPS if group != "foreground_masks"]
+    assert at_4tb.groups == [group for group in release.ASSET_GROUPS if group not in ("foreground_masks", "statistics")]
     assert any("foreground_masks" in note for note in at_4tb.notes)
     at_8tb = release.select_groups(["all"], "8TB")
     assert not set(release.ONLY_4TB) & set(at_8tb.groups)
@@ -57,6 +57,23 @@ def test_the_extra_groups_land_in_the_release_layout(capsys, ids_csv, tmp_path):
         assert (out / CAPTURES[0].folder / "decoder" / "foreground_masks" / "cam400100.zip").is_file()
         assert [entry.status for entry in server.requests_for(CHECKPOINT)] == [200, 206]
         assert "downloaded 15, skipped 0, failed 0 files" in stdout
+
+
+def test_statistics_are_the_small_files_convert_needs_fetched_once(capsys, ids_csv, tmp_path):
+    tree = remote_tree(CAPTURES, CAMERAS)
+    with DownloadServer(dict(tree)) as server:
+        out = tmp_path / "out"
+        code, stdout, _ = download(capsys, server, out, ids_csv, "--assets", "statistics", "camera_calibration")
+        assert code == 0, stdout
+        wanted = {path: body for path, body in tree.items() if path.endswith(("_mean.png", "_mean.npy", "variance.txt",
+                                                                              "camera_calibration.json"))}
+        assert len(wanted) == 2 * 5
+        assert_mirrors(out, wanted)
+        assert not list(out.rglob("*.zip"))
+        # With uv_image too, the files both groups hold are fetched once (counted under uv_image).
+        code, stdout, _ = download(capsys, server, out, ids_csv, "--assets", "uv_image", "statistics")
+        assert code == 0 and "downloaded 2, skipped 8, failed 0 files" in stdout
+        assert len(server.requests_for(f"{AEY}/decoder/uv_image/color_mean.png", "HEAD")) == 1
 
 
 def test_a_server_without_the_extra_groups_still_serves_the_rest(capsys, ids_csv, tmp_path):

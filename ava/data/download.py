@@ -234,6 +234,7 @@ def plan_files(
 
         cameras = dict(parallel_map(cameras_of, captures, workers, stop))
     files, failures = [], []
+    planned: set[tuple[CaptureId, str]] = set()  # groups may share files (statistics is part of two)
     for capture in captures:
         camera_ids, camera_failure = cameras.get(capture, ([], None))
         for group in groups:
@@ -242,7 +243,10 @@ def plan_files(
             if is_per_camera(group) and camera_failure:
                 failures.append(PlanFailure(capture, group, camera_failure))
                 continue
-            files += [PlannedFile(capture, group, path) for path in group_paths(group, camera_ids)]
+            for path in group_paths(group, camera_ids):
+                if (capture, path) not in planned:
+                    planned.add((capture, path))
+                    files.append(PlannedFile(capture, group, path))
     for group in groups:
         if group in RELEASE_WIDE:
             files += [PlannedFile(None, group, path) for path in group_paths(group)]

@@ -79,6 +79,14 @@ ASSET_GROUPS: dict[str, tuple[str, ...]] = {
     "expression_codes": ("decoder/expression_codes/aeparams_1440000.pkl",),
     "encodings": ("encoder/encodings_gt.pt", "encoder/encodings_framelist.csv"),
     "checkpoints": ("checkpoints/decoder/aeparams_1440000.pt",),
+    # The small per-capture files of uv_image and kinematic_tracking that the normalisation
+    # statistics are made of: what `ava convert --dataset-dir` reads of each capture.
+    "statistics": (
+        "decoder/uv_image/color_mean.png",
+        "decoder/uv_image/color_variance.txt",
+        "decoder/kinematic_tracking/registration_vertices_mean.npy",
+        "decoder/kinematic_tracking/registration_vertices_variance.txt",
+    ),
 }
 ALL_GROUPS = "all"
 EXTRA_GROUPS = ("foreground_masks", "background_image", "expression_codes", "encodings", "checkpoints")
@@ -86,8 +94,9 @@ EXTRA_GROUPS = ("foreground_masks", "background_image", "expression_codes", "enc
 when they come from `all` (each gets one summary line instead)."""
 ONLY_4TB = ("foreground_masks", "background_image", "expression_codes")
 """Groups the datasheet says only the 4TB tier holds; `all` leaves them out at other tiers."""
-NAMED_ONLY = ("foreground_masks",)
-"""Groups `all` leaves out (one zip per camera, as large as the images): name them to fetch them."""
+NAMED_ONLY = ("foreground_masks", "statistics")
+"""Groups `all` leaves out: foreground_masks (one zip per camera, as large as the images) and
+statistics (a subset of uv_image and kinematic_tracking); name them to fetch them."""
 RELEASE_WIDE = ("checkpoints",)
 """Groups whose paths are relative to the tier's root, not to a capture folder."""
 RELEASED_DECODER = "checkpoints/decoder/aeparams_1440000.pt"
@@ -125,7 +134,7 @@ def select_groups(names: Sequence[str], size: str) -> GroupSelection:
     named = frozenset(name for name in names if name != ALL_GROUPS)
     notes = []
     if ALL_GROUPS in names:
-        skipped = [group for group in groups if group not in named and group in NAMED_ONLY]
+        skipped = [group for group in groups if group not in named and group in NAMED_ONLY and group != "statistics"]
         left_out = [group for group in groups
                     if group not in named and group not in skipped and group in ONLY_4TB and size != "4TB"]
         if left_out:
@@ -133,7 +142,8 @@ def select_groups(names: Sequence[str], size: str) -> GroupSelection:
         if skipped:
             notes.append(f"left out of all: {', '.join(skipped)} (one zip per camera, as large as the images; "
                          "name it to fetch it)")
-        groups = [group for group in groups if group not in left_out and group not in skipped]
+        groups = [group for group in groups if group not in left_out and group not in skipped
+                  and (group != "statistics" or group in named)]
     return GroupSelection(groups, named, notes)
 
 
