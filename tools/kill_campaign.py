@@ -8,8 +8,10 @@ point (AVA_CRASH_AT, ava.faults: after a step, after its metrics line, with a ch
 written, renamed but not pointed at, pointed at but old ones not pruned). After each kill it checks:
 
 - `checkpoints/latest`, where present, names a checkpoint that loads and passes its digest check;
-- `--resume auto`'s choice loads, and the steps lost (the highest step logged minus the step
-  resumed from) are at most --progress.checkpoint-freq;
+- `--resume auto`'s choice loads, and the steps lost (the steps completed minus the step resumed
+  from) are at most --progress.checkpoint-freq. The steps completed are the highest step in the
+  metrics log, plus one after the `after-step` crash point (the step is done, its line not yet
+  written); a SIGKILL between a step and its line is counted one short;
 
 and once a run reaches its last step, that its final weights and logged losses equal those of a
 run that was never interrupted; then it starts the next run. Results go to OUT/rounds.jsonl (one
@@ -120,7 +122,7 @@ def kill_once(dataset: Path, run: Path, rng: random.Random) -> dict:
     return {**how, "status": status, "stderr_tail": stderr[-400:] if status not in (0, -9, 86) else ""}
 
 
-def check(run: Path) -> dict:
+def check(run: Path, completed_extra: int = 0) -> dict:
     from ava.checkpoint import load_checkpoint
     from ava.runtime.rundir import load_for_resume
 
@@ -132,7 +134,7 @@ def check(run: Path) -> dict:
     resumed = load_for_resume("auto", run, load_checkpoint, lambda line, **kwargs: said.append(str(line)))
     found["resume_step"] = resumed.step if resumed is not None else 0
     found["logged"] = max([record["step"] for record in step_records(run)], default=0)
-    found["lost"] = found["logged"] - found["resume_step"]
+    found["lost"] = found["logged"] + completed_extra - found["resume_step"]
     found["temporaries"] = sorted(path.name for path in (run / "checkpoints").glob(".*")) if \
         (run / "checkpoints").is_dir() else []
     found["ok"] = found["lost"] <= FREQ and ("latest" not in found or found["latest"] <= found["logged"])
@@ -191,7 +193,7 @@ def main() -> None:
             log(f"{run.name} finished: {result}")
             run = out / f"run{len(runs):03d}"
             continue
-        found = check(run)
+        found = check(run, completed_extra=int(how.get("point") == "after-step"))
         record = {"round": len(rounds), "run": run.name, **how, **found}
         rounds.append(record)
         with open(rounds_path, "a") as handle:
@@ -211,7 +213,10 @@ def main() -> None:
     for record in rounds:
         key = record["point"] if record["kind"] == "crash point" else "SIGKILL"
         kinds[key] = kinds.get(key, 0) + 1
-    summary = {"kills": len(rounds), "by_kind": kinds, "violations": sum(not record["ok"] for record in rounds),
+    for record in rounds:  # rounds recorded before the after-step correction count it here
+        record["lost"] = record["logged"] + int(record.get("point") == "after-step") - record["resume_step"]
+    summary = {"kills": len(rounds), "by_kind": kinds,
+               "violations": sum(not record["ok"] or record["lost"] > FREQ for record in rounds),
                "max_lost_steps": max(record["lost"] for record in rounds), "checkpoint_freq": FREQ,
                "runs": len(runs), "runs_identical_to_unbroken": sum(entry["identical"] for entry in runs),
                "max_weight_difference": max(entry["max_weight_difference"] for entry in runs)}

@@ -74,8 +74,7 @@ def earlier_run(root: Path) -> str | None:
     """What in `root` shows an earlier run ("3 checkpoints, metrics.jsonl, config.json"), or None."""
     root = Path(root)
     found = []
-    checkpoints = [path for path in (root / "checkpoints").glob("step_*.safetensors")
-                   if CHECKPOINT_PATTERN.match(path.name)]
+    checkpoints = step_checkpoints(root)
     if checkpoints:
         found.append(f"{len(checkpoints)} checkpoint" + ("s" if len(checkpoints) > 1 else ""))
     found += [name for name in ("metrics.jsonl", "config.json") if (root / name).is_file()]
@@ -101,12 +100,12 @@ class RunDir:
         remove_stale_temporaries(self.root)
 
     def clear(self, logdir: str, pictures: tuple[str, ...] = ("progress", "x-id")) -> None:
-        """Deletes what an earlier run wrote here: checkpoints and `latest`, metrics.jsonl,
-        config.json, the step pictures in the folders `pictures`, and TensorBoard event files
-        under `logdir`."""
-        doomed = [self.root / "metrics.jsonl", self.root / "config.json", self.root / "checkpoints" / LATEST]
-        doomed += [path for path in (self.root / "checkpoints").glob("step_*.safetensors")
-                   if CHECKPOINT_PATTERN.match(path.name)]
+        """Deletes what an earlier run wrote here: checkpoints and `latest`, metrics.jsonl (and the
+        lines it replaced), config.json, the step pictures in the folders `pictures`, and
+        TensorBoard event files under `logdir`."""
+        doomed = [self.root / "metrics.jsonl", self.root / REPLACED_METRICS, self.root / "config.json",
+                  self.root / "checkpoints" / LATEST]
+        doomed += [path for _, path in step_checkpoints(self.root)]
         for kind in pictures:
             doomed += list((self.root / kind).glob("step_*.png"))
         doomed += list((self.root / logdir).rglob("events.out.tfevents.*"))
