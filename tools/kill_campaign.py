@@ -93,12 +93,13 @@ def prepare(out: Path, log) -> tuple[Path, Path]:
     return dataset, reference
 
 
-def kill_once(dataset: Path, run: Path, rng: random.Random) -> dict:
-    """One attempt, killed (or finishing); what it was and what was found afterwards."""
+def kill_once(dataset: Path, run: Path, rng: random.Random, crashes_so_far: int) -> dict:
+    """One attempt, killed (or finishing); what it was and what was found afterwards. Crash points
+    take turns, so that every one is tried about as often."""
     argv = [sys.executable, "-m", "ava", *train_argv(dataset, run), "--resume", "auto"]
     before = len(step_records(run))
     if rng.random() < 0.5:
-        point = rng.choice(POINTS)
+        point = POINTS[crashes_so_far % len(POINTS)]
         occurrence = rng.randint(1, 2 if point in POINTS[:2] else 1)
         how = {"kind": "crash point", "point": point, "occurrence": occurrence}
         result = subprocess.run(argv, cwd=REPO, env=environment({"AVA_CRASH_AT": f"{point}:{occurrence}"}),
@@ -184,7 +185,7 @@ def main() -> None:
     rng = random.Random(f"{args.seed}-{len(rounds)}")
     run = out / f"run{len(runs):03d}"
     while len(rounds) < args.kills:
-        how = kill_once(dataset, run, rng)
+        how = kill_once(dataset, run, rng, sum(record["kind"] == "crash point" for record in rounds))
         if how["status"] == 0:  # it got to the end before the kill
             result = compare(run, reference)
             runs.append({"run": run.name, **result})
