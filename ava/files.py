@@ -45,7 +45,10 @@ def output_folder(path: str | Path, flag: str, create: bool = True) -> Path:
     created: list[Path] = []
     try:
         for folder in reversed(missing):
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # made by someone else meanwhile: theirs, not ours to remove
             created.append(folder)
         _probe_write(path)
     except OSError as error:

@@ -395,3 +395,30 @@ def test_resume_without_a_checkpoint_keeps_the_old_log(decoder, without_truth, d
     assert "no checkpoint" in capsys.readouterr().err
     assert (run / "metrics.replaced.jsonl").read_text() == old  # the lines of the steps run again
     assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2]
+
+
+def test_a_crash_at_any_named_point_of_a_driver_run_loses_at_most_checkpoint_freq_steps(decoder, without_truth,
+                                                                                      tmp_path):
+    """The kill points of ava train's test (tests/test_faults.py), for a 4-step driver run with a
+    checkpoint every 2 steps: at every named crash point, `latest` names a complete checkpoint and
+    --resume auto loses at most 2 steps."""
+    from ava import faults
+    from ava.checkpoint import load_driver_checkpoint
+    from ava.runtime.rundir import load_for_resume
+    from tests.test_faults import Snapshots
+
+    run = tmp_path / "run"
+    snapshots = Snapshots(run, tmp_path / "snapshots")
+    faults.set_handler(snapshots)
+    try:
+        assert run_cli(driver_argv(decoder, without_truth, run, 4)) == 0
+    finally:
+        faults.set_handler(None)
+    points = [name for _, name, _ in snapshots.taken]
+    assert points.count("after-step") == 4 and points.count("checkpoint-written") == 2 and "pruned" in points
+    for snapshot, name, completed in snapshots.taken:
+        latest = snapshot / "checkpoints" / "latest"
+        if latest.exists():
+            assert load_driver_checkpoint(snapshot / "checkpoints" / latest.read_text().strip()).step <= completed
+        resumed = load_for_resume("auto", snapshot, load_driver_checkpoint, lambda *args, **kwargs: None)
+        assert completed - (resumed.step if resumed is not None else 0) <= 2, (snapshot.name, completed)

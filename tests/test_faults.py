@@ -386,6 +386,24 @@ def test_an_unwritable_output_folder_is_one_line_before_the_work(command, tmp_pa
         assert "Permission denied" in run(locked)
 
 
+def test_a_folder_made_meanwhile_by_another_process_is_left_to_it(tmp_path, monkeypatch):
+    """The processes of a multi-process run may check the same new folder at once: the one whose
+    mkdir comes second must neither fail nor remove the other's folder afterwards."""
+    from ava.files import output_folder
+
+    target = tmp_path / "run"
+    real_mkdir = Path.mkdir
+
+    def another_process_first(self, *args, **kwargs):
+        if self == target and not self.exists():
+            real_mkdir(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", another_process_first)
+    assert output_folder(target, "-o", create=False) == target
+    assert target.is_dir()
+
+
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="this machine cannot mount a tmpfs in a user namespace")
 def test_the_probe_on_a_real_read_only_and_a_real_full_file_system(tmp_path):
     script = (f"mkdir {tmp_path}/ro {tmp_path}/full && mount -t tmpfs -o ro,size=64k tmpfs {tmp_path}/ro && "

@@ -202,14 +202,16 @@ class RunDir:
             self._tensorboard = None
 
 
-def refuse_earlier_run(root: str | Path, resume: str | None, overwrite: bool) -> None:
+def refuse_earlier_run(root: str | Path, resume: str | None, overwrite: bool, probe: bool = True) -> None:
     """UserError when the run folder `root` holds an earlier run and neither `resume` (--resume)
-    continues it nor `overwrite` (--progress.overwrite) replaces it; also when it is a file or
-    cannot be written (ava.files.output_folder)."""
+    continues it nor `overwrite` (--progress.overwrite) replaces it; also when it is a file or,
+    with `probe`, cannot be written (ava.files.output_folder: only the one process that writes
+    the folder should probe it, since a probe may create the folder and remove it again)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
-    output_folder(root, "--progress.output-path", create=False)  # writable, before any work
+    if probe:
+        output_folder(root, "--progress.output-path", create=False)  # writable, before any work
     found = earlier_run(root)
     if found and not resume and not overwrite:
         raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "

@@ -104,10 +104,11 @@ def check_config(config: TrainConfig) -> None:
                         "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
 
 
-def check_run_folder(config: TrainConfig) -> None:
+def check_run_folder(config: TrainConfig, writer: bool = True) -> None:
     """Refuses to train into a folder holding an earlier run, unless --resume continues it or
-    --progress.overwrite replaces it, and into one that cannot be written."""
-    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite)
+    --progress.overwrite replaces it, and (checked by the `writer`, rank 0) into one that cannot
+    be written."""
+    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite, probe=writer)
 
 
 ELASTIC_RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
@@ -357,7 +358,7 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
     config = resume_restarted_attempt(config, say)
-    check_run_folder(config)
+    check_run_folder(config, writer=ctx.is_main)
     data, csv, topology = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
