@@ -47,6 +47,11 @@ class Faults:
     """Send `Content-Encoding: <value>` with these paths whatever the client's Accept-Encoding, as
     S3 does for objects uploaded with a content encoding. The stored bytes (and so Content-Length,
     Range offsets and the ETag) stay those in `files`: put gzip data there for 'gzip'."""
+    chunked: set[str] = field(default_factory=set)
+    """Send these paths without Content-Length, as chunked transfer (as some mirrors and caching
+    proxies do): no Content-Length in HEAD either; a 206 still carries its Content-Range."""
+    unknown_total: bool = False
+    """With `chunked`: a 206's Content-Range ends in `/*` (the total is not said either)."""
     seconds_per_request: float = 0.0
     """Latency added before every answer (benchmarks)."""
     seconds_per_chunk: float = 0.0
@@ -151,25 +156,31 @@ def _handler_for(server: DownloadServer) -> type[BaseHTTPRequestHandler]:
             payload = body[start:]
             if number == 0 and path in faults.corrupt_first and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+            chunked = path in faults.chunked
             self.send_response(status)
-            self.send_header("Content-Length", str(len(payload)))
+            if not chunked:
+                self.send_header("Content-Length", str(len(payload)))
+            elif send_body:
+                self.send_header("Transfer-Encoding", "chunked")
             self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes")
             if path in faults.content_encoding:
                 self.send_header("Content-Encoding", faults.content_encoding[path])
             if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                total = "*" if chunked and faults.unknown_total else str(len(body))
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
             self.end_headers()
             server._record(self.command, path, range_header, status)
             if not send_body:
                 return
+            framed = _chunked(payload) if chunked else payload
             if number == 0 and path in faults.drop_first:
-                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.write(framed[: len(framed) // 2])  # a chunked body then lacks its last chunk
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            self._write_paced(payload)
+            self._write_paced(framed)
 
         def _write_paced(self, payload: bytes) -> None:
             chunk = 1 << 16
@@ -193,6 +204,12 @@ def _handler_for(server: DownloadServer) -> type[BaseHTTPRequestHandler]:
             server._record(self.command, self.path, range_header, status)
 
     return Handler
+
+
+def _chunked(payload: bytes, size: int = 1 << 14) -> bytes:
+    """`payload` in HTTP/1.1 chunked transfer coding: sized chunks, then the empty last chunk."""
+    pieces = [payload[offset : offset + size] for offset in range(0, len(payload), size)]
+    return b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces) + b"0\r\n\r\n"
 
 
 def calibration_json(camera_ids: list[str]) -> bytes:

@@ -405,3 +405,55 @@ def test_a_body_that_is_not_what_its_content_encoding_says_is_named(capsys, serv
             "Content-Encoding gzip") in stdout
     assert "connection failed" not in stdout
     assert local(out, calibration).read_bytes() == tree[calibration]  # the file itself is stored as is
+
+
+# --- servers that send no Content-Length (chunked transfer, as some mirrors and proxies do) -----
+
+def test_chunked_answers_are_downloaded_and_checked_by_the_etag_md5(capsys, server, tree, ids_csv, tmp_path):
+    """No Content-Length anywhere (HEAD included); the body of the large file is cut once in the
+    middle (its last chunk missing) and resumed with Range; one body is corrupted once and fails
+    its MD5. A rerun skips the files by their MD5."""
+    big = f"{AEY}/decoder/uv_image/color.zip"
+    corrupted = f"{AAN}/decoder/uv_image/color.zip"
+    server.faults.chunked.update(tree)
+    server.faults.drop_first.add(big)
+    server.faults.corrupt_first.add(corrupted)
+    out = tmp_path / "out"
+    code, stdout, _ = download(capsys, server, out, ids_csv)
+    assert code == 0, stdout
+    assert_mirrors(out, tree)
+    assert f"downloaded {len(tree)}, skipped 0, failed 0 files;" in stdout and "unverified" not in stdout
+    first, second = server.requests_for(big)
+    assert (first.status, second.status) == (200, 206)
+    assert 0 < int(second.range[len("bytes="):-1]) < len(tree[big])
+    assert len(server.requests_for(corrupted)) == 2
+    code, stdout, _ = download(capsys, server, out, ids_csv)
+    assert code == 0 and f"downloaded 0, skipped {len(tree)}, failed 0 files" in stdout
+
+
+def test_chunked_answers_without_an_md5_are_accepted_and_the_summary_says_so(capsys, server, tree, ids_csv, tmp_path):
+    """No size and a multipart ETag: nothing to check a file against. A body cut in the middle is
+    still noticed (its last chunk is missing) and resumed, even with a Content-Range that gives
+    no total (`bytes N-M/*`)."""
+    big = f"{AEY}/decoder/uv_image/color.zip"
+    server.faults.chunked.update(path for path in tree if "/uv_image/" in path)
+    server.faults.multipart_etag = server.faults.unknown_total = True
+    server.faults.drop_first.add(big)
+    out = tmp_path / "out"
+    code, stdout, _ = download(capsys, server, out, ids_csv, "--assets", "uv_image", "frame_list")
+    assert code == 0, stdout
+    assert_mirrors(out, {p: b for p, b in tree.items() if "/uv_image/" in p or "/decoder/frame_list.csv" in p})
+    assert "downloaded 8, skipped 0, failed 0 files (6 of the downloaded unverified)" in stdout
+    assert ("uv_image: 6 accepted unverified: the server sent neither their size (Content-Length) nor an MD5 (ETag) "
+            "(e.g. ") in stdout
+    assert "frame_list: " not in stdout  # those came with a Content-Length
+    assert [entry.status for entry in server.requests_for(big)] == [200, 206]
+
+
+def test_dry_run_of_chunked_answers_says_the_size_is_unknown(capsys, server, tree, ids_csv, tmp_path):
+    server.faults.chunked.update(path for path in tree if "/head_pose/" in path)
+    code, stdout, _ = download(capsys, server, tmp_path / "out", ids_csv, "--assets", "head_pose", "frame_list",
+                               "--dry-run")
+    assert code == 0, stdout
+    assert stdout.count("size ?") == 2
+    assert "(and 2 files whose size the server does not say)" in stdout

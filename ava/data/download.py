@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 from ava.data.http import (
     FileResult,
     Outcome,
+    RemoteInfo,
     RetryPolicy,
     Stopped,
     TransferError,
+    already_here,
     fetch_bytes,
     fetch_file,
     head,
@@ -121,6 +123,9 @@ class GroupTally:
     """Remote bytes of the group's available files (dry run)."""
     reasons: Counter = field(default_factory=Counter)
     first_failure: str | None = None
+    unverified: int = 0
+    """Downloaded files the server gave neither a size nor an MD5 for, accepted as they came."""
+    first_unverified: str | None = None
     absent: int = 0
     """Failures that were 403/404: the server does not have the file."""
     lenient: bool = False
@@ -135,6 +140,9 @@ class GroupTally:
             self.skipped += 1
         else:
             self.downloaded += 1
+            if not result.verified:
+                self.unverified += 1
+                self.first_unverified = self.first_unverified or name
 
     def fail(self, name: str, reason: str) -> None:
         self.failed += 1
@@ -392,36 +400,41 @@ class _Job:
     def dry_run(self, files: list[PlannedFile], plan_failures: list[PlanFailure]) -> int:
         from rich.filesize import decimal
 
-        def probe(planned: PlannedFile) -> tuple[int | None, str | None]:
+        def probe(planned: PlannedFile) -> tuple[RemoteInfo | None, str | None]:
             try:
-                return head(self.sessions.get(), planned.url(self.root), self.policy, self.stop).size, None
+                return head(self.sessions.get(), planned.url(self.root), self.policy, self.stop), None
             except TransferError as error:
                 return None, error.reason
 
         probes = dict(parallel_map(probe, files, self.workers, self.stop))
         tallies = self._tallies(plan_failures)
         total = to_fetch = available = 0
+        unknown = 0
         for planned in files:
-            size, reason = probes[planned]
+            info, reason = probes[planned]
             tally = tallies[planned.group]
-            if size is None:
+            if info is None:
                 tally.fail(planned.name, reason)
                 self.console.print(f"{'-':>10}  {planned.name}  (unavailable: {reason})", highlight=False, soft_wrap=True)
                 continue
             local = planned.local(self.output_dir)
-            present = local.is_file() and local.stat().st_size == size
+            present = local.is_file() and already_here(local, info)
             available += 1
+            size = info.size or 0
+            unknown += info.size is None
             total += size
             to_fetch += 0 if present else size
             tally.expected_bytes += size
             tally.skipped += present
             tally.downloaded += not present
             note = "  (already here)" if present else ""
-            self.console.print(f"{decimal(size):>10}  {planned.name}{note}", highlight=False, soft_wrap=True)
+            shown = decimal(size) if info.size is not None else "size ?"
+            self.console.print(f"{shown:>10}  {planned.name}{note}", highlight=False, soft_wrap=True)
         self._report(tallies, None)
         self.console.print(
             f"dry run: {available} of {len(files)} files available, "
-            f"{decimal(total)} in total, {decimal(to_fetch)} to fetch",
+            f"{decimal(total)} in total, {decimal(to_fetch)} to fetch"
+            + (f" (and {unknown} files whose size the server does not say)" if unknown else ""),
             highlight=False,
             soft_wrap=True,
         )
@@ -459,17 +472,25 @@ class _Job:
                 self.console.print(
                     f"{group}: {tally.failed} failed: {tally.reason_text()}", highlight=False, soft_wrap=True
                 )
+            if tally.unverified:
+                self.console.print(
+                    f"{group}: {tally.unverified} accepted unverified: the server sent neither their size "
+                    f"(Content-Length) nor an MD5 (ETag) (e.g. {tally.first_unverified})", highlight=False,
+                    soft_wrap=True,
+                )
         if dry:
             return
         downloaded = sum(tally.downloaded for tally in tallies.values())
         skipped = sum(tally.skipped for tally in tallies.values())
         failed = sum(tally.failures for tally in tallies.values())
+        unverified = sum(tally.unverified for tally in tallies.values())
         absent = [group for group, tally in tallies.items() if tally.not_on_server]
         received = sum(tally.received_bytes for tally in tallies.values())
         speed = decimal(int(received / seconds)) if seconds > 0 else "-"
         self.console.print(
-            f"downloaded {downloaded}, skipped {skipped}, failed {failed} files; "
-            f"received {decimal(received)} in {seconds:.1f} s ({speed}/s)"
+            f"downloaded {downloaded}, skipped {skipped}, failed {failed} files"
+            + (f" ({unverified} of the downloaded unverified)" if unverified else "")
+            + f"; received {decimal(received)} in {seconds:.1f} s ({speed}/s)"
             + (f"; not on the server: {', '.join(absent)}" if absent else ""),
             highlight=False,
             soft_wrap=True,

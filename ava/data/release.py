@@ -167,7 +167,7 @@ def parse_camera_ids(calibration_json: bytes) -> list[str]:
     try:
         cameras = json.loads(calibration_json)["KRT"]
         ids = sorted({str(camera["cameraId"]) for camera in cameras})
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:  # a hostile file may nest deeply
         raise ValueError(f"camera_calibration.json has no readable KRT camera list ({error})") from None
     if not ids:
         raise ValueError("camera_calibration.json lists no cameras")

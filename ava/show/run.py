@@ -9,7 +9,6 @@ head frame with the frame's head pose first, so a wrong head pose shows as well.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +44,7 @@ def stored_downsample(layout, camera) -> int:
     """The downsample at which `camera`'s images are stored (releases store /2 or /4 images,
     synthetic sets what their --downsample said): the one whose sensor // downsample gives the
     stored width and height, as the loader sizes images."""
-    from PIL import Image
-
+    from ava.data.formats import open_image
     from ava.data.zips import ZipPool
 
     pool = ZipPool()
@@ -55,7 +53,7 @@ def stored_downsample(layout, camera) -> int:
         names = sorted(name for name in pool.names(path) if not name.endswith("/"))
         if not names:
             raise UserError(f"{path} holds no images")
-        with Image.open(io.BytesIO(pool.read(path, names[0]))) as image:
+        with open_image(pool.read(path, names[0])) as image:
             width, height = image.size
     except UserError:
         raise

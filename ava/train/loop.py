@@ -10,13 +10,18 @@ learning rate, and step numbering).
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
+from ava.checkpoint import CheckpointWriteError
 from ava.errors import UserError
+from ava.faults import crash_point
+from ava.files import is_storage_error
 from ava.runtime.batch import to_device
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
@@ -30,22 +35,52 @@ from ava.train.report import Reporter
 from ava.train.schedule import advance
 from ava.train.setup import Trainer, check_config, setup
 from ava.train.step import decoder_terms, train_step
+from ava.train.watchdog import PEER_LOST, Watchdog, is_peer_failure, peer_failure_message
 
 
 def train(config: TrainConfig) -> int:
     """Runs `ava train`; returns the exit status (0 done, 130 stopped by SIGINT/SIGTERM after
-    writing a checkpoint)."""
+    writing a checkpoint). With several processes, one that dies or hangs makes the others stop
+    with a message and status PEER_LOST (ava.train.watchdog)."""
     check_config(config)
     ctx = setup_distributed(config.device)
+    watchdog = Watchdog(ctx.rank, ctx.world_size).start() if ctx.enabled else None
     try:
-        return _train(config, ctx)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(
-            f"CUDA ran out of memory at --train.batchsize {config.train.batchsize} and --train.downsample "
-            f"{config.train.downsample}; lower the batch size, raise the downsample or use a smaller --model"
-        ) from None
+        status = _train(config, ctx)
+    except BaseException as error:
+        if ctx.enabled and is_peer_failure(error):
+            # Said in one line; no tidying up, which could wait on the lost process again.
+            Console(stderr=True).print(peer_failure_message(ctx.rank, error), highlight=False, markup=False,
+                                       soft_wrap=True)
+            sys.stderr.flush()
+            os._exit(PEER_LOST)
+        problem = _user_error(error, config)
+        if watchdog is not None:
+            watchdog.failed(problem or error)
+        if problem is not None:
+            raise problem from None
+        raise
     finally:
         ctx.close()
+    if watchdog is not None:
+        watchdog.done()
+    return status
+
+
+def _user_error(error: BaseException, config: TrainConfig) -> UserError | None:
+    """The one-line error for a failure that is the machine's, not ava's: CUDA out of memory, or
+    a full disk (or quota, read-only file system) in the middle of the run; None for others."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return UserError(
+            f"CUDA ran out of memory at --train.batchsize {config.train.batchsize} and --train.downsample "
+            f"{config.train.downsample}; lower the batch size, raise the downsample or use a smaller --model")
+    if isinstance(error, CheckpointWriteError) or (isinstance(error, OSError) and is_storage_error(error)):
+        # What was written before is intact, and the run continues from it once there is room again.
+        where = "" if isinstance(error, CheckpointWriteError) else f"cannot write {error.filename or 'a file'}: "
+        reason = str(error) if isinstance(error, CheckpointWriteError) else (error.strerror or str(error))
+        return UserError(f"{where}{reason}; the checkpoints already written are intact: make room and continue "
+                         "with the same command and --resume auto")
+    return None
 
 
 def _train(config: TrainConfig, ctx: Distributed) -> int:
@@ -104,6 +139,7 @@ def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
                                 config.train.clip)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
+            crash_point("after-step", step=state.step)
             # One all-reduce per step carries the logged losses and whether any rank was asked to stop.
             flag = torch.tensor(float(stop.requested), device=ctx.device)
             values = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS] + [flag])).tolist()
