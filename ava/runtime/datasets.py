@@ -46,12 +46,14 @@ def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
 
 def checkpoint_capture(dataset_dir: Path, folder: str, downsample: int, checkpoint, cameras=None, identity: int | None = None):
     """The capture `folder` read as the checkpoint's model expects it: the checkpoint's statistics,
-    camindex in the checkpoint's camera order, idindex `identity` (0 for a capture not trained on)."""
+    camindex in the checkpoint's camera order, idindex `identity` (None, a capture not trained on:
+    ava.nn.colorcal.UNSEEN_IDENTITY, the neutral colour calibration)."""
     from ava.data.dataset import CaptureDataset
+    from ava.nn.colorcal import UNSEEN_IDENTITY
 
     part = CaptureDataset(dataset_dir / folder, downsample, cameras=cameras, stats=checkpoint.stats)
     part.camera_ids = list(checkpoint.cameras)  # camindex in the checkpoint's order
-    part.identity_index = 0 if identity is None else identity
+    part.identity_index = UNSEEN_IDENTITY if identity is None else identity
     return part
 
 
@@ -68,6 +70,14 @@ def held_out_cameras(checkpoint) -> list[str]:
     """The camera ids the checkpoint's run never trained on (recorded by `ava train`; [] for a
     converted checkpoint or a run without held-out cameras)."""
     return [str(camera) for camera in checkpoint.config.get("resolved", {}).get("holdout_cameras", [])]
+
+
+def held_out_subjects(checkpoint) -> dict[str, list[str]]:
+    """{"validation": [...], "test": [...]}: the capture folders the checkpoint's run kept out of
+    training (`--train.holdout-subjects`, `--train.num-holdout-subjects`); empty lists for a run
+    without held-out subjects or a converted checkpoint."""
+    recorded = checkpoint.config.get("resolved", {}).get("holdout_subjects") or {}
+    return {role: [str(folder) for folder in recorded.get(role, [])] for role in ("validation", "test")}
 
 
 def match_identities(names, identities: list[str]) -> list[int]:
