@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 import tyro
 
+from ava.runtime.device import ThreadsFlag
+
 HELD_OUT = "held-out"
 SUBJECT_GROUPS = ("trained", "validation", "test")
 
@@ -54,3 +56,4 @@ class EvalConfig:
     """Image size as sensor size / downsample (default: the first checkpoint's training downsample)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
+    threads: ThreadsFlag = 0

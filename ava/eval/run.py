@@ -66,21 +66,15 @@ def _subjects(requested: tuple[str, ...], checkpoints, dataset_dir: Path) -> lis
 
 
 def _capture_folder(name: str, dataset_dir: Path, recorded: list[str]) -> str:
-    """The capture folder `name` stands for: a folder name, or a subject id with exactly one capture
-    among the checkpoint's held-out subjects or, failing that, the dataset's folders."""
-    if "--" in name:
-        if name in recorded or (dataset_dir / name / "decoder").is_dir():
-            return name
-        raise UserError(f"identity {name} is not one of the checkpoint's identities and no capture folder "
-                        f"{dataset_dir / name} exists; pass --dataset-dir")
-    for pool in (recorded, sorted(path.parent.name for path in dataset_dir.glob("*/decoder"))):
-        matches = [folder for folder in pool if folder.split("--")[-1] == name]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise UserError(f"subject {name} has several captures ({', '.join(matches[:3])}); name one as MCD--MCT--SID")
-    raise UserError(f"identity {name} is not one of the checkpoint's identities and no capture of it is in "
-                    f"{dataset_dir}; name a capture (MCD--MCT--SID) or a group: trained, validation, test")
+    """The capture folder `name` stands for (ava.runtime.datasets.find_capture), the checkpoint's
+    held-out subjects first."""
+    from ava.runtime.datasets import find_capture
+
+    folder = find_capture(name, dataset_dir, recorded)
+    if folder is None:
+        raise UserError(f"identity {name} is not one of the checkpoint's identities and no capture of it is in "
+                        f"{dataset_dir}; name a capture (MCD--MCT--SID) or a group: trained, validation, test")
+    return folder
 
 
 def evaluate(config, console) -> dict:

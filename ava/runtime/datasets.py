@@ -80,6 +80,22 @@ def held_out_subjects(checkpoint) -> dict[str, list[str]]:
     return {role: [str(folder) for folder in recorded.get(role, [])] for role in ("validation", "test")}
 
 
+def find_capture(name: str, dataset_dir: Path, preferred: list[str] = ()) -> str | None:
+    """The capture folder `name` stands for, trained or not: a folder name with a `decoder/` folder
+    in `dataset_dir` (or listed in `preferred`), or a subject id with exactly one capture among
+    `preferred`, else among the dataset's folders. None when there is none; UserError when a
+    subject id has several captures."""
+    if "--" in name:
+        return name if name in preferred or (Path(dataset_dir) / name / "decoder").is_dir() else None
+    for pool in (list(preferred), sorted(path.parent.name for path in Path(dataset_dir).glob("*/decoder"))):
+        matches = [folder for folder in pool if folder.split("--")[-1] == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UserError(f"subject {name} has several captures ({', '.join(matches[:3])}); name one as MCD--MCT--SID")
+    return None
+
+
 def match_identities(names, identities: list[str]) -> list[int]:
     """Positions in `identities` (capture folders MCD--MCT--SID) of `names`, each a folder or a
     subject id; UserError for a name that matches none or several."""
