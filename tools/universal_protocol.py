@@ -69,21 +69,23 @@ class Size:
 
 
 SIZES = {
-    # One H100/H200 with 16 cores. Images at the original's training size, 512x333 (sensor / 8).
-    # Synthesis: 30 x 8 frames x 6 cameras = 1440 images at about 2.4 CPU-s each (measured on the
-    # development CPU) over 16 processes: about 4 minutes. Decoder: 256^2 UV maps, 32x32 primitives
-    # of 8^3 voxels; 2000 steps of batch 8 (about 19 epochs of the 24 x 7 x 5 training samples).
+    # One H100/H200 with 16 cores, in three calls of at most 500 s (docs/evaluation.md, "The
+    # evidence"). Images at the original's training size, 512x333 (sensor / 8). Synthesis: 30 x 8
+    # frames x 6 cameras = 1440 images at about 2.4 CPU-s each (measured on the development CPU)
+    # over 16 processes: about 4 minutes. Decoder: 256^2 UV maps, 32x32 primitives of 8^3 voxels,
+    # 1500 steps of batch 8 (about 14 epochs of the 24 x 7 x 5 training samples): at the 0.1 s a
+    # step that launch-bound small models take on an H100 (BENCHMARKS.md), about 3 minutes a seed.
     "gpu": Size(subjects=30, validation=2, test=4, frames=8, cameras=6, downsample=8, texture=256,
                 synth_primitives=32, model=("--model.uv-size", "256", "--model.prims-per-side", "32",
                                             "--model.voxels-per-prim", "8", "--model.warp-size", "32",
                                             "--model.raymarch-step", "2"),
-                steps=2000, batch=8, learning_rate=1e-3, decay_at=1500, warmup=100, eval_frames=4, budget=510),
-    # The 2-core development machine: 64x41 images, an 8x8-primitive decoder, 150 steps per seed.
-    "cpu": Size(subjects=12, validation=2, test=2, frames=8, cameras=4, downsample=64, texture=64,
+                steps=1500, batch=8, learning_rate=1e-3, decay_at=1100, warmup=100, eval_frames=4, budget=500),
+    # A 2-core CPU in minutes: 32x20 images (sensor / 128), an 8x8-primitive decoder, 120 steps per seed.
+    "cpu": Size(subjects=12, validation=2, test=2, frames=8, cameras=4, downsample=128, texture=64,
                 synth_primitives=16, model=("--model.uv-size", "64", "--model.prims-per-side", "8",
                                             "--model.voxels-per-prim", "8", "--model.warp-size", "8",
                                             "--model.raymarch-step", "8"),
-                steps=150, batch=4, learning_rate=3e-3, decay_at=110, warmup=30, eval_frames=4, budget=0),
+                steps=120, batch=4, learning_rate=3e-3, decay_at=90, warmup=30, eval_frames=4, budget=0),
 }
 
 METRICS = ("psnr", "psnr_head", "ssim", "ssim_head", "lpips")
@@ -92,7 +94,12 @@ CONDITIONS = {"cameras": "held-out camera, all segments", "segment": f"{FREE_FAC
 
 
 class OutOfBudget(Exception):
-    """The time budget of this call is spent; run the tool again to continue."""
+    """The time budget of this call is spent (or the tool was told to stop); run it again to continue."""
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    # SIGTERM (a scheduler's or `timeout`'s) stops the running command the way the budget does.
+    raise OutOfBudget("SIGTERM")
 
 
 class Runner:
@@ -132,7 +139,8 @@ class Runner:
                                    env=environment)
         try:
             code = process.wait(timeout=None if self.deadline is None else max(self.left(), 1.0))
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, OutOfBudget, KeyboardInterrupt) as reason:
+            # ava train answers SIGTERM by finishing its step and writing a checkpoint.
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
@@ -140,11 +148,8 @@ class Runner:
                 process.kill()
                 process.wait()
             self.record(phase, time.monotonic() - started, done=False)
-            raise OutOfBudget(phase) from None
-        except KeyboardInterrupt:
-            process.send_signal(signal.SIGINT)
-            process.wait()
-            raise
+            raise OutOfBudget(phase if isinstance(reason, subprocess.TimeoutExpired) else
+                              f"{phase} ({type(reason).__name__})") from None
         elapsed = time.monotonic() - started
         if code != 0:
             self.record(phase, elapsed, done=False)
@@ -303,11 +308,11 @@ def strip(out: Path, seed: int, subject: str) -> None:
     methods = list(entry["methods"])
     width = (picture.shape[1] - 2 * len(methods)) // (len(methods) + 1)
     panels = [picture[:, index * (width + 2): index * (width + 2) + width] for index in range(len(methods) + 1)]
-    titles = [f"photo: {subject.split('--')[-1]} (test)"]
+    titles = [f"photo\n{subject.split('--')[-1]} (test)"]
     for method in methods:
-        name = METHOD_NAMES[method] + (f" ({entry['nearest_identity'].split('--')[-1]})" if method == "nearest_identity"
-                                       else "")
-        titles.append(f"{name}\n{entry['methods'][method]['psnr']:.2f} dB (camera's mean)")
+        name = {"model": "model", "nearest_identity": f"nearest: {entry['nearest_identity'].split('--')[-1]}",
+                "mean_identity": "mean identity"}[method]
+        titles.append(f"{name}\n{entry['methods'][method]['psnr']:.2f} dB")
     save_figure(image_grid([list(zip(panels, titles))]), out / "strip.png")
 
 
@@ -320,12 +325,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16),
                         help="synthesis processes (default: every core, at most 16)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds this call may take before it stops cleanly (default: 510 for gpu, none for cpu)")
+                        help="seconds this call may take before it stops cleanly (default: 500 for gpu, none for cpu)")
     args = parser.parse_args()
     size = SIZES[args.size]
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, size.budget if args.budget is None else args.budget)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     data = out / "data"
     started = time.monotonic()
     try:
@@ -335,8 +341,8 @@ def main() -> None:
         for seed in args.seeds:
             evaluate(runner, size, out / "runs" / f"seed{seed}", out / "eval" / f"seed{seed}", seed, args.device)
     except OutOfBudget as stop:
-        print(f"INCOMPLETE: the budget ran out at {stop} after {time.monotonic() - started:.0f} s; run the same "
-              "command again to continue", flush=True)
+        print(f"INCOMPLETE: stopped at {stop} after {time.monotonic() - started:.0f} s; run the same command again "
+              "to continue", flush=True)
         sys.exit(INCOMPLETE)
     table = report(out, size, args.seeds, args)
     print(table)
