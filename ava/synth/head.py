@@ -170,7 +170,7 @@ LOOK_RANGES: dict[str, tuple] = {
     "hairline": (0.68 * np.pi, 0.80 * np.pi),  # polar angle of the hairline at the front
     "temple_recession": (0.0, 0.08 * np.pi),
     "hair_drop": (0.2 * np.pi, 0.35 * np.pi),  # how much lower the hairline is at the back
-    "hair_streaks": (30.0, 90.0),  # spatial frequency of the hair's streaks
+    "hair_streaks": (45.0, 80.0),  # spatial frequency of the hair's streaks
     "brow_thickness": (0.008 * np.pi, 0.02 * np.pi),
     "brow_arch": (0.0, 0.02 * np.pi),
     "brow_length": (0.2, 0.32),
