@@ -15,8 +15,10 @@ def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
 
     from ava.eval.run import evaluate
     from ava.files import output_folder
+    from ava.runtime.device import use_threads
 
     output_folder(config.output, "-o/--output", create=False)  # before the work, which would be lost
+    use_threads(config.threads)
     console = Console(stderr=True)
     evaluated = evaluate(config, console)
     Console().print(evaluated["table"])  # the results on stdout, notes and progress on stderr

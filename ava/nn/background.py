@@ -27,7 +27,8 @@ class BackgroundModelSimple(nn.Module):
     """bg [N,3,H,W] = 25 * mlp(camera code, identity code, positional encoding) + 100.
 
     Plain (not weight-normalised) layers; the one-hot tables `cam_ident`, `id_ident` are
-    persistent buffers as in the original.
+    persistent buffers as in the original. An unseen identity (idindex < 0) gets the mean of the
+    identities' one-hot codes as its input.
     """
 
     def __init__(self, num_cameras: int, num_identities: int):
@@ -49,6 +50,9 @@ class BackgroundModelSimple(nn.Module):
         """camindex, idindex i64 [N]; samplecoords [N,H,W,2] -> [N,3,H,W]."""
         height, width = samplecoords.shape[1:3]
         camera = repeat(self.cammod(self.cam_ident[camindex]), "n c -> n c h w", h=height, w=width)
-        identity = repeat(self.idmod(self.id_ident[idindex]), "n c -> n c h w", h=height, w=width)
+        # An identity the model never trained on (idindex < 0) gets the mean of the trained one-hot inputs.
+        codes = torch.where((idindex >= 0)[:, None], self.id_ident[idindex.clamp(min=0)],
+                            self.id_ident.mean(dim=0, keepdim=True))
+        identity = repeat(self.idmod(codes), "n c -> n c h w", h=height, w=width)
         features = torch.cat([camera, identity, positional_encoding(samplecoords)], dim=1)
         return self.mlp(features) * OUTPUT_SCALE + OUTPUT_OFFSET
