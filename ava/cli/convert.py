@@ -99,7 +99,7 @@ def _training_data(config: ConvertConfig, num_identities: int):
 def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     """Import a state dict saved by the original ava-256 code (aeparams*.pt) into an ava checkpoint."""
     import torch
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.checkpoint import compare_state, save_checkpoint
     from ava.errors import UserError
@@ -110,7 +110,7 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     from ava.runtime.device import use_threads
 
     use_threads(config.threads)
-    console = Console(stderr=True)
+    console = make_console()
     if config.output.exists() and not config.overwrite:
         raise UserError(f"{config.output} exists; pass --overwrite to replace it")
     state = load_original_state(config.original)

@@ -83,7 +83,7 @@ def evaluate(config, console) -> dict:
     total = sum(len(plan.frames) for plan in plans)
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_interactive) as bar:
         for label, checkpoint in zip(labels, checkpoints):
             task = bar.add_task(f"measuring {label} ({checkpoint.path.name})", total=total)
             measured = measure(checkpoint, plans, dataset_dir, downsample, device, lpips, examples,
