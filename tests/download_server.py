@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ava.data.ids import CaptureId
-from ava.data.release import ASSET_GROUPS, CALIBRATION_PATH, group_paths
+from ava.data.release import ASSET_GROUPS, CALIBRATION_PATH, RELEASE_WIDE, group_paths
 
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
@@ -212,9 +212,11 @@ def calibration_json(camera_ids: list[str]) -> bytes:
 
 
 def remote_tree(
-    captures: list[CaptureId], camera_ids: list[str], size: str = "4TB", file_bytes: int = 20_000, seed: int = 0
+    captures: list[CaptureId], camera_ids: list[str], size: str = "4TB", file_bytes: int = 20_000, seed: int = 0,
+    groups=tuple(ASSET_GROUPS),
 ) -> dict[str, bytes]:
-    """Every file of every asset group for `captures`, as {URL path: random bytes}.
+    """Every file of `groups` (default: every asset group) for `captures`, and the release-wide
+    files among them, as {URL path: random bytes}.
 
     File sizes vary around `file_bytes` (and differ from file to file, so a mix-up shows).
     `camera_ids` go into the calibration in the given order; the downloader must sort them.
@@ -222,11 +224,17 @@ def remote_tree(
     generator = random.Random(seed)
     files = {}
     for capture in captures:
-        for group in ASSET_GROUPS:
+        for group in groups:
+            if group in RELEASE_WIDE:
+                continue
             for path in group_paths(group, camera_ids):
                 if path == CALIBRATION_PATH:
                     body = calibration_json(camera_ids)
                 else:
                     body = generator.randbytes(generator.randint(file_bytes // 2, file_bytes * 3 // 2))
                 files[f"/{size}/{capture.folder}/{path}"] = body
+    for group in groups:
+        if group in RELEASE_WIDE:
+            for path in group_paths(group):
+                files[f"/{size}/{path}"] = generator.randbytes(generator.randint(file_bytes // 2, file_bytes * 3 // 2))
     return files

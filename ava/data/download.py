@@ -34,6 +34,8 @@ from ava.data.release import (
     ALL_GROUPS,
     CALIBRATION_PATH,
     ENV_BASE_URL,
+    EXTRA_GROUPS,
+    RELEASE_WIDE,
     PlanFailure,
     PlannedFile,
     default_captures,
@@ -42,8 +44,8 @@ from ava.data.release import (
     parse_camera_ids,
     remote_root,
     resolve_base_url,
-    resolve_groups,
     select_captures,
+    select_groups,
     check_output_dir,
 )
 from ava.errors import UserError
@@ -119,6 +121,11 @@ class GroupTally:
     """Remote bytes of the group's available files (dry run)."""
     reasons: Counter = field(default_factory=Counter)
     first_failure: str | None = None
+    absent: int = 0
+    """Failures that were 403/404: the server does not have the file."""
+    lenient: bool = False
+    """A group the server may lack (EXTRA_GROUPS, through `all`): if it lacks every file, that is
+    one summary line and not a failure of the download."""
 
     def record(self, name: str, result: FileResult) -> None:
         self.received_bytes += result.received_bytes
@@ -131,8 +138,20 @@ class GroupTally:
 
     def fail(self, name: str, reason: str) -> None:
         self.failed += 1
+        self.absent += reason.startswith(("403 ", "404 "))
         self.reasons[reason] += 1
         self.first_failure = self.first_failure or name
+
+    @property
+    def not_on_server(self) -> bool:
+        """Every file of a lenient group was refused with 403/404: the server lacks the group."""
+        return self.lenient and self.failed > 0 and self.absent == self.failed and not self.downloaded \
+            and not self.skipped
+
+    @property
+    def failures(self) -> int:
+        """Failed files that make the download fail (all but those of a group the server lacks)."""
+        return 0 if self.not_on_server else self.failed
 
     def reason_text(self) -> str:
         if not self.reasons:
@@ -207,13 +226,22 @@ def plan_files(
 
         cameras = dict(parallel_map(cameras_of, captures, workers, stop))
     files, failures = [], []
+    planned: set[tuple[CaptureId, str]] = set()  # groups may share files (statistics is part of two)
     for capture in captures:
         camera_ids, camera_failure = cameras.get(capture, ([], None))
         for group in groups:
+            if group in RELEASE_WIDE:
+                continue
             if is_per_camera(group) and camera_failure:
                 failures.append(PlanFailure(capture, group, camera_failure))
                 continue
-            files += [PlannedFile(capture, group, path) for path in group_paths(group, camera_ids)]
+            for path in group_paths(group, camera_ids):
+                if (capture, path) not in planned:
+                    planned.add((capture, path))
+                    files.append(PlannedFile(capture, group, path))
+    for group in groups:
+        if group in RELEASE_WIDE:
+            files += [PlannedFile(None, group, path) for path in group_paths(group)]
     return files, failures
 
 
@@ -294,7 +322,8 @@ def run_download(
     from ava.console import make_console
 
     console = console or make_console(stderr=False)
-    groups = resolve_groups(assets)
+    selection = select_groups(assets, size)
+    groups = selection.groups
     root = remote_root(resolve_base_url(base_url), size)
     if workers < 1:
         raise UserError(f"-j/--workers must be at least 1, got {workers}")
@@ -317,7 +346,10 @@ def run_download(
             highlight=False,
             soft_wrap=True,
         )
-        job = _Job(root, output_dir, groups, workers, sessions, policy, stop, console)
+        for note in selection.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        lenient = {group for group in groups if group in EXTRA_GROUPS and group not in selection.named}
+        job = _Job(root, output_dir, groups, workers, sessions, policy, stop, console, lenient)
         return job.dry_run(files, plan_failures) if dry_run else job.download(files, plan_failures)
     finally:
         sessions.close()
@@ -333,6 +365,7 @@ class _Job:
     policy: RetryPolicy
     stop: threading.Event
     console: Console
+    lenient: set[str] = field(default_factory=set)
 
     def download(self, files: list[PlannedFile], plan_failures: list[PlanFailure]) -> int:
         tallies = self._tallies(plan_failures)
@@ -354,7 +387,7 @@ class _Job:
                 )
                 raise
         self._report(tallies, time.monotonic() - started)
-        return 1 if any(tally.failed for tally in tallies.values()) else 0
+        return 1 if any(tally.failures for tally in tallies.values()) else 0
 
     def dry_run(self, files: list[PlannedFile], plan_failures: list[PlanFailure]) -> int:
         from rich.filesize import decimal
@@ -392,10 +425,10 @@ class _Job:
             highlight=False,
             soft_wrap=True,
         )
-        return 1 if any(tally.failed for tally in tallies.values()) else 0
+        return 1 if any(tally.failures for tally in tallies.values()) else 0
 
     def _tallies(self, plan_failures: list[PlanFailure]) -> dict[str, GroupTally]:
-        tallies = {group: GroupTally() for group in self.groups}
+        tallies = {group: GroupTally(lenient=group in self.lenient) for group in self.groups}
         for failure in plan_failures:
             tallies[failure.group].fail(failure.name, failure.reason)
         return tallies
@@ -413,10 +446,16 @@ class _Job:
         table.add_column("size" if dry else "received", justify="right")
         for group, tally in tallies.items():
             nbytes = tally.expected_bytes if dry else tally.received_bytes
-            table.add_row(group, str(tally.downloaded), str(tally.skipped), str(tally.failed), decimal(nbytes))
+            failed = "not on server" if tally.not_on_server else str(tally.failed)
+            table.add_row(group, str(tally.downloaded), str(tally.skipped), failed, decimal(nbytes))
         self.console.print(table)
         for group, tally in tallies.items():
-            if tally.failed:
+            if tally.not_on_server:
+                self.console.print(
+                    f"{group}: not on the server ({tally.reason_text()}); only the original's unmerged branches "
+                    "describe this group, so the rest of the download is unaffected", highlight=False, soft_wrap=True
+                )
+            elif tally.failed:
                 self.console.print(
                     f"{group}: {tally.failed} failed: {tally.reason_text()}", highlight=False, soft_wrap=True
                 )
@@ -424,12 +463,14 @@ class _Job:
             return
         downloaded = sum(tally.downloaded for tally in tallies.values())
         skipped = sum(tally.skipped for tally in tallies.values())
-        failed = sum(tally.failed for tally in tallies.values())
+        failed = sum(tally.failures for tally in tallies.values())
+        absent = [group for group, tally in tallies.items() if tally.not_on_server]
         received = sum(tally.received_bytes for tally in tallies.values())
         speed = decimal(int(received / seconds)) if seconds > 0 else "-"
         self.console.print(
             f"downloaded {downloaded}, skipped {skipped}, failed {failed} files; "
-            f"received {decimal(received)} in {seconds:.1f} s ({speed}/s)",
+            f"received {decimal(received)} in {seconds:.1f} s ({speed}/s)"
+            + (f"; not on the server: {', '.join(absent)}" if absent else ""),
             highlight=False,
             soft_wrap=True,
         )

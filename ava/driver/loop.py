@@ -21,6 +21,7 @@ from rich.console import Console
 
 from ava.console import make_console
 from ava.driver.config import DriverConfig
+from ava.driver.release_targets import apply_targets
 from ava.driver.setup import check_config, check_resumable, learning_rate, prepare
 from ava.driver.state import DriverState
 from ava.errors import UserError
@@ -53,6 +54,7 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
 
     started = time.perf_counter()
     setup = prepare(config, device, console)
+    targets = apply_targets(config.train.targets, setup, console)
     pool = setup.train_pool
     if len(pool) == 0:
         raise UserError("the training subjects have no headset frame in a segment their dome session also has")
@@ -63,7 +65,7 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
         "train_subjects": train_subjects, "holdout_subjects": [s.folder for s in setup.holdout_pool.subjects],
         "cameras": {s.folder: s.camera for s in pool.subjects + setup.holdout_pool.subjects},
         "downsample": setup.downsample, "device": str(device), "train_frames": len(pool),
-        "holdout_frames": len(setup.holdout_pool)}
+        "holdout_frames": len(setup.holdout_pool), "targets": targets}
     state = DriverState(config, setup, device, resolved)
 
     resume_from = resume_checkpoint(config.resume, config.progress.output_path, console.print)

@@ -23,6 +23,8 @@ ABSENT_ADVICE = {
     "keypoints": "keypoints_3d",
     "segmentation": "segmentation_parts",
     "headset": "encoder",
+    "background": "background_image",
+    "mask": "foreground_masks",
 }
 
 
@@ -251,6 +253,39 @@ def draw_headset(capture: Capture, wanted: int | None):
     return headset_strip(views, f"{capture.root.name}: headset frame {number}, {len(views)} IR cameras"), number
 
 
+def _release_images(capture: Capture) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the camera's recorded background uint8 [H,W,3], the frame's foreground mask f32 [H,W]),
+    each None where the capture has none, at the sample's size."""
+    from ava.data.extras import CaptureExtras
+
+    extras = CaptureExtras(capture.root)
+    height, width = capture.sample["image"].shape[-2:]
+    background = extras.background(capture.camera_id, (width, height))
+    mask = extras.mask(capture.camera_id, capture.frame.frame_id, (width, height))
+    if extras.problems:
+        raise UserError("; ".join(extras.problems))
+    return (None if background is None else np.clip(np.rint(background.transpose(1, 2, 0)), 0, 255).astype(np.uint8),
+            None if mask is None else mask[0])
+
+
+def draw_background(capture: Capture):
+    from ava.show.pictures import background_figure
+
+    background, _ = _release_images(capture)
+    if background is None:
+        raise PartAbsent(f"no background of camera {capture.camera_id} in {capture.layout.background_zip}")
+    return background_figure(capture.image, background, capture.caption("the camera's recorded empty background"))
+
+
+def draw_mask(capture: Capture):
+    from ava.show.pictures import mask_figure
+
+    background, mask = _release_images(capture)
+    if mask is None:
+        raise PartAbsent(f"no mask of this frame in {capture.layout.foreground_mask_zip(capture.camera_id)}")
+    return mask_figure(capture.image, mask, background, capture.caption("foreground mask"))
+
+
 def show(config) -> Shown:
     """`config`: an ava.show.config.ShowConfig. Writes the pictures; returns what was done."""
     from ava.data.capture import MemberError
@@ -268,6 +303,8 @@ def show(config) -> Shown:
         "keypoints": lambda: draw_keypoints(capture),
         "segmentation": lambda: draw_segmentation(capture),
         "cameras": lambda: draw_cameras(capture),
+        "background": lambda: draw_background(capture),
+        "mask": lambda: draw_mask(capture),
     }
     for part in wanted:
         try:

@@ -80,6 +80,10 @@ class TrainSection:
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0
     """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the captures, keeping at least one training camera each)."""
+    background: Literal["learned", "real"] = "learned"
+    """What the rendered head is composited over: learned (the original's background model, one row per camera and identity) or real (each camera's recorded empty backdrop, the release's background_image group, where the capture has one; the learned background elsewhere). See docs/training.md."""
+    masked_loss: bool = False
+    """Average the image L1 loss over the pixels inside each frame's foreground mask (the release's foreground_masks group) instead of the whole image; frames without a mask count every pixel."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
 

@@ -10,7 +10,6 @@ learning rate, and step numbering).
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
+from ava.train.extras import terms_function
 from ava.train.interrupt import INTERRUPTED, StopRequest
 from ava.train.losses import TERMS
 from ava.train.periodic import after_step, due, save
@@ -114,8 +114,8 @@ def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
             bad_data.update(batch)
             batch = to_device(batch, ctx.device)
             warm = state.step < config.train.warmup_iters
-            terms_fn = functools.partial(decoder_terms, warm=warm, vertmean=trainer.vertmean,
-                                         vertstd=trainer.data.stats.vertstd)
+            terms_fn = terms_function(config, decoder_terms, warm=warm, vertmean=trainer.vertmean,
+                                      vertstd=trainer.data.stats.vertstd)
             result = train_step(state.network, state.optimizer, batch, terms_fn, config.train.losses,
                                 config.train.clip)
             advance(state.scheduler, state.step + 1, config.train)

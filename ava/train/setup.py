@@ -330,7 +330,8 @@ def loader_workers(config: TrainConfig, ctx: Distributed) -> int:
     return default_num_workers(local_processes(ctx))
 
 
-def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int):
+def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int,
+                 say: Callable = lambda *args, **kwargs: None):
     """(sampler, loader, steps per epoch, last step): the resumable order over the training set."""
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
@@ -339,7 +340,9 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
         raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
                         f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
-    loader = make_loader(data.train, sampler, config.train.batchsize, num_workers,
+    from ava.train.extras import training_dataset
+
+    loader = make_loader(training_dataset(config, data.train, say), sampler, config.train.batchsize, num_workers,
                          pin_memory=ctx.device.type == "cuda")
     return sampler, loader, steps_per_epoch, last_step
 
@@ -361,7 +364,7 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     vertmean = torch.from_numpy(data.stats.vertmean).to(ctx.device)
     plan = prepare_network(config, ctx, state, data, vertmean, say)
     num_workers = loader_workers(config, ctx)
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers, say)
     if config.train.num_workers is None:
         say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
 
