@@ -638,3 +638,23 @@ def test_what_the_readme_writes_is_ignored_by_git():
         inside = f"{path}/step_00000400.safetensors" if not path.endswith(".safetensors") else path
         check = subprocess.run(["git", "check-ignore", "-q", "--no-index", inside], cwd=REPO)
         assert check.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_the_background_width_is_a_model_size():
+    """The background model's per-pixel layers were a third of the CPU demo's step at the
+    original's 256 channels; `--model.background-width` sizes them, the converter reads the width
+    from a state dict, and checkpoints written before the field existed keep 256."""
+    import dataclasses
+
+    from ava.nn.config import ModelConfig
+    from ava.nn.original import infer_model_config
+    from tests.test_nn_helpers import SMALL, small_model
+
+    narrow = dataclasses.replace(SMALL, background_width=32)
+    model, _, _ = small_model(config=narrow)
+    convolutions = [layer for layer in model.bgmodel.mlp if isinstance(layer, torch.nn.Conv2d)]
+    assert [layer.out_channels for layer in convolutions] == [32] * 5 + [3]
+    assert infer_model_config(model.state_dict())[0] == narrow
+    assert infer_model_config(small_model()[0].state_dict())[0].background_width == 256
+    before = {key: value for key, value in SMALL.to_dict().items() if key != "background_width"}
+    assert ModelConfig.from_dict(before).background_width == 256
