@@ -11,16 +11,15 @@ from ava.eval.config import EvalConfig
 
 def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
     """Measure a checkpoint on held-out cameras: PSNR (whole image, head mask), SSIM and, where its weights are on disk, LPIPS, per identity; JSON, CSV and a table."""
-    from rich.console import Console
-
+    from ava.console import make_console
     from ava.eval.run import evaluate
     from ava.files import output_folder
     from ava.runtime.device import use_threads
 
     output_folder(config.output, "-o/--output", create=False)  # before the work, which would be lost
     use_threads(config.threads)
-    console = Console(stderr=True)
+    console = make_console()
     evaluated = evaluate(config, console)
-    Console().print(evaluated["table"])  # the results on stdout, notes and progress on stderr
+    make_console(stderr=False).print(evaluated["table"])  # the results on stdout, notes and progress on stderr
     console.print("wrote " + ", ".join(str(path) for path in evaluated["paths"].values()), highlight=False)
     return 0

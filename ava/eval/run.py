@@ -131,7 +131,7 @@ def evaluate(config, console) -> dict:
     labels = ["A", "B"][: len(checkpoints)]
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_interactive) as bar:
         for label, checkpoint, fits in zip(labels, checkpoints, colour_fits):
             total = sum(len(plan.frames) * len(methods_of(plan.identity, checkpoint, baselines)) for plan in plans)
             task = bar.add_task(f"measuring {label} ({checkpoint.path.name})", total=total)

@@ -61,7 +61,7 @@ class TrainSection:
     lr_scheduler_changes: int = 1
     """How many times gamma is applied. The original stops stepping its scheduler after the first change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
-    """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
+    """Images are loaded at the camera sensor size divided by this (8: 333x512, WxH, for the dome)."""
     num_workers: int | None = None
     """DataLoader worker processes per rank (0 loads in the training process). None: this rank's share of the usable CPU cores (divided among the processes on this node) less one, at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
