@@ -20,6 +20,10 @@ def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
     use_threads(config.threads)
     console = make_console()
     evaluated = evaluate(config, console)
-    make_console(stderr=False).print(evaluated["table"])  # the results on stdout, notes and progress on stderr
+    # The results on stdout (notes and progress on stderr), never squeezed: a table wider than the
+    # terminal (or than pytest-xdist's COLUMNS=80) would otherwise cut subject ids and numbers short.
+    results, table = make_console(stderr=False), evaluated["table"]
+    results.width = max(results.width, results.measure(table, options=results.options.update_width(1000)).maximum)
+    results.print(table)
     console.print("wrote " + ", ".join(str(path) for path in evaluated["paths"].values()), highlight=False)
     return 0
