@@ -110,7 +110,7 @@ def test_the_released_decoder_converts_to_the_model_it_was_made_from(downloaded,
                     "--downsample", DOWNSAMPLE, "-o", str(evaluation)]) == 0
     document = json.loads((evaluation / "metrics.json").read_text())
     assert document["backgrounds"]["real"] == 2 and document["backgrounds"]["plate"] == 0
-    assert document["checkpoints"]["A"]["overall"]["psnr_mask"] > 0
+    assert document["checkpoints"]["A"]["groups"]["trained"]["model"]["psnr_mask"] > 0
 
 
 def test_a_decoder_of_256_identities_converts_renders_evaluates_and_views(downloaded, tiny_capture_set, tmp_path):

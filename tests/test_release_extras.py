@@ -156,9 +156,9 @@ def test_eval_uses_the_recorded_background_and_measures_inside_the_mask(tiny_che
     assert first["backgrounds"] == {"real": cameras, "plate": 0}
     assert second["backgrounds"] == {"real": 0, "plate": cameras}
     assert f"recorded (background_image.zip) for {cameras} of {cameras} cameras" in " ".join(note.split())
-    overall = first["checkpoints"]["A"]["overall"]
+    overall = first["checkpoints"]["A"]["groups"]["trained"]["model"]
     assert overall["psnr_mask"] is not None and overall["psnr_mask"] > 0
     assert overall["psnr_mask"] != overall["psnr"]
-    assert overall["psnr"] != second["checkpoints"]["A"]["overall"]["psnr"]  # another background
+    assert overall["psnr"] != second["checkpoints"]["A"]["groups"]["trained"]["model"]["psnr"]  # another background
     samples = (real / "samples.csv").read_text().splitlines()
     assert "background" in samples[0] and all(",real," in line for line in samples[1:])
