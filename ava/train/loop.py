@@ -18,18 +18,16 @@ import torch
 from rich.console import Console
 
 from ava.errors import UserError
-from ava.runtime.batch import to_device
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
 from ava.train.interrupt import INTERRUPTED, StopRequest
-from ava.train.losses import TERMS
 from ava.train.periodic import after_step, due, save
 from ava.train.report import Reporter
 from ava.train.schedule import advance
 from ava.train.setup import Trainer, check_config, setup
-from ava.train.step import decoder_terms, train_step
+from ava.train.step import decoder_terms
 
 
 def train(config: TrainConfig) -> int:
@@ -59,7 +57,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
         trainer.say(f"nothing to do: the run is already at step {trainer.start_step} of {trainer.last_step}")
         _shutdown(trainer)
         return 0
-    reporter = Reporter(trainer)
+    reporter = Reporter(trainer, config.train.readback_every if not ctx.enabled else 1)
     try:
         with StopRequest() as stop:
             stopped = _run_steps(trainer, reporter, stop)
@@ -80,43 +78,67 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
     return 0
 
 
+def make_runner(trainer: Trainer):
+    """The StepRunner of --train.step-mode for this run (ava.train.runner)."""
+    from ava.train.runner import StepRunner, resolve_step_mode
+
+    config, ctx, state = trainer.config, trainer.ctx, trainer.state
+    mode = resolve_step_mode(config.train.step_mode, ctx.device, ctx.enabled)
+
+    def terms_for(warm: bool):
+        return functools.partial(decoder_terms, warm=warm, vertmean=trainer.vertmean,
+                                 vertstd=trainer.data.stats.vertstd)
+
+    if config.train.step_mode == "auto" and mode != "eager":
+        trainer.say(f"steps: {mode} (--train.step-mode to change)", highlight=False)
+    return StepRunner(mode, state.network, state.optimizer, config.train.losses, config.train.clip, ctx.device,
+                      terms_for, say=trainer.say)
+
+
 def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
     """Steps from the current one to the last, epoch by epoch, with the periodic actions.
     Returns True when a stop was requested (on any rank); the checkpoint of the step is written."""
     from ava.data.bad_data import BadDataReport
 
     config, ctx, state = trainer.config, trainer.ctx, trainer.state
+    progress = config.progress
     bad_data = BadDataReport(console=trainer.console if ctx.is_main else None)
+    runner = make_runner(trainer)
     state.model.train()
     reporter.start()
     while state.step < trainer.last_step:
         epoch, offset = divmod(state.step, trainer.steps_per_epoch)
         trainer.sampler.set_epoch(epoch, offset * config.train.batchsize)
-        fetch_started = time.perf_counter()
+        fetch_started, started = time.perf_counter(), reporter.mark()
         for batch in nonempty_batches(trainer.loader):
-            step_started = time.perf_counter()
+            data_time = time.perf_counter() - fetch_started
             bad_data.update(batch)
-            batch = to_device(batch, ctx.device)
             warm = state.step < config.train.warmup_iters
-            terms_fn = functools.partial(decoder_terms, warm=warm, vertmean=trainer.vertmean,
-                                         vertstd=trainer.data.stats.vertstd)
-            result = train_step(state.network, state.optimizer, batch, terms_fn, config.train.losses,
-                                config.train.clip)
+            result = runner.step(batch, warm)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
-            # One all-reduce per step carries the logged losses and whether any rank was asked to stop.
-            flag = torch.tensor(float(stop.requested), device=ctx.device)
-            values = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS] + [flag])).tolist()
-            reporter.step(state.step, epoch, warm, values[:-1], result, fetch_started, step_started)
+            values = result.values
+            if ctx.enabled:
+                # One all-reduce per step carries the logged losses and whether any rank was asked
+                # to stop; every rank must see the same answer at the same step, so it is read now.
+                flag = values.new_tensor([float(stop.requested)])
+                values = ctx.mean(torch.cat([values, flag])).tolist()
+                stopping, values = values[-1] > 0, values[:-1]
+            else:
+                stopping = stop.requested
+            reporter.step(state.step, epoch, warm, values, started, data_time)
             final = state.step >= trainer.last_step
-            after_step(trainer, state.step, batch, result.output, final)
+            if final or stopping or any(due(state.step, every, final) for every in
+                                        (progress.image_freq, progress.psnr_freq, progress.checkpoint_freq)):
+                reporter.flush()  # the step's record comes before what the periodic actions log
+            after_step(trainer, state.step, result.batch, result.output, final)
             if final:
                 break  # a stop asked for during the last step changes nothing: the run is complete
-            if values[-1] > 0:
+            if stopping:
                 if not due(state.step, config.progress.checkpoint_freq, final):
                     save(trainer, state.step)
                 return True
-            fetch_started = time.perf_counter()
+            fetch_started, started = time.perf_counter(), reporter.mark()
         bad_data.end_epoch(epoch)
     return False
 
