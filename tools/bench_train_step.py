@@ -531,20 +531,21 @@ def module_split(model, forward_loss, batch, reps: int = 5) -> dict[str, float]:
     return {name: statistics.median(a.elapsed_time(b) for a, b in pairs) for name, pairs in marks.items()}
 
 
+# The next two run with gradients enabled although they take none: compiled parts would
+# otherwise compile a second, inference-mode graph each (about a minute at the ava256 size).
+
 def render_coverage(model, work: Workload) -> tuple[float, float]:
     from ava.runtime.batch import to_device
     from ava.runtime.model import run_model
 
-    with torch.no_grad():
-        alpha = run_model(model, to_device(work.batches[0], work.device), outputs=("ialpha",))["ialpha"]
+    alpha = run_model(model, to_device(work.batches[0], work.device), outputs=("ialpha",))["ialpha"].detach()
     return float((alpha > 0.01).float().mean()), float((alpha >= 0.999).float().mean())
 
 
 def first_losses(forward_loss, work: Workload) -> dict[str, float]:
     """The loss terms of the first batch with the same noise (seed 0) for both implementations."""
     torch.manual_seed(0)
-    with torch.no_grad():
-        _, terms = forward_loss(work.batches[0])
+    _, terms = forward_loss(work.batches[0])
     return {name: float(value) for name, value in terms.items()}
 
 
