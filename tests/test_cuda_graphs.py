@@ -74,7 +74,7 @@ def _train(work, model, start, mode: str, steps: int):
 def test_the_captured_training_step_trains_like_its_eager_form():
     """12 steps (3 eager, the capture, 9 replays) against 12 sync-free eager steps from the same
     state and noise: the same losses and weights, within twice the spread of two eager runs (the
-    raymarcher's backward adds with atomics, in an order that varies from run to run)."""
+    raymarcher's backward adds with atomics, in an order that varies from run to run) plus 1e-4."""
     work, model = _tiny_training()
     start = {key: value.detach().clone() for key, value in model.state_dict().items()}
     eager_a = _train(work, model, start, "sync-free", 12)
@@ -89,7 +89,9 @@ def test_the_captured_training_step_trains_like_its_eager_form():
     floor = spread(eager_a, eager_b)
     got = spread(graph, eager_a)
     assert eager_a[0][:, 0].std() > 0  # the losses move: the steps do train
-    assert got[0] <= 2 * floor[0] + 1e-6 and got[1] <= 2 * floor[1] + 1e-6, (got, floor)
+    # A replay that read a stale batch, rate or gradient would be off by 1e-3 or more; 1e-4 leaves
+    # room for atomics that happen to add in one order in both eager runs and in another here.
+    assert got[0] <= 2 * floor[0] + 1e-4 and got[1] <= 2 * floor[1] + 1e-4, (got, floor)
 
 
 def test_the_captured_view_render_is_the_eager_render():

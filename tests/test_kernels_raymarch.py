@@ -304,6 +304,25 @@ def test_scan_block_does_not_change_the_samples(monkeypatch):
         _assert_same_samples(out, grads, expected, expected_grads, f"block {block}")
 
 
+def test_trilinear_corners_one_at_a_time_or_all_at_once(monkeypatch):
+    """The kernels fetch trilinear corners one after another when compiled (fewer registers) and
+    all at once under the interpreter (fewer numpy calls); both give the same samples. The sums
+    run in another order, so gradients agree to float32 rounding (the forward happens to be
+    bit-equal here)."""
+    from ava.kernels import raymarch_triton
+
+    scene = _to_device(random_scene(12, n=1, h=6, w=5, num_prims=4, warp_size=(2, 3, 2), stepsize=0.1))
+    cotangent = torch.randn(1, 6, 5, 4, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    results = []
+    for at_once in (True, False):
+        monkeypatch.setattr(raymarch_triton, "TRILINEAR_CORNERS_AT_ONCE", at_once)
+        results.append(_render_with_grads(_triton, scene, cotangent))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert out_a[..., 3].max() > 0.1
+    _assert_forward_close(out_b, out_a, "one corner at a time")
+    _assert_grads_close(grads_b, grads_a, "one corner at a time")
+
+
 def test_forward_and_backward_never_read_the_device(monkeypatch):
     """Nothing in the Triton path converts a tensor to a Python value (the host would wait for the
     device): on a GPU under torch's sync debug mode, on the CPU with those conversions made to fail."""

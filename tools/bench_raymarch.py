@@ -1,7 +1,7 @@
 """Benchmark of the MVP raymarcher on the reference workload (see tools/head_scene.py).
 
     python tools/bench_raymarch.py [--original PATH] [--scenes head,mesh] [--reps 20]
-                                   [--vector-reps 5] [--no-vectorised] [--scan-blocks 1,32,64]
+                                   [--vector-reps 5] [--no-vectorised] [--scan-blocks 1,32,64] [--corners]
                                    [--against MODULE:FUNCTION] [--json OUT.json] [--profile]
 
 Times forward (inputs requiring grad, as in training) and forward+backward (random cotangent)
@@ -12,7 +12,8 @@ assets/face_topology.obj, cameras 1 m away; needs --original). Per scene it also
 culling alone and prints the tile lists' lengths against their capacities. `--scan-blocks`
 times the march at other SCAN_BLOCK values (list entries tested per vector operation; 1 is the
 entry-at-a-time scan of the first kernels) on the decoder-order scenes and checks that the
-output does not change. Then torch.compile of the vectorised PyTorch path; and the original CUDA
+output does not change; `--corners` times the trilinear fetch of all 8 corners at once (the
+first kernels' form, more registers) against one at a time. Then torch.compile of the vectorised PyTorch path; and the original CUDA
 raymarcher in the same run, on the same inputs: `--original PATH` is a checkout of
 facebookresearch/ava-256 whose extensions/mvpraymarch was built in place (for Hopper: its own
 setup.py with the arch set to sm_90; tools/gpu_speed_suite.sh does this), or `--against` names
@@ -151,21 +152,20 @@ def list_statistics(key: str, scene, reps: int, results: dict) -> None:
           f"{capacities[0]}", flush=True)
 
 
-def scan_block_sweep(key: str, scene, blocks: list[int], reps: int, results: dict) -> None:
-    """The march at each SCAN_BLOCK (same samples: the output must not change)."""
-    default = raymarch_triton.SCAN_BLOCK
-    outputs = {}
+def kernel_sweep(key: str, scene, setting: str, values: list, label: str, reps: int, results: dict, reference):
+    """The march with raymarch_triton.<setting> at each value; the largest output difference from
+    `reference` (the default's output)."""
+    default = getattr(raymarch_triton, setting)
+    worst = 0.0
     try:
-        for block in blocks:
-            raymarch_triton.SCAN_BLOCK = block
-            outputs[block] = measure(f"ava triton ({key}, scan {block})", lambda s: mvp_raymarch(**s), scene, reps,
-                                     results)
+        for value in values:
+            setattr(raymarch_triton, setting, value)
+            out = measure(f"ava triton ({key}, {label} {value})", lambda s: mvp_raymarch(**s), scene, reps, results)
+            worst = max(worst, float((out - reference).abs().max()))
     finally:
-        raymarch_triton.SCAN_BLOCK = default
-    first = outputs[blocks[0]]
-    worst = max(float((out - first).abs().max()) for out in outputs.values())
-    results[f"{key}_scan_blocks_max_abs_difference"] = worst
-    print(f"[{key}] scan blocks {blocks}: largest output difference {worst:.2e} (0 expected)", flush=True)
+        setattr(raymarch_triton, setting, default)
+    results[f"{key}_{setting.lower()}_max_abs_difference"] = worst
+    print(f"[{key}] {setting} {values}: largest output difference from the default {worst:.2e}", flush=True)
 
 
 def measure_scene(scene_name: str, order: str, args, other, other_name, results: dict, summary: list):
@@ -178,8 +178,10 @@ def measure_scene(scene_name: str, order: str, args, other, other_name, results:
     print(f"[{key}] covered {results[f'{key}_coverage']:.3f}  saturated {results[f'{key}_saturated']:.3f}")
     ours = measure(f"ava triton ({key})", lambda s: mvp_raymarch(**s), scene, args.reps, results)
     list_statistics(key, scene, args.reps, results)
-    if args.scan_blocks and order == "decoder":
-        scan_block_sweep(key, scene, args.scan_blocks, args.reps, results)
+    if args.scan_blocks and order == "decoder":  # the same samples: 0 expected
+        kernel_sweep(key, scene, "SCAN_BLOCK", args.scan_blocks, "scan", args.reps, results, ours)
+    if args.corners and order == "decoder":  # sums in another order: float32 rounding expected
+        kernel_sweep(key, scene, "TRILINEAR_CORNERS_AT_ONCE", [True], "corners at once", args.reps, results, ours)
     if other is not None:
         def render_other(s):
             return other(s["raypos"], s["raydir"], s["stepsize"], s["tminmax"],
@@ -238,6 +240,8 @@ def parse_args(argv=None):
     parser.add_argument("--orders", default="decoder,random", help="comma-separated: decoder, random")
     parser.add_argument("--scan-blocks", default="", help="comma-separated SCAN_BLOCK values to compare "
                         f"(default {raymarch_triton.SCAN_BLOCK} only)")
+    parser.add_argument("--corners", action="store_true", help="also time the trilinear fetch with all 8 corners at "
+                        "once (TRILINEAR_CORNERS_AT_ONCE=True; the default fetches one corner at a time)")
     parser.add_argument("--original", default=None, help="facebookresearch/ava-256 checkout with its raymarcher built")
     parser.add_argument("--against", default=None, help="MODULE:FUNCTION with the original's signature")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -257,7 +261,7 @@ def main(argv=None) -> None:
     other = original_raymarcher(args.original) if args.original else (load_against(args.against) if args.against else None)
     other_name = "original CUDA" if args.original else args.against
     results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                     "scan_block": raymarch_triton.SCAN_BLOCK}
+                     "scan_block": raymarch_triton.SCAN_BLOCK, "corners_at_once": raymarch_triton.corners_at_once()}
     summary = []
     for scene_name in scenes:
         outputs = {order: measure_scene(scene_name, order, args, other, other_name, results, summary)

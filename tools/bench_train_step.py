@@ -546,7 +546,7 @@ def first_losses(forward_loss, work: Workload) -> dict[str, float]:
     """The loss terms of the first batch with the same noise (seed 0) for both implementations."""
     torch.manual_seed(0)
     _, terms = forward_loss(work.batches[0])
-    return {name: float(value) for name, value in terms.items()}
+    return {name: float(value.detach()) for name, value in terms.items()}
 
 
 # --- one variant, the original, the equality check ---------------------------------------------------

@@ -13,7 +13,8 @@ a stage that finished is not run again, so a second call continues where the fir
 - `kernel-tests`: the raymarcher's, the scrub's and the CUDA-graph tests on the GPU
   (AVA_TEST_DEVICE=cuda, compiled Triton), without the two long hypothesis tests;
 - `raymarch`: tools/bench_raymarch.py --original (head and mesh scenes, decoder and random order,
-  forward and forward+backward, culling and list lengths, scan block 1 against 32);
+  forward and forward+backward, culling and list lengths; the first kernels' scan (block 1) and
+  trilinear form (corners at once) against the defaults);
 - `train-step`: tools/bench_train_step.py --original (eager and graph steps of `ava train`'s
   defaults against the original, opaque state) with the 50-step equality check;
 - `view`: tools/bench_view.py (ava256 random model, 512x334 and 1024x667).
@@ -219,7 +220,7 @@ class Suite:
         if not self.fits("raymarch"):
             return
         self.run("raymarch", [sys.executable, "tools/bench_raymarch.py", *original, "--reps", "15", "--no-vectorised",
-                              "--scan-blocks", "1,32", "--json", str(self.out / "raymarch.json")])
+                              "--scan-blocks", "1", "--corners", "--json", str(self.out / "raymarch.json")])
 
     def train_step(self) -> None:
         if self.cuda:
@@ -290,14 +291,13 @@ class Suite:
             if stats:
                 lines.append(f"   culling {stats['cull_ms']:.2f} ms, lists mean {stats['mean_list']:.1f} max "
                              f"{stats['max_list']}, fine entries {stats['fine_total']} of {stats['fine_capacity']}")
-            blocks = sorted(int(name.rsplit(' ', 1)[1].rstrip(')')) for name in results
-                            if name.startswith(f"ava triton ({key}, scan "))
-            if blocks:
-                cells = ", ".join(f"{block}: {results[f'ava triton ({key}, scan {block})']['forward_ms']:.2f}/"
-                                  f"{results[f'ava triton ({key}, scan {block})']['forward_backward_ms']:.2f}"
-                                  for block in blocks)
-                lines.append(f"   scan block -> fwd/fwd+bwd ms: {cells} (max diff "
-                             f"{results.get(f'{key}_scan_blocks_max_abs_difference', float('nan')):.1e})")
+            for setting, label in (("scan_block", "scan"), ("trilinear_corners_at_once", "corners at once")):
+                names = [name for name in results if name.startswith(f"ava triton ({key}, {label} ")]
+                if names:
+                    cells = ", ".join(f"{name.rsplit(' ', 1)[1].rstrip(')')}: {results[name]['forward_ms']:.2f}/"
+                                      f"{results[name]['forward_backward_ms']:.2f}" for name in names)
+                    lines.append(f"   {label} -> fwd/fwd+bwd ms: {cells} (largest difference "
+                                 f"{results.get(f'{key}_{setting}_max_abs_difference', float('nan')):.1e})")
         return lines
 
     def _train_summary(self) -> list[str]:

@@ -25,6 +25,7 @@ Work is organised in screen tiles of TILE_H x TILE_W rays (one Triton program ea
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -40,6 +41,13 @@ SUPER_TILE = 4  # super-tiles are SUPER_TILE x SUPER_TILE tiles
 # ava's first kernels (one entry, two loads and two branches at a time); tools/bench_raymarch.py
 # --scan-blocks compares block sizes.
 SCAN_BLOCK = 32
+# Trilinear fetches: all 8 corners at once as [rays, 8, 4] tensors (True), or one corner after
+# another (False); None: at once under Triton's interpreter (8 times fewer numpy calls), one at a
+# time compiled. One at a time needs far fewer registers: compiled for sm_90 (Triton 3.9), the
+# forward kernel takes 128 registers and 48 bytes of stack instead of 255 and 984 bytes of
+# spills per thread, the backward 241 and none instead of 255 and 2128, so a multiprocessor
+# holds twice the forward's warps and neither spills; tools/bench_raymarch.py --corners compares.
+TRILINEAR_CORNERS_AT_ONCE: bool | None = None
 
 # List capacity (entries) per level, from the shapes: per tile plus per primitive, times
 # ListCapacity.scale. On the reference head scene (tools/head_scene.py: 4 x 512x334 rays, 16384
@@ -441,8 +449,8 @@ def _grid_coords(x, y, z, D: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
 
 @triton.jit
 def _corners(x, y, z, mask, D: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
-    """The 8 trilinear corners of [-1, 1] coords, all at once as [BLOCK, 8] tensors (fewer,
-    wider operations: faster compiled and much faster under the interpreter). Returns the
+    """The 8 trilinear corners of [-1, 1] coords, all at once as [BLOCK, 8] tensors (fewer, wider
+    operations, but many more registers held: see TRILINEAR_CORNERS_AT_ONCE). Returns the
     per-axis weights of each corner, the voxel index and whether the corner is in the grid."""
     gx, gy, gz = _grid_coords(x, y, z, D, H, W)
     fx = tl.floor(gx)
@@ -467,40 +475,105 @@ def _corners(x, y, z, mask, D: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
-def _trilinear(base_ptr, x, y, z, mask, D: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr):
+def _corner_weights(gx, gy, gz, fx, fy, fz, corner: tl.constexpr):
+    """Per-axis weights and integer coordinates of one of the 8 corners (bit 0: x, 1: y, 2: z)."""
+    if corner & 1:
+        lx = gx - fx
+    else:
+        lx = 1.0 - (gx - fx)
+    if (corner >> 1) & 1:
+        ly = gy - fy
+    else:
+        ly = 1.0 - (gy - fy)
+    if (corner >> 2) & 1:
+        lz = gz - fz
+    else:
+        lz = 1.0 - (gz - fz)
+    cx = fx.to(tl.int32) + (corner & 1)
+    cy = fy.to(tl.int32) + ((corner >> 1) & 1)
+    cz = fz.to(tl.int32) + ((corner >> 2) & 1)
+    return lx, ly, lz, cx, cy, cz
+
+
+@triton.jit
+def _trilinear(base_ptr, x, y, z, mask, D: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+               AT_ONCE: tl.constexpr):
     """Trilinear fetch of a [D, H, W, C] volume (C <= 4) at [-1, 1] coords; zero outside.
     Returns [BLOCK, 4] (channels >= C are zero)."""
-    lx, ly, lz, voxel, ok = _corners(x, y, z, mask, D, H, W)
-    channel = tl.arange(0, 4)[None, None, :]
-    value = tl.load(
-        base_ptr + voxel[:, :, None] * C + channel,
-        mask=ok[:, :, None] & (channel < C),
-        other=0.0,
-    )
-    return tl.sum((lx * ly * lz)[:, :, None] * value, axis=1)
+    channel = tl.arange(0, 4)[None, :]
+    if AT_ONCE:
+        lx, ly, lz, voxel, ok = _corners(x, y, z, mask, D, H, W)
+        value = tl.load(base_ptr + voxel[:, :, None] * C + channel[None], mask=ok[:, :, None] & (channel[None] < C),
+                        other=0.0)
+        result = tl.sum((lx * ly * lz)[:, :, None] * value, axis=1)
+    else:
+        gx, gy, gz = _grid_coords(x, y, z, D, H, W)
+        fx = tl.floor(gx)
+        fy = tl.floor(gy)
+        fz = tl.floor(gz)
+        result = (x * 0.0)[:, None] + (channel * 0).to(tl.float32)
+        for corner in tl.static_range(8):
+            lx, ly, lz, cx, cy, cz = _corner_weights(gx, gy, gz, fx, fy, fz, corner)
+            ok = mask & (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H) & (cz >= 0) & (cz < D)
+            voxel = (cz * H + cy) * W + cx
+            value = tl.load(base_ptr + voxel[:, None] * C + channel, mask=ok[:, None] & (channel < C), other=0.0)
+            result += (lx * ly * lz)[:, None] * value
+    return result
 
 
 @triton.jit
 def _trilinear_backward(
     base_ptr, grad_base_ptr, x, y, z, mask, upstream,
-    D: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+    D: tl.constexpr, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr, AT_ONCE: tl.constexpr,
 ):
     """Scatters upstream [BLOCK, 4] into the volume's gradient and returns d(value . upstream)
     with respect to the [-1, 1] coordinates (x, y, z)."""
-    lx, ly, lz, voxel, ok = _corners(x, y, z, mask, D, H, W)
-    channel = tl.arange(0, 4)[None, None, :]
-    cmask = ok[:, :, None] & (channel < C)
-    offset = voxel[:, :, None] * C + channel
-    value = tl.load(base_ptr + offset, mask=cmask, other=0.0)
-    tl.atomic_add(grad_base_ptr + offset, (lx * ly * lz)[:, :, None] * upstream[:, None, :], mask=cmask, sem="relaxed")
-    dot = tl.sum(value * upstream[:, None, :], axis=2)
-    corner = tl.arange(0, 8)
-    sign_x = tl.where((corner & 1) == 1, 1.0, -1.0)[None, :]
-    sign_y = tl.where(((corner >> 1) & 1) == 1, 1.0, -1.0)[None, :]
-    sign_z = tl.where(((corner >> 2) & 1) == 1, 1.0, -1.0)[None, :]
-    grad_x = tl.sum(dot * sign_x * ly * lz, axis=1)
-    grad_y = tl.sum(dot * lx * sign_y * lz, axis=1)
-    grad_z = tl.sum(dot * lx * ly * sign_z, axis=1)
+    if AT_ONCE:
+        lx, ly, lz, voxel, ok = _corners(x, y, z, mask, D, H, W)
+        channel = tl.arange(0, 4)[None, None, :]
+        cmask = ok[:, :, None] & (channel < C)
+        offset = voxel[:, :, None] * C + channel
+        value = tl.load(base_ptr + offset, mask=cmask, other=0.0)
+        tl.atomic_add(grad_base_ptr + offset, (lx * ly * lz)[:, :, None] * upstream[:, None, :], mask=cmask,
+                      sem="relaxed")
+        dot = tl.sum(value * upstream[:, None, :], axis=2)
+        corner = tl.arange(0, 8)
+        sign_x = tl.where((corner & 1) == 1, 1.0, -1.0)[None, :]
+        sign_y = tl.where(((corner >> 1) & 1) == 1, 1.0, -1.0)[None, :]
+        sign_z = tl.where(((corner >> 2) & 1) == 1, 1.0, -1.0)[None, :]
+        grad_x = tl.sum(dot * sign_x * ly * lz, axis=1)
+        grad_y = tl.sum(dot * lx * sign_y * lz, axis=1)
+        grad_z = tl.sum(dot * lx * ly * sign_z, axis=1)
+    else:
+        gx, gy, gz = _grid_coords(x, y, z, D, H, W)
+        fx = tl.floor(gx)
+        fy = tl.floor(gy)
+        fz = tl.floor(gz)
+        channel = tl.arange(0, 4)[None, :]
+        grad_x = x * 0.0
+        grad_y = x * 0.0
+        grad_z = x * 0.0
+        for corner in tl.static_range(8):
+            lx, ly, lz, cx, cy, cz = _corner_weights(gx, gy, gz, fx, fy, fz, corner)
+            ok = mask & (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H) & (cz >= 0) & (cz < D)
+            cmask = ok[:, None] & (channel < C)
+            offset = (((cz * H + cy) * W + cx) * C)[:, None] + channel
+            value = tl.load(base_ptr + offset, mask=cmask, other=0.0)
+            tl.atomic_add(grad_base_ptr + offset, (lx * ly * lz)[:, None] * upstream, mask=cmask, sem="relaxed")
+            dot = tl.sum(value * upstream, axis=1)
+            # d(weight)/dx of this corner: +-ly*lz (plus when the corner is the upper one in x).
+            if corner & 1:
+                grad_x += dot * ly * lz
+            else:
+                grad_x -= dot * ly * lz
+            if (corner >> 1) & 1:
+                grad_y += dot * lx * lz
+            else:
+                grad_y -= dot * lx * lz
+            if (corner >> 2) & 1:
+                grad_z += dot * lx * ly
+            else:
+                grad_z -= dot * lx * ly
     # Chain through the voxel-coordinate map (x+1)/2*(W-1); clamped coordinates have no corners
     # inside, so their gradient is zero already.
     return grad_x * (0.5 * (W - 1)), grad_y * (0.5 * (H - 1)), grad_z * (0.5 * (D - 1))
@@ -545,14 +618,14 @@ def _to_local(px, py, pz, p0, p1, p2, r00, r01, r02, r10, r11, r12, r20, r21, r2
 @triton.jit
 def _sample(prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp,
             TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-            WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HAS_WARP: tl.constexpr):
+            WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HAS_WARP: tl.constexpr, AT_ONCE: tl.constexpr):
     """|y|^fadeexp per axis, the fade, the (warped) template coordinates and the RGBA sample."""
     pow_x = tl.exp2(fadeexp * tl.log2(tl.abs(yx)))
     pow_y = tl.exp2(fadeexp * tl.log2(tl.abs(yy)))
     pow_z = tl.exp2(fadeexp * tl.log2(tl.abs(yz)))
     fade = tl.exp(-fadescale * (pow_x + pow_y + pow_z))
     if HAS_WARP:
-        warped = _trilinear(warp_ptr + prim * (WD * WH * WW * 3), yx, yy, yz, inside, WD, WH, WW, 3)
+        warped = _trilinear(warp_ptr + prim * (WD * WH * WW * 3), yx, yy, yz, inside, WD, WH, WW, 3, AT_ONCE)
         cx = _column(warped, 0)
         cy = _column(warped, 1)
         cz = _column(warped, 2)
@@ -560,7 +633,7 @@ def _sample(prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp
         cx = yx
         cy = yy
         cz = yz
-    sample = _trilinear(template_ptr + prim * (TD * TH * TW * 4), cx, cy, cz, inside, TD, TH, TW, 4)
+    sample = _trilinear(template_ptr + prim * (TD * TH * TW * 4), cx, cy, cz, inside, TD, TH, TW, 4, AT_ONCE)
     return pow_x, pow_y, pow_z, fade, cx, cy, cz, sample
 
 
@@ -686,20 +759,21 @@ def _alpha_gradient(inside, sample, fade, dt, acc_a, grad_out, final, ends_satur
 def _local_gradient(prim, inside, upstream, grad_fade, fade, pow_x, pow_y, pow_z, yx, yy, yz, cx, cy, cz,
                     template_ptr, grad_template_ptr, warp_ptr, grad_warp_ptr, fadescale, fadeexp,
                     TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                    WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HAS_WARP: tl.constexpr):
+                    WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HAS_WARP: tl.constexpr,
+                    AT_ONCE: tl.constexpr):
     """Scatters the template's (and warp's) gradient and returns d/dy at the samples' local
     coordinates y, through the template fetch, the warp and the fade."""
     voxels = TD * TH * TW
     gcx, gcy, gcz = _trilinear_backward(
         template_ptr + prim * voxels * 4, grad_template_ptr + prim * voxels * 4,
-        cx, cy, cz, inside, upstream, TD, TH, TW, 4,
+        cx, cy, cz, inside, upstream, TD, TH, TW, 4, AT_ONCE,
     )
     if HAS_WARP:
         wvoxels = WD * WH * WW
         warp_up = tl.where(inside[:, None], _channels(gcx, gcy, gcz, gcz * 0.0), 0.0)
         gyx, gyy, gyz = _trilinear_backward(
             warp_ptr + prim * wvoxels * 3, grad_warp_ptr + prim * wvoxels * 3,
-            yx, yy, yz, inside, warp_up, WD, WH, WW, 3,
+            yx, yy, yz, inside, warp_up, WD, WH, WW, 3, AT_ONCE,
         )
     else:
         gyx = gcx
@@ -751,7 +825,7 @@ def _march(
     TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
     WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     HAS_WARP: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, SUPER: tl.constexpr,
-    SCAN_BLOCK: tl.constexpr, BACKWARD: tl.constexpr,
+    SCAN_BLOCK: tl.constexpr, AT_ONCE: tl.constexpr, BACKWARD: tl.constexpr,
 ):
     """Marches one tile's rays through its primitives. Forward (BACKWARD=False): returns each
     ray's colour, alpha, saturating colour and whether it saturated. Backward: re-marches the
@@ -812,7 +886,7 @@ def _march(
                 if tl.max(inside.to(tl.int32), 0) > 0:
                     pow_x, pow_y, pow_z, fade, cx, cy, cz, sample = _sample(
                         prim, yx, yy, yz, inside, template_ptr, warp_ptr, fadescale, fadeexp,
-                        TD, TH, TW, WD, WH, WW, HAS_WARP,
+                        TD, TH, TW, WD, WH, WW, HAS_WARP, AT_ONCE,
                     )
                     if BACKWARD:
                         weight, becomes, upstream, grad_fade = _alpha_gradient(
@@ -820,7 +894,7 @@ def _march(
                         gyx, gyy, gyz = _local_gradient(
                             prim, inside, upstream, grad_fade, fade, pow_x, pow_y, pow_z, yx, yy, yz, cx, cy, cz,
                             template_ptr, grad_template_ptr, warp_ptr, grad_warp_ptr, fadescale, fadeexp,
-                            TD, TH, TW, WD, WH, WW, HAS_WARP,
+                            TD, TH, TW, WD, WH, WW, HAS_WARP, AT_ONCE,
                         )
                         _primitive_gradient(grad_prim_ptr, prim, gyx, gyy, gyz, qx, qy, qz, lx, ly, lz,
                                             r00, r01, r02, r10, r11, r12, r20, r21, r22, s0, s1, s2)
@@ -850,6 +924,7 @@ def _forward_kernel(
     WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     HAS_WARP: tl.constexpr, SAVE_SAT: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, SUPER: tl.constexpr, SCAN_BLOCK: tl.constexpr,
+    AT_ONCE: tl.constexpr,
 ):
     ray, in_image, acc_r, acc_g, acc_b, acc_a, sat_r, sat_g, sat_b, saturated = _march(
         tl.program_id(0), raypos_ptr, raydir_ptr, tminmax_ptr, pos_ptr, rot_ptr, scale_ptr, template_ptr, warp_ptr,
@@ -857,7 +932,7 @@ def _forward_kernel(
         parent_end_ptr, parent_count_ptr, parent_prim_ptr, parent_capacity,
         sat_ptr, out_ptr, out_ptr, out_ptr, out_ptr,
         tiles_y, tiles_x, height, width, num_prims, dt, fadescale, fadeexp,
-        TD, TH, TW, WD, WH, WW, HAS_WARP, TILE_H, TILE_W, SUPER, SCAN_BLOCK, False,
+        TD, TH, TW, WD, WH, WW, HAS_WARP, TILE_H, TILE_W, SUPER, SCAN_BLOCK, AT_ONCE, False,
     )
     channel = tl.arange(0, 4)[None, :]
     tl.store(out_ptr + ray[:, None] * 4 + channel, _channels(acc_r, acc_g, acc_b, acc_a), mask=in_image[:, None])
@@ -880,6 +955,7 @@ def _backward_kernel(
     WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     HAS_WARP: tl.constexpr,
     TILE_H: tl.constexpr, TILE_W: tl.constexpr, SUPER: tl.constexpr, SCAN_BLOCK: tl.constexpr,
+    AT_ONCE: tl.constexpr,
 ):
     _march(
         tl.program_id(0), raypos_ptr, raydir_ptr, tminmax_ptr, pos_ptr, rot_ptr, scale_ptr, template_ptr, warp_ptr,
@@ -887,7 +963,7 @@ def _backward_kernel(
         parent_end_ptr, parent_count_ptr, parent_prim_ptr, parent_capacity,
         sat_ptr, grad_out_ptr, grad_prim_ptr, grad_template_ptr, grad_warp_ptr,
         tiles_y, tiles_x, height, width, num_prims, dt, fadescale, fadeexp,
-        TD, TH, TW, WD, WH, WW, HAS_WARP, TILE_H, TILE_W, SUPER, SCAN_BLOCK, True,
+        TD, TH, TW, WD, WH, WW, HAS_WARP, TILE_H, TILE_W, SUPER, SCAN_BLOCK, AT_ONCE, True,
     )
 
 
@@ -900,6 +976,13 @@ def _volume_dims(volume):
     if volume is None:
         return 1, 1, 1
     return volume.shape[2], volume.shape[3], volume.shape[4]
+
+
+def corners_at_once() -> bool:
+    """The trilinear form the kernels are launched with (TRILINEAR_CORNERS_AT_ONCE)."""
+    if TRILINEAR_CORNERS_AT_ONCE is not None:
+        return TRILINEAR_CORNERS_AT_ONCE
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def tile_grid(height: int, width: int) -> tuple[int, int]:
@@ -934,7 +1017,7 @@ def forward(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, temp
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None, SAVE_SAT=save_saturation,
-        TILE_H=TILE_H, TILE_W=TILE_W, SUPER=SUPER_TILE, SCAN_BLOCK=SCAN_BLOCK,
+        TILE_H=TILE_H, TILE_W=TILE_W, SUPER=SUPER_TILE, SCAN_BLOCK=SCAN_BLOCK, AT_ONCE=corners_at_once(),
         num_warps=max(1, TILE_H * TILE_W // 32),
     )
     if raysat is None:
@@ -966,7 +1049,7 @@ def backward(grad_rgba, raypos, raydir, stepsize, tminmax, primpos, primrot, pri
         float(stepsize), float(fadescale), float(fadeexp),
         TD=td, TH=th, TW=tw, WD=wd, WH=wh, WW=ww,
         HAS_WARP=warp is not None,
-        TILE_H=TILE_H, TILE_W=TILE_W, SUPER=SUPER_TILE, SCAN_BLOCK=SCAN_BLOCK,
+        TILE_H=TILE_H, TILE_W=TILE_W, SUPER=SUPER_TILE, SCAN_BLOCK=SCAN_BLOCK, AT_ONCE=corners_at_once(),
         num_warps=max(1, TILE_H * TILE_W // 32),
     )
     grad_pos = grad_prim[..., 0:3]
