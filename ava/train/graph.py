@@ -137,7 +137,9 @@ class CapturedStep:
         step.optimizer.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the DataLoader's pin-memory thread keeps allocating pinned memory meanwhile,
+        # which a global capture would refuse.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             result = step(self.inputs.buffers, self.terms_fn)
         step.zero_nonfinite.finish_capture()
         self.graph, self.result = graph, result

@@ -156,7 +156,7 @@ class ViewRenderer:
         scale = raymarch_triton.CAPACITY.scale
         raymarch_triton.CAPACITY.scale = scale * CAPACITY_HEADROOM
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads serve browsers
                 frame = to_uint8_chw(render_inputs(self.model, static))
         finally:
             raymarch_triton.CAPACITY.scale = scale
