@@ -80,6 +80,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         _stdout_closed()
+    except OSError as error:
+        # A full disk, a quota, a read-only file system or a permission met in the middle of the
+        # work: the machine's state, not a bug, so one line naming the file (the commands check
+        # their output folders before the work, which catches most of these earlier).
+        from ava.files import is_storage_error
+
+        if not is_storage_error(error):
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        Console(stderr=True).print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False,
+                                   soft_wrap=True)
+        sys.exit(2)
     except SystemExit:  # tyro after --help or a usage error
         _flush_stdout()
         raise

@@ -14,7 +14,9 @@ def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
     from rich.console import Console
 
     from ava.eval.run import evaluate
+    from ava.files import output_folder
 
+    output_folder(config.output, "-o/--output", create=False)  # before the work, which would be lost
     console = Console(stderr=True)
     evaluated = evaluate(config, console)
     Console().print(evaluated["table"])  # the results on stdout, notes and progress on stderr

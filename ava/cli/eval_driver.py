@@ -10,7 +10,7 @@ from ava.driver.config import EvalDriverConfig
 
 
 def main(config: Annotated[EvalDriverConfig, tyro.conf.arg(name="")]) -> int:
-    """Evaluate a headset driver on synthetic headset sessions against their ground truth: expression-code error and PSNR per segment, beside the mean-code baseline."""
+    """Evaluate a headset driver against ground truth (synthetic headset sessions, or the release's encodings of real headset frames): expression-code error and PSNR per segment, beside the mean-code baseline."""
     from rich.console import Console
 
     from ava.driver.evaluate import evaluate_driver, print_table

@@ -44,6 +44,8 @@ class DriverTrainSection:
     """Sakoe-Chiba band of the alignment, as a fraction of the segment (1 or more: no band)."""
     align_max_step: int = 0
     """Most dome frames the alignment may advance per headset frame (0: twice the segment's mean slope, at least 2)."""
+    targets: Literal["aligned", "expression-codes", "encodings"] = "aligned"
+    """What the driver regresses: aligned (the decoder's codes of the dome frames, time-aligned to the headset frames), expression-codes (the same alignment onto the release's decoder/expression_codes/aeparams_1440000.pkl), or encodings (the release's encoder/encodings_gt.pt, a code per headset frame: supervised, no alignment). The release's codes belong to its decoder: use them with the converted aeparams_1440000.pt."""
     augment: bool = True
     """Random per-view shifts, rotations, scales, gamma, gain and noise (headset fit and exposure vary)."""
     preload: bool = True
@@ -121,11 +123,13 @@ PRESET_HELP = {
 
 @dataclass
 class EvalDriverConfig:
-    """Evaluate a headset driver on subjects with known truth (synthetic captures): per segment, the
-    expression-code error against the decoder's codes of the dome frames the headset frames show,
-    and the PSNR of the headset-driven render against the render of that true code, beside a
-    baseline that always outputs the training subjects' mean code. Writes OUT/eval.json, a table
-    OUT/eval.md and strips OUT/<subject>.png [5 IR views | truth | driver | mean code]."""
+    """Evaluate a headset driver on subjects with known truth: synthetic captures (the decoder's codes
+    of the dome frames the headset frames show) or real ones with the release's ground-truth
+    encodings (encodings_gt.pt, the only real-data measure of a driver). Per segment: the
+    expression-code error, and the PSNR of the headset-driven render against the render of the true
+    code, beside a baseline that always outputs the training subjects' mean code. Writes
+    OUT/eval.json, a table OUT/eval.md and strips OUT/<subject>.png [5 IR views | truth | driver |
+    mean code]."""
 
     driver_checkpoint: Path
     """A driver from `ava train-driver`."""
@@ -141,6 +145,8 @@ class EvalDriverConfig:
     """Dome camera of the renders (default: each subject's most frontal camera)."""
     downsample: int | None = None
     """Render size as sensor size / downsample (default: the driver's)."""
+    truth: Literal["auto", "synthetic", "encodings"] = "auto"
+    """What the driver is measured against: synthetic (the ground truth `ava synth` writes beside a capture, encoder_truth.json), encodings (the release's encoder/encodings_gt.pt: real headset frames, the only real-data measure of a driver), or auto (synthetic where the file exists, else encodings)."""
     strip_frames: int = 6
     """Frames shown in each subject's strip (the most expressive ones, spread over the segments)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

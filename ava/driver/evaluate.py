@@ -42,6 +42,13 @@ class Tally:
     aligned_near: int = 0
     stretch_exact: int = 0
 
+    def add_renders(self, truth: torch.Tensor, mean: torch.Tensor, driven: list[torch.Tensor]) -> None:
+        """Adds the squared pixel errors of the driver's renders and the mean code's against the truth's."""
+        for image in driven:
+            self.image_driver += float(((image - truth) ** 2).sum())
+            self.image_mean += float(((mean - truth) ** 2).sum())
+            self.pixels += truth.numel()
+
     def add(self, other: "Tally") -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -120,11 +127,7 @@ def _evaluate_subject(subject, truth, encoder, model, device, strip_count: int) 
             mine = np.nonzero(true_dome == dome)[0]
             codes = torch.cat([true_codes[mine[:1]], mean_code[None], predicted[mine]])
             images = [image.clamp(0, 255) for image in render_code(model, subject, int(dome), codes, device)]
-            truth_image, mean_image = images[0], images[1]
-            for image in images[2:]:
-                tally.image_driver += float(((image - truth_image) ** 2).sum())
-                tally.image_mean += float(((mean_image - truth_image) ** 2).sum())
-                tally.pixels += truth_image.numel()
+            tally.add_renders(images[0], images[1], images[2:])
         result.segments[segment] = tally
         deviation = ((true_codes - mean_code) / scale).pow(2).mean(dim=(1, 2, 3))
         best = int(torch.argmax(deviation))
@@ -133,10 +136,12 @@ def _evaluate_subject(subject, truth, encoder, model, device, strip_count: int) 
 
 
 @torch.no_grad()
-def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -> np.ndarray | None:
+def _strip(subject, result: SubjectResult, encoder, model, device, count: int,
+           truth_codes: dict | None = None) -> np.ndarray | None:
     """Rows [5 IR views | truth | driver | mean code] of the most expressive frame of the
     `count` segments whose truth differs most from the mean; the renders are cropped to the head
-    (the truth render's coverage) and enlarged by whole pixels, so the expression can be judged."""
+    (the truth render's coverage) and enlarged by whole pixels, so the expression can be judged.
+    truth_codes: headset frame -> true code, where the truth is not a dome frame's code (encodings)."""
     from ava.driver.pictures import head_box, render_code
     from ava.runtime.headset import headset_panel, predict_codes
     from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
@@ -147,13 +152,19 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int) -
     for _, _, frame, dome in chosen:
         views = subject.headset.views(frame)
         predicted = predict_codes(encoder, views[None], device)
-        codes = torch.cat([subject.codes[dome : dome + 1], predicted, encoder.code_mean.cpu()[None]])
+        truth = truth_codes[frame][None] if truth_codes is not None else subject.codes[dome : dome + 1]
+        codes = torch.cat([truth, predicted, encoder.code_mean.cpu()[None]])
         images, alphas = render_code(model, subject, dome, codes, device, with_alpha=True)
         top, bottom, left, right = head_box(alphas[0])
         factor = viewing_scale(bottom - top, target=views.shape[-1])
         crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
         rows.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
     return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0])) if rows else None
+
+
+def _percent(value: float | None) -> str:
+    """A share as a percentage; '-' where it does not apply (no alignment against encodings)."""
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -164,8 +175,8 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"| {row['subject']} | {row['segment']} | {row['frames']} | {row['code_mse_driver']:.3g} | "
                      f"{row['code_mse_mean']:.3g} | {row['psnr_driver']:.2f} | {row['psnr_mean']:.2f} | "
-                     f"{row['psnr_gain']:+.2f} | {100 * row['aligned_exact']:.0f}% | {100 * row['aligned_within_1']:.0f}% "
-                     f"| {100 * row['stretch_exact']:.0f}% |")
+                     f"{row['psnr_gain']:+.2f} | {_percent(row['aligned_exact'])} | {_percent(row['aligned_within_1'])} "
+                     f"| {_percent(row['stretch_exact'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +187,7 @@ def evaluate_driver(request, console) -> dict:
     from ava.checkpoint import load_driver_checkpoint
     from ava.data.encoder import read_encoder_truth
     from ava.driver.data import load_subject
+    from ava.driver.release_eval import evaluate_against_encodings, row_without_alignment, truth_source
     from ava.files import write_atomically
     from ava.runtime.device import select_device
     from ava.runtime.headset import driver_dataset_dir, headset_subjects, resolve_subjects
@@ -207,25 +219,34 @@ def evaluate_driver(request, console) -> dict:
     rows: list[dict] = []
     total = Tally()
     files: dict[str, Path] = {}
+    sources: dict[str, str] = {}
     for folder in track(folders, description="evaluating", console=console, transient=True):
-        truth = read_encoder_truth(dataset_dir / folder)
+        sources[folder] = truth_source(request.truth, dataset_dir / folder)
         subject = load_subject(dataset_dir, folder, decoder, model, downsample, encoder.config.image_size, device,
                                camera=request.camera)
-        result = _evaluate_subject(subject, truth, encoder, model, device, request.strip_frames)
+        truth_codes = None
+        if sources[folder] == "encodings":
+            result, truth_codes = evaluate_against_encodings(subject, encoder, model, device)
+        else:
+            truth = read_encoder_truth(dataset_dir / folder)
+            result = _evaluate_subject(subject, truth, encoder, model, device, request.strip_frames)
+        shown = row_without_alignment if sources[folder] == "encodings" else dict
         mine = Tally()
         for segment, tally in result.segments.items():
-            rows.append({"subject": folder, "segment": segment, **tally.row()})
+            rows.append(shown({"subject": folder, "segment": segment, **tally.row()}))
             mine.add(tally)
-        rows.append({"subject": folder, "segment": SEGMENT_TOTAL, **mine.row()})
+        rows.append(shown({"subject": folder, "segment": SEGMENT_TOTAL, **mine.row()}))
         total.add(mine)
         if request.strip_frames:
-            strip = _strip(subject, result, encoder, model, device, request.strip_frames)
+            strip = _strip(subject, result, encoder, model, device, request.strip_frames, truth_codes)
             if strip is not None:
                 files[folder] = save_png(output / f"{folder}.png", strip)
     summary = {"subject": "all evaluated", "segment": SEGMENT_TOTAL, **total.row()}
+    if "encodings" in sources.values():
+        summary = row_without_alignment(summary)
     rows.append(summary)
     document = {"driver": str(driver.path), "decoder": str(decoder.path), "dataset_dir": str(dataset_dir),
-                "subjects": folders, "held_out": not seen, "rows": rows}
+                "subjects": folders, "held_out": not seen, "truth": sources, "rows": rows}
     write_atomically(output / "eval.json", (json.dumps(document, indent=1) + "\n").encode())
     write_atomically(output / "eval.md", markdown_table(rows).encode())
     files["json"], files["table"] = output / "eval.json", output / "eval.md"
@@ -242,7 +263,6 @@ def print_table(rows: list[dict], console) -> None:
     for row in rows:
         table.add_row(row["subject"].split("--")[-1], row["segment"], str(row["frames"]), f"{row['code_mse_driver']:.3g}",
                       f"{row['code_mse_mean']:.3g}", f"{row['psnr_driver']:.2f}", f"{row['psnr_mean']:.2f}",
-                      f"{row['psnr_gain']:+.2f}", f"{100 * row['aligned_exact']:.0f}%",
-                      f"{100 * row['stretch_exact']:.0f}%",
+                      f"{row['psnr_gain']:+.2f}", _percent(row["aligned_exact"]), _percent(row["stretch_exact"]),
                       style="bold" if row["segment"] == SEGMENT_TOTAL else None)
     console.print(table)

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from ava.driver.config import DriverConfig
+from ava.driver.release_targets import apply_targets
 from ava.driver.setup import check_config, check_resumable, learning_rate, prepare
 from ava.driver.state import DriverState
 from ava.errors import UserError
@@ -47,11 +48,14 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
     from ava.checkpoint import load_driver_checkpoint
     from ava.driver.augment import augment_views
     from ava.driver.data import StepBatches
+    from ava.faults import crash_point
     from ava.runtime.images import save_png
-    from ava.runtime.rundir import RunDir, json_ready, resume_checkpoint
+    from ava.runtime.interrupt import INTERRUPTED, StopRequest, ignore_stop_signals
+    from ava.runtime.rundir import RunDir, json_ready, load_for_resume
 
     started = time.perf_counter()
     setup = prepare(config, device, console)
+    targets = apply_targets(config.train.targets, setup, console)
     pool = setup.train_pool
     if len(pool) == 0:
         raise UserError("the training subjects have no headset frame in a segment their dome session also has")
@@ -62,12 +66,12 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
         "train_subjects": train_subjects, "holdout_subjects": [s.folder for s in setup.holdout_pool.subjects],
         "cameras": {s.folder: s.camera for s in pool.subjects + setup.holdout_pool.subjects},
         "downsample": setup.downsample, "device": str(device), "train_frames": len(pool),
-        "holdout_frames": len(setup.holdout_pool)}
+        "holdout_frames": len(setup.holdout_pool), "targets": targets}
     state = DriverState(config, setup, device, resolved)
 
-    resume_from = resume_checkpoint(config.resume, config.progress.output_path, console.print)
-    if resume_from is not None:
-        checkpoint = load_driver_checkpoint(resume_from)
+    checkpoint = load_for_resume(config.resume, config.progress.output_path, load_driver_checkpoint, console.print)
+    resume_from = checkpoint.path if checkpoint is not None else None
+    if checkpoint is not None:
         check_resumable(checkpoint, setup, config, train_subjects)
         state.encoder.load_state_dict({k: v.to(device) for k, v in checkpoint.encoder_state.items()})
         if checkpoint.optimizer_state is not None:
@@ -79,10 +83,13 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
         console.print(f"resuming from {resume_from} at step {state.step}", highlight=False)
 
     run = state.run = RunDir(config.progress.output_path)
-    if config.progress.overwrite and resume_from is None:
+    # A resume without a checkpoint (--resume auto in a run stopped before its first one) still
+    # appends to the run's log, from step 0.
+    resume_step = state.step if resume_from is not None else (0 if config.resume else None)
+    if config.progress.overwrite and not resume_step:
         run.clear("log", pictures=("driven",))
     run.write_config(state.resolved)
-    run.open_metrics(state.step if resume_from is not None else None)
+    run.open_metrics(resume_step)
     last = config.train.maxiter
     console.print(f"training the headset driver {last - state.step} steps (to step {last}) on {device}: "
                   f"{len(pool)} headset frames of {len(train_subjects)} subjects, batch {config.train.batchsize}",
@@ -99,12 +106,14 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
     # Its own generator: creating the loader's iterator draws a seed, which must not come from the
     # global RNG that dropout uses (a resumed run creates its iterator at another point).
     loader = DataLoader(pool, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(config.seed))
+                        generator=torch.Generator().manual_seed(config.seed), worker_init_fn=ignore_stop_signals)
     progress = _progress_bar(console)
     task = progress.add_task("driver", total=last, completed=state.step, loss=float("nan"))
     line_every = max(1, (last - state.step) // 20)
     state.encoder.train()
     progress.start()
+    stop = StopRequest().install()  # Ctrl-C and SIGTERM finish the step and save (ava.runtime.interrupt)
+    stopped = False
     try:
         fetch_started = time.perf_counter()
         for views, indices in loader:
@@ -123,6 +132,7 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
             grad_norm = torch.nn.utils.clip_grad_norm_(state.encoder.parameters(), 10.0)
             state.optimizer.step()
             state.step += 1
+            crash_point("after-step", step=state.step)
             step_time = time.perf_counter() - fetch_started
             value = float(loss.detach())
             run.log({"step": state.step, "loss": value, "lr": lr, "grad_norm": float(grad_norm), "step_time": step_time,
@@ -147,12 +157,25 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
                 picture = state.picture()
                 if picture is not None:
                     save_png(run.image_path("driven", state.step), picture)
-            if state.step % config.progress.checkpoint_freq == 0 or final:
+            saved = state.step % config.progress.checkpoint_freq == 0 or final
+            if saved:
                 state.save()
+            if stop.requested and not final:
+                # Ctrl-C or SIGTERM: the step is done; its checkpoint makes --resume auto continue here.
+                if not saved:
+                    state.save()
+                stopped = True
+                break
             fetch_started = time.perf_counter()
     finally:
+        stop.uninstall()
         progress.stop()
         run.close()
+    if stopped:
+        console.print(f"stopped by {stop.name()} at step {state.step} after {time.perf_counter() - started:.0f} s; "
+                      f"checkpoint in {Path(config.progress.output_path) / 'checkpoints'}; continue with the same "
+                      "command and --resume auto", highlight=False, soft_wrap=True)
+        return INTERRUPTED
     console.print(f"done: step {state.step} in {time.perf_counter() - started:.0f} s; driver checkpoints in "
                   f"{Path(config.progress.output_path) / 'checkpoints'}", highlight=False)
     return 0

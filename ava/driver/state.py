@@ -61,8 +61,11 @@ class DriverState:
         """[N,16,4,4] codes of every frame of the pool (decoded by DataLoader workers unless preloaded)."""
         from torch.utils.data import DataLoader
 
+        from ava.runtime.interrupt import ignore_stop_signals
+
         workers = 0 if self.config.train.preload else self.config.train.num_workers
-        loader = DataLoader(pool, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False)
+        loader = DataLoader(pool, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False,
+                            worker_init_fn=ignore_stop_signals)
         codes = [self.predictions_for(views) for views, _ in loader]
         return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
 

@@ -41,6 +41,8 @@ class ViewResult:
     ssim: float
     ssim_head: float | None
     lpips: float | None
+    background: str = "plate"  # what the render was composited over: "real" (recorded) or "plate" (ava.eval.extras)
+    mask_errors: object = None  # ava.eval.extras.MaskErrors inside the frame's foreground mask, if it has one
 
 
 @dataclass
@@ -104,14 +106,16 @@ def _frame_index(part) -> dict[str, int]:
 
 @torch.no_grad()
 def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: int, device,
-            lpips, examples: set[tuple[str, str, str]], progress=None) -> Measured:
+            lpips, examples: set[tuple[str, str, str]], progress=None, release_images=None) -> Measured:
     """Renders and measures every planned frame with `checkpoint` (a loaded ava.checkpoint.Checkpoint).
 
     lpips: an ava.runtime.metrics.Lpips or None. examples: (identity, camera, frame) keys whose
     photo and render (float [3,H,W] on the CPU) are kept for the example picture. progress: a callable
-    advanced by one per measured frame.
+    advanced by one per measured frame. release_images: an ava.eval.extras.ReleaseImages, whose
+    recorded backgrounds replace the fitted plate and whose masks give `psnr_mask`, where they exist.
     """
     from ava.data.capture import MemberError
+    from ava.eval.extras import PLATE, REAL, MaskErrors
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.metrics import camera_plate, held_out_view, structural_similarity
 
@@ -124,8 +128,10 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
         part = checkpoint_capture(dataset_dir, plan.identity, downsample, checkpoint, cameras=[plan.camera],
                                   identity=identities.index(plan.identity))
         index = _frame_index(part)
+        real = release_images.background(plan.identity, plan.camera, part.height, part.width) \
+            if release_images is not None else None
         try:
-            plate = camera_plate(model, part.load_sample(index[plan.plate_frame]), device)
+            plate = real if real is not None else camera_plate(model, part.load_sample(index[plan.plate_frame]), device)
         except MemberError as error:
             result.skipped.append(f"{error} (the plate frame of camera {plan.camera}; camera skipped)")
             if progress:
@@ -145,6 +151,9 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
                 identity=plan.identity, camera=plan.camera, frame=frame, segment=segment,
                 errors=SquaredErrors.of(view), ssim=ssim, ssim_head=ssim_head,
                 lpips=lpips(view.with_plate, view.image) if lpips is not None else None,
+                background=REAL if real is not None else PLATE,
+                mask_errors=MaskErrors.of(view.with_plate, view.image, release_images.mask(
+                    plan.identity, plan.camera, frame, part.height, part.width)) if release_images is not None else None,
             ))
             key = (plan.identity, plan.camera, frame)
             if key in examples:

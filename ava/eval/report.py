@@ -16,10 +16,10 @@ from pathlib import Path
 from ava.eval.measure import Measured, ViewResult
 from ava.runtime.metrics import SquaredErrors
 
-METRICS = ("psnr", "psnr_head", "psnr_model_bg", "ssim", "ssim_head", "lpips")
+METRICS = ("psnr", "psnr_head", "psnr_mask", "psnr_model_bg", "ssim", "ssim_head", "lpips")
 # Higher is better for every metric but LPIPS.
 LOWER_IS_BETTER = {"lpips"}
-HEADINGS = {"psnr": "PSNR", "psnr_head": "PSNR head", "psnr_model_bg": "PSNR model bg", "ssim": "SSIM",
+HEADINGS = {"psnr": "PSNR", "psnr_head": "PSNR head", "psnr_model_bg": "PSNR model bg", "psnr_mask": "PSNR mask", "ssim": "SSIM",
             "ssim_head": "SSIM head", "lpips": "LPIPS"}
 ALL = "all"
 
@@ -30,12 +30,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def summarise(views: list[ViewResult]) -> dict:
-    """{"views": N, "psnr", "psnr_head", "psnr_model_bg" (dB, pooled), "ssim", "ssim_head",
-    "lpips" (means; None when not measured)} of a group of views."""
+    """{"views": N, "psnr", "psnr_head", "psnr_model_bg", "psnr_mask" (dB, pooled; the last over
+    the views with a foreground mask), "ssim", "ssim_head", "lpips" (means; None when not
+    measured)} of a group of views."""
+    from ava.eval import extras
+
     errors = sum((view.errors for view in views), SquaredErrors())
     return {
         "views": len(views),
         **(errors.psnr() if views else dict.fromkeys(("psnr", "psnr_head", "psnr_model_bg"))),
+        **extras.summarise(views),
         "ssim": _mean([view.ssim for view in views]),
         "ssim_head": _mean([view.ssim_head for view in views]),
         "lpips": _mean([view.lpips for view in views]),
@@ -69,7 +73,8 @@ def sample_rows(label: str, measured: Measured) -> list[dict]:
     """CSV rows, one per measured image."""
     return [{"checkpoint": label, "identity": view.identity, "camera": view.camera, "frame": view.frame,
              "segment": view.segment, **view.errors.psnr(), "ssim": view.ssim, "ssim_head": view.ssim_head,
-             "lpips": view.lpips} for view in measured.views]
+             "lpips": view.lpips, "background": view.background,
+             "psnr_mask": view.mask_errors.psnr() if view.mask_errors is not None else None} for view in measured.views]
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -128,7 +133,8 @@ def table(results: list[tuple[str, Measured]], lpips_measured: bool):
     a row B-A (green where B is better)."""
     from rich.table import Table
 
-    metrics = [metric for metric in METRICS if metric != "lpips" or lpips_measured]
+    metrics = [metric for metric in METRICS if (metric != "lpips" or lpips_measured)
+               and (metric != "psnr_mask" or any(view.mask_errors is not None for _, m in results for view in m.views))]
     groups = [grouped(measured) for _, measured in results]
     caption = "; ".join(f"{label} = {measured.checkpoint} (step {measured.step})" for label, measured in results)
     view = Table(caption=caption + ". PSNR in dB.", caption_justify="left")

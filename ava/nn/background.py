@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from ava.nn.layers import init_sequence, leaky_relu
@@ -19,7 +20,7 @@ def positional_encoding(samplecoords: torch.Tensor) -> torch.Tensor:
     """[N,H,W,2] in [-1,1] -> [N,40,H,W]: sin(2^i pi s) for i < 10, then cos, (x, y) interleaved."""
     terms = [torch.sin(2**i * math.pi * samplecoords) for i in range(FREQUENCIES)]
     terms += [torch.cos(2**i * math.pi * samplecoords) for i in range(FREQUENCIES)]
-    return torch.cat(terms, dim=-1).permute(0, 3, 1, 2)
+    return rearrange(torch.cat(terms, dim=-1), "n h w c -> n c h w")
 
 
 class BackgroundModelSimple(nn.Module):
@@ -46,8 +47,8 @@ class BackgroundModelSimple(nn.Module):
 
     def forward(self, camindex: torch.Tensor, idindex: torch.Tensor, samplecoords: torch.Tensor) -> torch.Tensor:
         """camindex, idindex i64 [N]; samplecoords [N,H,W,2] -> [N,3,H,W]."""
-        batch, height, width = samplecoords.shape[:3]
-        camera = self.cammod(self.cam_ident[camindex]).view(batch, -1, 1, 1).expand(-1, -1, height, width)
-        identity = self.idmod(self.id_ident[idindex]).view(batch, -1, 1, 1).expand(-1, -1, height, width)
+        height, width = samplecoords.shape[1:3]
+        camera = repeat(self.cammod(self.cam_ident[camindex]), "n c -> n c h w", h=height, w=width)
+        identity = repeat(self.idmod(self.id_ident[idindex]), "n c -> n c h w", h=height, w=width)
         features = torch.cat([camera, identity, positional_encoding(samplecoords)], dim=1)
         return self.mlp(features) * OUTPUT_SCALE + OUTPUT_OFFSET

@@ -10,40 +10,75 @@ learning rate, and step numbering).
 
 from __future__ import annotations
 
-import functools
+import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
+from ava.checkpoint import CheckpointWriteError
 from ava.errors import UserError
+from ava.faults import crash_point
+from ava.files import is_storage_error
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
+from ava.train.extras import terms_function
 from ava.train.interrupt import INTERRUPTED, StopRequest
 from ava.train.periodic import after_step, due, save
 from ava.train.report import Reporter
 from ava.train.schedule import advance
 from ava.train.setup import Trainer, check_config, setup
 from ava.train.step import decoder_terms
+from ava.train.watchdog import PEER_LOST, Watchdog, is_peer_failure, peer_failure_message
 
 
 def train(config: TrainConfig) -> int:
     """Runs `ava train`; returns the exit status (0 done, 130 stopped by SIGINT/SIGTERM after
-    writing a checkpoint)."""
+    writing a checkpoint). With several processes, one that dies or hangs makes the others stop
+    with a message and status PEER_LOST (ava.train.watchdog)."""
     check_config(config)
     ctx = setup_distributed(config.device)
+    watchdog = Watchdog(ctx.rank, ctx.world_size).start() if ctx.enabled else None
     try:
-        return _train(config, ctx)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(
-            f"CUDA ran out of memory at --train.batchsize {config.train.batchsize} and --train.downsample "
-            f"{config.train.downsample}; lower the batch size, raise the downsample or use a smaller --model"
-        ) from None
+        status = _train(config, ctx)
+    except BaseException as error:
+        if ctx.enabled and is_peer_failure(error):
+            # Said in one line; no tidying up, which could wait on the lost process again.
+            Console(stderr=True).print(peer_failure_message(ctx.rank, error), highlight=False, markup=False,
+                                       soft_wrap=True)
+            sys.stderr.flush()
+            os._exit(PEER_LOST)
+        problem = _user_error(error, config)
+        if watchdog is not None:
+            watchdog.failed(problem or error)
+        if problem is not None:
+            raise problem from None
+        raise
     finally:
         ctx.close()
+    if watchdog is not None:
+        watchdog.done()
+    return status
+
+
+def _user_error(error: BaseException, config: TrainConfig) -> UserError | None:
+    """The one-line error for a failure that is the machine's, not ava's: CUDA out of memory, or
+    a full disk (or quota, read-only file system) in the middle of the run; None for others."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return UserError(
+            f"CUDA ran out of memory at --train.batchsize {config.train.batchsize} and --train.downsample "
+            f"{config.train.downsample}; lower the batch size, raise the downsample or use a smaller --model")
+    if isinstance(error, CheckpointWriteError) or (isinstance(error, OSError) and is_storage_error(error)):
+        # What was written before is intact, and the run continues from it once there is room again.
+        where = "" if isinstance(error, CheckpointWriteError) else f"cannot write {error.filename or 'a file'}: "
+        reason = str(error) if isinstance(error, CheckpointWriteError) else (error.strerror or str(error))
+        return UserError(f"{where}{reason}; the checkpoints already written are intact: make room and continue "
+                         "with the same command and --resume auto")
+    return None
 
 
 def _train(config: TrainConfig, ctx: Distributed) -> int:
@@ -57,7 +92,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
         trainer.say(f"nothing to do: the run is already at step {trainer.start_step} of {trainer.last_step}")
         _shutdown(trainer)
         return 0
-    reporter = Reporter(trainer, config.train.readback_every if not ctx.enabled else 1)
+    reporter = Reporter(trainer, readback_every(config, ctx))
     try:
         with StopRequest() as stop:
             stopped = _run_steps(trainer, reporter, stop)
@@ -78,6 +113,17 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
     return 0
 
 
+def readback_every(config: TrainConfig, ctx: Distributed) -> int:
+    """Steps whose logged losses are read back together: --train.readback-every (default 10 on a
+    GPU, 1 on a CPU, where reading costs no wait); 1 under torchrun, where the ranks agree on
+    stopping every step."""
+    if ctx.enabled:
+        return 1
+    if config.train.readback_every is not None:
+        return config.train.readback_every
+    return 10 if ctx.device.type == "cuda" else 1
+
+
 def make_runner(trainer: Trainer):
     """The StepRunner of --train.step-mode for this run (ava.train.runner)."""
     from ava.train.runner import StepRunner, resolve_step_mode
@@ -86,8 +132,8 @@ def make_runner(trainer: Trainer):
     mode = resolve_step_mode(config.train.step_mode, ctx.device, ctx.enabled)
 
     def terms_for(warm: bool):
-        return functools.partial(decoder_terms, warm=warm, vertmean=trainer.vertmean,
-                                 vertstd=trainer.data.stats.vertstd)
+        return terms_function(config, decoder_terms, warm=warm, vertmean=trainer.vertmean,
+                              vertstd=trainer.data.stats.vertstd)
 
     if config.train.step_mode == "auto" and mode != "eager":
         trainer.say(f"steps: {mode} (--train.step-mode to change)", highlight=False)
@@ -117,6 +163,7 @@ def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
             result = runner.step(batch, warm)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
+            crash_point("after-step", step=state.step)
             values = result.values
             if ctx.enabled:
                 # One all-reduce per step carries the logged losses and whether any rank was asked

@@ -4,6 +4,7 @@ actions need."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from ava.train.data import (EpochSampler, TrainingData, build_training_data, def
                             make_loader, select_captures)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
-from ava.train.resume import check_compatible, restore_rng, resume_path
-from ava.train.rundir import RunDir, earlier_run
+from ava.runtime.rundir import load_for_resume, refuse_earlier_run
+from ava.train.resume import check_compatible, restore_rng
+from ava.train.rundir import RunDir
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -81,9 +83,11 @@ def check_config(config: TrainConfig) -> None:
     """Refuses values that cannot work, all problems in one line."""
     train, progress = config.train, config.progress
     problems = []
-    for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter", "readback_every"):
+    for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter"):
         if getattr(train, name) < 1:
             problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
+    if train.readback_every is not None and train.readback_every < 1:
+        problems.append("--train.readback-every must be at least 1")
     if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
     if not train.ddp_bucket_mb > 0:
@@ -102,16 +106,28 @@ def check_config(config: TrainConfig) -> None:
                         "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
 
 
-def check_run_folder(config: TrainConfig) -> None:
+def check_run_folder(config: TrainConfig, writer: bool = True) -> None:
     """Refuses to train into a folder holding an earlier run, unless --resume continues it or
-    --progress.overwrite replaces it."""
-    root = Path(config.progress.output_path)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
-    found = earlier_run(root)
-    if found and not config.resume and not config.progress.overwrite:
-        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
-                        "--progress.overwrite to replace it, or another --progress.output-path")
+    --progress.overwrite replaces it, and (checked by the `writer`, rank 0) into one that cannot
+    be written."""
+    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite, probe=writer)
+
+
+ELASTIC_RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
+
+
+def resume_restarted_attempt(config: TrainConfig, say: Callable) -> TrainConfig:
+    """`config` with --resume auto when torchrun restarted the workers (--max-restarts) after a
+    process failed: the restarted attempt continues from the run folder's newest checkpoint
+    instead of refusing the folder that the first attempt wrote."""
+    try:
+        attempt = int(os.environ.get(ELASTIC_RESTART_ENV, "0") or 0)
+    except ValueError:
+        attempt = 0
+    if attempt < 1 or config.resume:
+        return config
+    say(f"torchrun restarted the workers (restart {attempt}): continuing with --resume auto", highlight=False)
+    return dataclasses.replace(config, resume="auto")
 
 
 def local_processes(ctx: Distributed) -> int:
@@ -198,9 +214,9 @@ def restore(config: TrainConfig, ctx: Distributed, state: TrainingState, data: T
     returns the checkpoint resumed from, if any. Sets state.step and the learning rate."""
     from ava.checkpoint import load_checkpoint
 
-    path = resume_path(config, say)
-    if path is not None:
-        checkpoint = load_checkpoint(path)
+    checkpoint = load_for_resume(config.resume, config.progress.output_path, load_checkpoint, say)
+    path = checkpoint.path if checkpoint is not None else None
+    if checkpoint is not None:
         check_compatible(checkpoint, config, data, topology)
         checkpoint.restore_model(state.model)
         checkpoint.restore_optimizer(state.optimizer)
@@ -317,7 +333,7 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
     if not ctx.is_main:
         return None
     run = RunDir(config.progress.output_path)
-    if config.progress.overwrite and resume_step is None:
+    if config.progress.overwrite and not resume_step:
         run.clear(config.progress.tensorboard.logdir)
     run.write_config(resolved)
     run.open_metrics(resume_step)
@@ -337,7 +353,8 @@ def loader_workers(config: TrainConfig, ctx: Distributed) -> int:
     return default_num_workers(local_processes(ctx))
 
 
-def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int):
+def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int,
+                 say: Callable = lambda *args, **kwargs: None):
     """(sampler, loader, steps per epoch, last step): the resumable order over the training set."""
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
@@ -346,7 +363,9 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
         raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
                         f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
-    loader = make_loader(data.train, sampler, config.train.batchsize, num_workers,
+    from ava.train.extras import training_dataset
+
+    loader = make_loader(training_dataset(config, data.train, say), sampler, config.train.batchsize, num_workers,
                          pin_memory=ctx.device.type == "cuda")
     return sampler, loader, steps_per_epoch, last_step
 
@@ -360,7 +379,8 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
-    check_run_folder(config)
+    config = resume_restarted_attempt(config, say)
+    check_run_folder(config, writer=ctx.is_main)
     data, csv, topology = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
@@ -368,13 +388,16 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     vertmean = torch.from_numpy(data.stats.vertmean).to(ctx.device)
     plan = prepare_network(config, ctx, state, data, vertmean, say)
     num_workers = loader_workers(config, ctx)
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers, say)
     if config.train.num_workers is None:
         say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
 
     # The run folder is touched only once everything above has been checked.
     resolved = resolved_config(config, ctx, data, csv, backend, num_workers, plan)
-    run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
+    # A resume without a checkpoint (--resume auto in a run stopped before its first one) still
+    # appends to the run's log, from step 0.
+    resume_step = state.step if resumed_from is not None else (0 if config.resume else None)
+    run = open_run_folder(config, ctx, resolved, resume_step, say)
     cross_identity = None
     if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
         cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))

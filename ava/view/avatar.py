@@ -74,11 +74,12 @@ class Avatar:
         self.device = device
         model = checkpoint.build_autoencoder(raymarch_backend="torch" if device.type == "cpu" else None)
         self.model = model.to(device).eval()
-        self.identities = [folder for folder in checkpoint.identities if (self.dataset_dir / folder / "decoder").is_dir()]
+        self.identities = [folder for folder in checkpoint.identities if self._has_frames(folder)]
         if not self.identities:
             raise UserError(f"none of the checkpoint's {len(checkpoint.identities)} identities "
-                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir}; pass --dataset-dir")
-        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder") if path.is_dir())
+                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir} with its frames; pass --dataset-dir")
+        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder")
+                               if self._has_frames(path.parent.name))
         self.lock = threading.RLock()  # one render at a time: they share the model and the device
         self._renderer = None
         self.cache_lock = threading.Lock()  # browsers' render threads share the expression cache
@@ -91,6 +92,13 @@ class Avatar:
                           if camera in checkpoint.cameras), checkpoint.cameras[0])
         self.reference_camera = checkpoint.cameras.index(camera_id)
         self.home = self._home_view(first.reader, camera_id)
+
+    def _has_frames(self, folder: str) -> bool:
+        """Whether a capture folder holds its frames (a partial download, e.g. only the calibration
+        and statistics that `ava convert` needs of every training capture, does not)."""
+        from ava.data.layout import CaptureLayout
+
+        return all(path.is_file() for path in CaptureLayout(self.dataset_dir / folder).required_files())
 
     def _home_view(self, reader, camera_id: str) -> HomeView:
         from ava.data.calibration import camera_in_head_frame

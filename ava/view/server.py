@@ -6,14 +6,24 @@ field of view, window shape); every camera move or control change asks that brow
 thread for a new frame, which renders the latest state only (stale requests are dropped) and
 sends it as the scene's background image. While the camera moves, frames render at half height
 and the full-size frame follows once it stops. viser's world is the head frame in metres.
+
+Listening beyond this machine (any --host but a loopback one), the viewer admits only requests
+that carry a random token, as Jupyter does (`TokenGate`): the printed URL holds it; the page it
+opens gets a cookie with it, which the page's scripts and websocket (viser's client opens that
+without the URL's query) then carry. Anything else is answered 403.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http
 import io
+import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -34,6 +44,71 @@ MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
 # model, 30 for the ava256 model's 16384 primitives.
 MAX_CPU_HEIGHT = 256
 CPU_PIXEL_PRIMITIVES = 3e7
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_PARAMETER = "token"
+
+
+class TokenGate:
+    """Admits an HTTP or websocket request that carries `token`: as `?token=` in its URL (the
+    response then sets a cookie with it) or in that cookie. Everything else gets 403."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        # Named after the token, so that viewers on other ports of the same host keep their own.
+        self.cookie = "ava-view-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+    def _matches(self, value: str | None) -> bool:
+        return value is not None and secrets.compare_digest(value.encode(), self.token.encode())
+
+    def _in_url(self, path: str) -> bool:
+        return any(self._matches(value) for value in parse_qs(urlsplit(path).query).get(TOKEN_PARAMETER, []))
+
+    def _in_cookie(self, header: str | None) -> bool:
+        for pair in (header or "").split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name == self.cookie and self._matches(value):
+                return True
+        return False
+
+    def wrap(self, process_request):
+        """websockets' `process_request` hook: the gate, then viser's own (which serves the page
+        and its files, and lets websocket handshakes through)."""
+
+        def guarded(connection, request):
+            in_url = self._in_url(request.path)
+            if not in_url and not self._in_cookie(request.headers.get("Cookie")):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "ava view: open the URL with the token that "
+                                                                     "ava view printed when it started\n")
+            response = process_request(connection, request) if process_request is not None else None
+            if in_url and response is not None:
+                response.headers["Set-Cookie"] = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            return response
+
+        return guarded
+
+
+@contextmanager
+def _gated(gate: TokenGate | None):
+    """While a viser server starts, its websockets server takes `gate` in front of viser's request
+    handler. viser has no hook for this: it passes the handler, a closure, straight to
+    `websockets.asyncio.server.serve`, which its server thread calls before ViserServer() returns."""
+    if gate is None:
+        yield
+        return
+    import websockets.asyncio.server as websocket_server
+
+    original = websocket_server.serve
+
+    def serve(*args, process_request=None, **kwargs):
+        return original(*args, process_request=gate.wrap(process_request), **kwargs)
+
+    websocket_server.serve = serve
+    try:
+        yield
+    finally:
+        websocket_server.serve = original
 
 
 def view_camera(wxyz, position, fov: float, aspect: float, height: int) -> ViewCamera:
@@ -183,7 +258,9 @@ class Viewer:
         self.avatar = avatar
         self.report = report
         self.fps = fps
-        self.server = viser.ViserServer(host=host, port=port, label="ava", verbose=False)
+        self.token = None if host in LOOPBACK_HOSTS else secrets.token_urlsafe(24)
+        with _gated(TokenGate(self.token) if self.token else None):
+            self.server = viser.ViserServer(host=host, port=port, label="ava", verbose=False)
         self.host = host
         self.renderers: dict[int, ClientRenderer] = {}
         self.lock = threading.Lock()
@@ -203,8 +280,11 @@ class Viewer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.server.get_port()}"
+        """The page's URL (with the token when the viewer listens beyond this machine)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        query = f"/?{TOKEN_PARAMETER}={self.token}" if self.token else ""
+        return f"http://{host}:{self.server.get_port()}{query}"
 
     def _set_home(self, camera) -> None:
         """Points a viser camera (a browser's, or the initial one) at the head from the home view."""
@@ -369,7 +449,14 @@ def most_height(avatar: Avatar, aspect: float) -> int:
 def serve(config, console) -> int:
     """`ava view`: builds the avatar and the viewer, prints the URL, serves until Ctrl-C."""
     viewer = start_viewer(config, console)
-    console.print(f"[bold]ava view[/]: open {viewer.url} in a browser (Ctrl-C to stop)", highlight=False)
+    console.print(f"[bold]ava view[/]: open {viewer.url} in a browser (Ctrl-C to stop)", highlight=False,
+                  soft_wrap=True)
+    if viewer.token:
+        import socket
+
+        console.print(f"from other machines: http://{socket.gethostname()}:{viewer.server.get_port()}/?"
+                      f"{TOKEN_PARAMETER}={viewer.token} (requests without the token are refused)", highlight=False,
+                      soft_wrap=True)
     try:
         while True:
             time.sleep(0.5)
