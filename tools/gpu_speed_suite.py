@@ -370,8 +370,8 @@ def main(argv=None) -> int:
     wanted = [stage for stage in STAGES if stage in args.stages.split(",")]
     for stage in args.redo.split(","):
         (suite.out / f"{stage}.status.json").unlink(missing_ok=True)
-    if "build-original" in wanted and not suite.done("build-original"):
-        suite.start_build()
+    if "build-original" in wanted:
+        suite.start_build()  # (again after a failed build: nothing else can use the original)
     for stage in wanted:
         if stage == "build-original" or suite.done(stage):
             continue
