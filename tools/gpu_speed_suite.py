@@ -10,8 +10,8 @@ a stage that finished is not run again, so a second call continues where the fir
 - `build-original`: copies the original checkout (--original) to OUT/original and builds its two
   CUDA extensions in place for this GPU (its own setup.py with -arch=sm_90 instead of sm_70), in
   the background while the next stages run;
-- `kernel-tests`: the raymarcher's, the scrub's and the CUDA-graph tests on the GPU
-  (AVA_TEST_DEVICE=cuda, compiled Triton), without the two long hypothesis tests;
+- `kernel-tests`: the tests of what the speed work changed, on the GPU (AVA_TEST_DEVICE=cuda,
+  compiled Triton): the raymarcher's lists and scan, the one-launch scrub, the CUDA graphs;
 - `raymarch`: tools/bench_raymarch.py --original (head and mesh scenes, decoder and random order,
   forward and forward+backward, culling and list lengths; the first kernels' scan (block 1) and
   trilinear form (corners at once) against the defaults);
@@ -49,10 +49,12 @@ EXPECTED = {"env": 5, "build-original": 150, "kernel-tests": 100, "raymarch": 11
 # In order of importance: what a call has no time left for runs first in the next one.
 STAGES = ("env", "build-original", "kernel-tests", "raymarch", "train-step", "view")
 QUICK_TESTS = ["tests/test_kernels_raymarch.py", "tests/test_cuda_graphs.py", "tests/test_train_step.py"]
-# The hypothesis tests compile the kernels for every random template size (minutes on a GPU);
-# the CPU runs them in CI. The step tests other than the scrub's run on the CPU anyway.
-TEST_SELECTION = ("not test_triton_and_vectorised_match_reference and not test_output_invariants and "
-                  "(raymarch or cuda_graphs or zero_nonfinite)")
+# What this code changed, on the GPU: the lists' overflow fallback, the capacity, the scan block,
+# the trilinear forms, no host reads, no dropped primitive, grazing rays, the one-launch scrub and
+# the CUDA graphs. The hypothesis tests compile the kernels for every random template size
+# (minutes on a GPU) and run on the CPU in CI with the rest.
+TEST_SELECTION = ("cuda_graphs or overflow or capacity or scan_block or corners or never_read or zero_nonfinite "
+                  "or more_than_512 or grazing")
 
 
 class Suite:
