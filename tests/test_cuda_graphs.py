@@ -112,5 +112,7 @@ def test_the_captured_view_render_is_the_eager_render():
             frame = renderer.render(camera, identity, encoding, idindex, camindex, (10.0, 20.0, 30.0))
             expected = to_uint8_chw(render_view(model, camera, identity, encoding, idindex, camindex,
                                                 (10.0, 20.0, 30.0)))
-            assert torch.equal(frame, expected), index
+            # The same kernels; a convolution algorithm chosen differently inside the capture could
+            # move a rounding, so one level of 255 is allowed.
+            assert (frame.int() - expected.int()).abs().max() <= 1, index
     assert (40, 26) in renderer._graphs
