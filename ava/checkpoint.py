@@ -337,12 +337,33 @@ def newest_checkpoint_in(folder: Path) -> Path | None:
     return None
 
 
+def follow_pointer(path: Path) -> Path:
+    """The checkpoint a run folder's `checkpoints/latest` names (a one-line text file holding the
+    newest checkpoint's file name, kept beside it); any other path unchanged. UserError when the
+    pointer names a checkpoint that is gone."""
+    try:
+        if path.suffix == ".safetensors" or not path.is_file() or path.stat().st_size > 4096:
+            return path
+        name = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return path
+    if "\n" in name or "/" in name or not name.endswith(".safetensors"):
+        return path
+    target = path.parent / name
+    if not target.is_file():
+        newest = newest_checkpoint_in(path.parent)
+        raise UserError(f"{path} is the run folder's pointer to its newest checkpoint, {name}, which does not exist; "
+                        "pass a checkpoint file" + (f", e.g. {newest}" if newest else ""))
+    return target
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`, checking its format and version."""
+    """Read a checkpoint written by `save_checkpoint`, checking its format and version. A run
+    folder's `checkpoints/latest` stands for the checkpoint it names."""
     from ava.data.stats import NormStats
     from ava.nn.uvmap import Topology
 
-    path = Path(path)
+    path = follow_pointer(Path(path))
     metadata, tensors, version = _read_file(path, map_location, FORMAT_NAME)
     try:
         scalars = json.loads(metadata["stats"])
@@ -420,11 +441,12 @@ def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str,
     found = metadata.get("format")
     if found != expected:
         if found == DRIVER_FORMAT_NAME:
-            raise UserError(f"{path} is a headset driver checkpoint, not a decoder; pass it as "
-                            "--driver-checkpoint (and the decoder it was trained against as --checkpoint)")
+            raise UserError(f"{path} is a headset driver checkpoint (from `ava train-driver`), not a decoder; "
+                            f"`ava eval-driver --driver-checkpoint {path}` measures it and `ava render "
+                            f"--checkpoint DECODER --driver-checkpoint {path}` drives its decoder with it")
         if found == FORMAT_NAME:
-            raise UserError(f"{path} is a decoder checkpoint, not a headset driver; pass it as --checkpoint "
-                            "and a driver from `ava train-driver` as --driver-checkpoint")
+            raise UserError(f"{path} is a decoder checkpoint (from `ava train`), not a headset driver; "
+                            f"`ava train-driver --checkpoint {path}` trains a driver for it")
         raise UserError(
             f"{path} is not an ava checkpoint (a state dict of the original code? "
             "import it with `ava convert`)"
@@ -532,8 +554,9 @@ class DriverCheckpoint:
 
 
 def load_driver_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> DriverCheckpoint:
-    """Read a driver written by `save_driver_checkpoint`, checking its format and version."""
-    path = Path(path)
+    """Read a driver written by `save_driver_checkpoint`, checking its format and version. A run
+    folder's `checkpoints/latest` stands for the checkpoint it names."""
+    path = follow_pointer(Path(path))
     metadata, tensors, version = _read_file(path, map_location, DRIVER_FORMAT_NAME)
     try:
         optimizer_state, extra_state = _optimizer_and_extra(metadata, tensors)

@@ -104,7 +104,8 @@ def release_tree(dataset_dir: Path, folders: list[str], checkpoint, downsample: 
     for folder in folders:
         root = dataset_dir / folder
         for path in root.rglob("*"):
-            if path.is_file() and path.name != "encoder_truth.json":  # the truth is not in the release
+            # The synthetic truth (headset and dome) is not in the release.
+            if path.is_file() and path.name not in ("encoder_truth.json", "synth_truth.json"):
                 files[f"/{size}/{folder}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
         codes = dome_codes(checkpoint, dataset_dir, folder, downsample)
         files[f"/{size}/{folder}/decoder/expression_codes/aeparams_1440000.pkl"] = expression_codes_pickle(codes)

@@ -187,7 +187,7 @@ def supervised_driver(downloaded, converted_path, tmp_path_factory) -> Path:
 
 def test_train_driver_regresses_the_encodings_without_alignment(supervised_driver, downloaded):
     out = downloaded[0]
-    assert not list(out.glob("*/encoder_truth.json"))  # nothing but what the release has
+    assert not list(out.glob("*/encoder_truth.json")) and not list(out.glob("*/synth_truth.json"))  # only the release
     resolved = json.loads((supervised_driver / "config.json").read_text())["resolved"]
     training = resolved["train_subjects"][0]
     encodings = read_headset_encodings(out / training / "encoder" / "encodings_gt.pt",

@@ -75,6 +75,7 @@ def _from_capture_files(dataset_dir: Path, captures):
     converts without their images, meshes or textures."""
     from rich.progress import track
 
+    from ava.console import make_console
     from ava.data.calibration import read_calibration
     from ava.data.layout import CaptureLayout
     from ava.data.stats import combine_capture_stats, read_capture_stats
@@ -89,8 +90,10 @@ def _from_capture_files(dataset_dir: Path, captures):
                         f"-n {len(captures)} --assets camera_calibration statistics")
     per_capture = [[camera.camera_id for camera in read_calibration(layout.calibration, in_front_of=None)]
                    for layout in layouts]
+    console = make_console()  # a transient bar shows nothing in a log file, but would leave a blank line
     stats = combine_capture_stats(read_capture_stats(layout) for layout in
-                                  track(layouts, description="normalisation statistics", transient=True))
+                                  track(layouts, description="normalisation statistics", transient=True,
+                                        console=console, disable=not console.is_interactive))
     return stats, per_capture
 
 
@@ -134,7 +137,7 @@ def _training_data(config: ConvertConfig, num_identities: int, console):
 def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     """Import a state dict saved by the original ava-256 code (aeparams*.pt) into an ava checkpoint."""
     import torch
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.checkpoint import compare_state, save_checkpoint
     from ava.errors import UserError
@@ -145,7 +148,7 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     from ava.runtime.device import use_threads
 
     use_threads(config.threads)
-    console = Console(stderr=True)
+    console = make_console()
     if config.output.exists() and not config.overwrite:
         raise UserError(f"{config.output} exists; pass --overwrite to replace it")
     state = load_original_state(config.original)

@@ -327,9 +327,9 @@ def run_download(
     """Downloads (or, with `dry_run`, sizes up) the selected captures; returns the exit status:
     0 when every file is in place, 1 when any failed. Bad input raises UserError; Ctrl-C raises
     KeyboardInterrupt after the workers stopped, with `.part` files kept for the next run."""
-    from rich.console import Console
+    from ava.console import make_console
 
-    console = console or Console()
+    console = console or make_console(stderr=False)
     selection = select_groups(assets, size)
     groups = selection.groups
     root = remote_root(resolve_base_url(base_url), size)

@@ -142,9 +142,8 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int,
     `count` segments whose truth differs most from the mean; the renders are cropped to the head
     (the truth render's coverage) and enlarged by whole pixels, so the expression can be judged.
     truth_codes: headset frame -> true code, where the truth is not a dome frame's code (encodings)."""
-    from ava.driver.pictures import head_box, render_code
-    from ava.runtime.headset import headset_panel, predict_codes
-    from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
+    from ava.driver.pictures import head_strip, render_code
+    from ava.runtime.headset import predict_codes
 
     chosen = sorted(result.strip_candidates, reverse=True)[:count]
     chosen.sort(key=lambda item: list(result.segments).index(item[1]))
@@ -155,11 +154,8 @@ def _strip(subject, result: SubjectResult, encoder, model, device, count: int,
         truth = truth_codes[frame][None] if truth_codes is not None else subject.codes[dome : dome + 1]
         codes = torch.cat([truth, predicted, encoder.code_mean.cpu()[None]])
         images, alphas = render_code(model, subject, dome, codes, device, with_alpha=True)
-        top, bottom, left, right = head_box(alphas[0])
-        factor = viewing_scale(bottom - top, target=views.shape[-1])
-        crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
-        rows.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
-    return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0])) if rows else None
+        rows.append((views, images, alphas[0]))
+    return head_strip(rows) if rows else None
 
 
 def _percent(value: float | None) -> str:
@@ -220,7 +216,8 @@ def evaluate_driver(request, console) -> dict:
     total = Tally()
     files: dict[str, Path] = {}
     sources: dict[str, str] = {}
-    for folder in track(folders, description="evaluating", console=console, transient=True):
+    for folder in track(folders, description="evaluating", console=console, transient=True,
+                        disable=not console.is_interactive):
         sources[folder] = truth_source(request.truth, dataset_dir / folder)
         subject = load_subject(dataset_dir, folder, decoder, model, downsample, encoder.config.image_size, device,
                                camera=request.camera)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ava.console import make_console
 from ava.driver.config import DriverConfig
 from ava.driver.release_targets import apply_targets
 from ava.driver.setup import check_config, check_resumable, learning_rate, prepare
@@ -32,7 +33,7 @@ def train_driver(config: DriverConfig) -> int:
     from ava.runtime.rundir import refuse_earlier_run
 
     check_config(config)
-    console = Console(stderr=True)
+    console = make_console()
     device = select_device(config.device)
     use_threads(config.threads)
     refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite)

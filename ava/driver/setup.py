@@ -75,7 +75,8 @@ def load_subjects(folders: list[str], dataset_dir: Path, decoder, model, downsam
     from rich.progress import track
 
     return [load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device)
-            for folder in track(folders, description=description, console=console, transient=True)]
+            for folder in track(folders, description=description, console=console, transient=True,
+                                  disable=not console.is_interactive)]
 
 
 def prepare(config: DriverConfig, device: torch.device, console: Console) -> Setup:
@@ -101,7 +102,7 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
         from rich.progress import Progress
 
         total = sum(len(subject.headset) for subject in train_subjects + holdout_subjects)
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console, transient=True, disable=not console.is_interactive) as progress:
             task = progress.add_task("decoding headset frames", total=total)
             for subject in train_subjects + holdout_subjects:
                 subject.headset.preload(lambda count: progress.advance(task, count))

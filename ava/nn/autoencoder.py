@@ -321,5 +321,5 @@ def build_autoencoder(
         decoder_assembler=DecoderAssembler(config, topology, uvmaps, vertmean, vertstd),
         raymarcher=Raymarcher(config.volradius, config.raymarch_step, raymarch_backend),
         colorcal=Colorcal(num_cameras, num_identities),
-        bgmodel=BackgroundModelSimple(num_cameras, num_identities),
+        bgmodel=BackgroundModelSimple(num_cameras, num_identities, config.background_width),
     )

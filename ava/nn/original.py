@@ -108,6 +108,7 @@ def infer_model_config(state: dict[str, torch.Tensor]) -> tuple[ModelConfig, int
         prims_per_side=per_side,
         voxels_per_prim=voxels,
         warp_size=state["id_encoder.warpidentity"].shape[-1],
+        background_width=state["bgmodel.mlp.0.weight"].shape[0] if "bgmodel.mlp.0.weight" in state else 256,
     )
     return config, state["colorcal.wcam"].shape[0], state["colorcal.wident"].shape[0]
 

@@ -13,7 +13,7 @@ from einops import rearrange
 # Absolute error (0..255 units) is multiplied by this in error images, so an error of 64 is white.
 ERROR_GAIN = 4.0
 SEPARATOR = 2  # pixels of black between the panels of a strip
-# Training pictures are enlarged until a panel is this many pixels high: the demo renders 64x41
+# Training pictures are enlarged until a panel is this many pixels high: the demo renders 41x64 (WxH)
 # images, too small to judge in an image viewer.
 VIEW_HEIGHT = 256
 

@@ -106,6 +106,8 @@ class Capture:
 
         self.root = Path(root)
         self.layout = CaptureLayout(self.root)
+        if not self.root.exists():
+            raise UserError(f"{self.root} does not exist; pass a capture folder, <dataset>/<mcd>--<mct>--<sid>")
         if not self.layout.decoder.is_dir():
             raise UserError(f"{self.root} is not a capture folder (it has no decoder/); pass <dataset>/<mcd>--<mct>--<sid>")
         calibration = read_calibration(self.layout.calibration)
@@ -149,7 +151,7 @@ class Capture:
     def caption(self, what: str) -> str:
         height, width = self.sample["image"].shape[-2:]
         return (f"{self.subject}, camera {self.camera_id}, frame {self.frame.frame_id} ({self.frame.segment}), "
-                f"{width}x{height}\n{what}")
+                f"{width}x{height} (WxH)\n{what}")
 
     def project(self, points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Head-frame points [P,3] (mm) -> (pixels [P,2], camera-frame points [P,3]) as numpy."""

@@ -39,9 +39,10 @@ import numpy as np
 
 from ava.data.calibration import look_at_rotation, rotation_about_axis
 from ava.data.layout import ENCODER_CAMERAS
-from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, Expression, directions
+from ava.synth.expressions import Expression
+from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, directions
 
-# Radii (mm) of an average synthetic head (head.Identity.sample draws x 72-82, y 102-116, z 86-98):
+# Radii (mm) of an average synthetic head (head.Identity.sample draws x 69-85, y 100-118, z 84-100):
 # the canonical rig is built around it.
 _MEAN_RADII = np.array([77.0, 109.0, 92.0])
 _UP = np.array([0.0, 1.0, 0.0])
@@ -300,8 +301,7 @@ def truth_rows(plan: HeadsetPlan, dome_frames: list[tuple[str, str]], expression
     for (segment, frame_id), dome in zip(plan.frames, plan.dome_index.tolist()):
         expression = expressions[dome]
         rows.append({"segment": segment, "frame_id": frame_id, "dome_frame_id": dome_frames[dome][1],
-                     "expression": {"jaw": expression.jaw, "smile": expression.smile, "blink": expression.blink,
-                                    "brows": expression.brows}})
+                     "expression": expression.as_dict()})
     return rows
 
 

@@ -61,7 +61,7 @@ class TrainSection:
     lr_scheduler_changes: int = 1
     """How many times gamma is applied. The original stops stepping its scheduler after the first change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
-    """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
+    """Images are loaded at the camera sensor size divided by this (8: 333x512, WxH, for the dome)."""
     num_workers: int | None = None
     """DataLoader worker processes per rank (0 loads in the training process). None: this rank's share of the usable CPU cores (divided among the processes on this node) less one, at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
@@ -84,6 +84,18 @@ class TrainSection:
     """What the rendered head is composited over: learned (the original's background model, one row per camera and identity) or real (each camera's recorded empty backdrop, the release's background_image group, where the capture has one; the learned background elsewhere). See docs/training.md."""
     masked_loss: bool = False
     """Average the image L1 loss over the pixels inside each frame's foreground mask (the release's foreground_masks group) instead of the whole image; frames without a mask count every pixel."""
+    holdout_subjects: tuple[str, ...] = ()
+    """Test subjects, never trained on (capture or subject ids of the ids CSV; every capture of the subject stays out). Recorded in the checkpoint; `ava eval` measures them apart from the trained ones (docs/evaluation.md)."""
+    validation_subjects: tuple[str, ...] = ()
+    """Validation subjects, never trained on: settings are chosen on them, test subjects are measured once at the end (docs/evaluation.md)."""
+    num_holdout_subjects: int = 0
+    """When --train.holdout-subjects and --train.validation-subjects are empty: hold out this many subjects of the selected captures (--train.nids or --train.ids), chosen by ava.data.splits from --train.split-seed, of which --train.num-validation-subjects are validation and the rest test."""
+    num_validation_subjects: int = 0
+    """How many of the --train.num-holdout-subjects are validation subjects (the rest are test subjects)."""
+    split_seed: int = 0
+    """Seed of the subject split (ava.data.splits), separate from --seed so that runs of several seeds hold out the same subjects."""
+    holdout_segments: tuple[str, ...] = ()
+    """Expression segments never trained on, in every capture (e.g. EXP_free_face, as the Ava-256 datasheet suggests); `ava eval --segment` measures them."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
     # How steps run (docs/training.md, "How a step runs").

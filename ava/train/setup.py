@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
 from ava.runtime.device import use_threads
 from ava.train.config import TrainConfig, config_to_dict
 from ava.train.data import (EpochSampler, TrainingData, build_training_data, default_num_workers, ids_csv_path,
-                            make_loader, select_captures)
+                            make_loader, select_subjects)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
 from ava.runtime.rundir import load_for_resume, refuse_earlier_run
@@ -70,6 +71,8 @@ class Trainer:
     """The dataset's mean mesh [V,3] (mm) on the training device."""
     threads: int
     """torch's CPU threads in this process."""
+    generation_seconds: float = 0.0
+    """Wall-clock seconds spent generating the demo data before training (0 when it was there)."""
 
     def say(self, *args, **kwargs) -> None:
         """Prints on rank 0 only; a long line stays one line (rich would otherwise break it at 80
@@ -90,6 +93,8 @@ def check_config(config: TrainConfig) -> None:
         problems.append("--train.readback-every must be at least 1")
     if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
+    if train.num_holdout_subjects < 0 or train.num_validation_subjects < 0:
+        problems.append("--train.num-holdout-subjects and --train.num-validation-subjects cannot be negative")
     if not train.ddp_bucket_mb > 0:
         problems.append("--train.ddp-bucket-mb must be positive")
     if not train.init_learning_rate > 0 or not train.gamma > 0 or not train.clip > 0:
@@ -140,40 +145,51 @@ def local_processes(ctx: Distributed) -> int:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> Path:
-    """--train.dataset-dir, else the demo synthetic set (rank 0 generates it once, the others wait)."""
+def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> tuple[Path, float]:
+    """(--train.dataset-dir, else the demo synthetic set, which rank 0 generates once while the
+    others wait; the seconds spent generating it, 0 when it was there)."""
     if config.train.dataset_dir is not None:
         path = Path(config.train.dataset_dir).expanduser()
         if not path.is_dir():
             raise UserError(f"--train.dataset-dir {path} does not exist; download captures with `ava download` "
                             "or leave it out to train on the demo synthetic set")
-        return path
-    path = None
+        return path, 0.0
+    path, seconds = None, 0.0
     if ctx.is_main:
+        from ava.synth import MANIFEST_FILENAME
+
         target = demo_dataset_dir(config.synth)
-        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False, soft_wrap=True)
+        there = (target / MANIFEST_FILENAME).is_file()  # written last, once the set is complete
+        console.print(f"demo data: synthetic captures in {target}" + (" (generated once)" if not there else ""),
+                      highlight=False, soft_wrap=True)
+        started = time.perf_counter()
         path = ensure_demo_dataset(config.synth, progress=True)
+        if not there:
+            seconds = time.perf_counter() - started
+            console.print(f"demo data: generated in {seconds:.0f} s", highlight=False)
     ctx.barrier()  # the other ranks wait until rank 0 has generated the set
-    return Path(ctx.broadcast_object(str(path) if path else None))
+    return Path(ctx.broadcast_object(str(path) if path else None)), seconds
 
 
 def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Callable):
-    """(training data, ids CSV, mesh topology) of the selected captures."""
+    """(training data, ids CSV, mesh topology, seconds spent generating the demo data) of the
+    selected captures."""
     from ava.data.ids import read_ids_csv
     from ava.nn.topology import resolve_topology
 
-    dataset_dir = resolve_dataset(config, ctx, console)
+    dataset_dir, generation_seconds = resolve_dataset(config, ctx, console)
     csv = ids_csv_path(dataset_dir, config.train.data_csv)
-    captures = select_captures(read_ids_csv(csv), config.train.ids, config.train.nids, str(csv))
+    captures, split = select_subjects(read_ids_csv(csv), config.train, str(csv))
     data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
-                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras)
+                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras,
+                               split=split, holdout_segments=config.train.holdout_segments)
     topology = resolve_topology(config.model.topology, dataset_dir)
     if topology.num_verts != data.stats.vertmean.shape[0]:
         raise UserError(f"the topology has {topology.num_verts} vertices but the dataset's meshes have "
                         f"{data.stats.vertmean.shape[0]}; pass the dataset's topology with --model.topology")
     for line in data.describe():
         say(line, highlight=False, markup=False, soft_wrap=True)
-    return data, csv, topology
+    return data, csv, topology, generation_seconds
 
 
 # --- model, optimiser, schedule -----------------------------------------------------------------
@@ -320,7 +336,10 @@ def resolved_config(config: TrainConfig, ctx: Distributed, data: TrainingData, c
     resolved = config_to_dict(config)
     resolved["resolved"] = {"dataset_dir": str(data.dataset_dir), "ids_csv": str(csv),
                             "captures": [capture.folder for capture in data.captures], "cameras": data.cameras,
-                            "holdout_cameras": data.holdout_cameras, "world_size": ctx.world_size,
+                            "holdout_cameras": data.holdout_cameras,
+                            "holdout_subjects": {"validation": list(data.split.validation), "test": list(data.split.test),
+                                                 "split_seed": data.split.seed} if data.split is not None else None,
+                            "holdout_segments": data.holdout_segments, "world_size": ctx.world_size,
                             "global_batch": config.train.batchsize * ctx.world_size,
                             "device": str(ctx.device), "raymarch_backend": backend or "auto",
                             "num_workers": num_workers, "ddp": plan.to_dict() if plan is not None else None}
@@ -381,7 +400,7 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
 
     config = resume_restarted_attempt(config, say)
     check_run_folder(config, writer=ctx.is_main)
-    data, csv, topology = load_data(config, ctx, console, say)
+    data, csv, topology, generation_seconds = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
     resumed_from = restore(config, ctx, state, data, topology, say)
@@ -405,4 +424,4 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
                    backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
                    resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
                    steps_per_epoch=steps_per_epoch, last_step=last_step,
-                   vertmean=vertmean, threads=threads)
+                   vertmean=vertmean, threads=threads, generation_seconds=generation_seconds)

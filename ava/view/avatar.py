@@ -60,9 +60,11 @@ class HomeView:
 
 
 class Avatar:
-    """A checkpoint ready to render. identities: trained capture folders found in the dataset (the
-    identities that can be rendered); captures: every capture folder in the dataset (expression
-    sources, trained or not)."""
+    """A checkpoint ready to render. identities: the capture folders that can be rendered: the
+    trained ones found in the dataset, then the dataset's captures the checkpoint never trained on
+    (`unseen`: held-out subjects and others, rendered from their own neutral frame with the neutral
+    colour calibration, docs/evaluation.md); captures: every capture folder in the dataset
+    (expression sources, trained or not)."""
 
     def __init__(self, checkpoint, dataset_dir: Path, downsample: int, device: torch.device) -> None:
         from ava.runtime.cameras import frontal_cameras
@@ -74,12 +76,14 @@ class Avatar:
         self.device = device
         model = checkpoint.build_autoencoder(raymarch_backend="torch" if device.type == "cpu" else None)
         self.model = model.to(device).eval()
-        self.identities = [folder for folder in checkpoint.identities if self._has_frames(folder)]
-        if not self.identities:
-            raise UserError(f"none of the checkpoint's {len(checkpoint.identities)} identities "
-                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir} with its frames; pass --dataset-dir")
+        trained = [folder for folder in checkpoint.identities if self._has_frames(folder)]
         self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder")
                                if self._has_frames(path.parent.name))
+        self.unseen = [folder for folder in self.captures if folder not in checkpoint.identities]
+        self.identities = trained + self.unseen
+        if not trained:
+            raise UserError(f"none of the checkpoint's {len(checkpoint.identities)} identities "
+                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir} with its frames; pass --dataset-dir")
         self.lock = threading.RLock()  # one render at a time: they share the model and the device
         self._renderer = None
         self.cache_lock = threading.Lock()  # browsers' render threads share the expression cache
@@ -151,10 +155,10 @@ class Avatar:
 
     @torch.no_grad()
     def identity(self, folder: str) -> dict:
-        """The identity encoder's output for a trained capture's neutral frame (cached)."""
+        """The identity encoder's output for a capture's neutral frame (cached)."""
         if folder not in self._identity:
             if folder not in self.identities:
-                raise UserError(f"{folder} is not a trained identity in {self.dataset_dir}")
+                raise UserError(f"{folder} is not a capture in {self.dataset_dir}")
             sample = self._part(folder)[0][0]
             neut_verts, neut_avgtex = self._inputs(sample, ("neut_verts", "neut_avgtex"))
             with self.lock:
@@ -184,14 +188,18 @@ class Avatar:
         return encoding
 
     def idindex(self, folder: str) -> int:
-        return self.checkpoint.identities.index(folder)
+        """The capture's row in the identity tables, UNSEEN_IDENTITY for one never trained on."""
+        from ava.nn.colorcal import UNSEEN_IDENTITY
+
+        identities = self.checkpoint.identities
+        return identities.index(folder) if folder in identities else UNSEEN_IDENTITY
 
     # --- rendering --------------------------------------------------------------------------------
 
     def render_frame(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
                      background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
         """uint8 [3,H,W] on the device (ava.view.frames.ViewRenderer: a CUDA graph per size on a
-        GPU; valid until the next render): `identity` (a trained capture folder) making the
+        GPU; valid until the next render): `identity` (a capture folder of `identities`) making the
         expression `encoding` [1,16,4,4], seen by `camera`, over a flat `background` colour (0..255)."""
         conditioning = self.identity(identity)
         with self.lock:
@@ -227,7 +235,8 @@ def render_view(model, camera: ViewCamera, id_cond: dict, encoding: torch.Tensor
                 background: tuple[float, float, float]) -> torch.Tensor:
     """[3,H,W] (0..255) on the model's device, op by op: the decoder and the raymarcher for one
     view of the identity `id_cond` (the identity encoder's output) making `encoding` [1,16,4,4],
-    with colour calibration row (camindex, idindex), over a flat `background` colour
+    with colour calibration row (camindex, idindex; idindex < 0 for an identity never
+    trained on), over a flat `background` colour
     (ava.view.frames.render_inputs; ViewRenderer replays it from a CUDA graph)."""
     from ava.view.frames import render_inputs, view_inputs
 

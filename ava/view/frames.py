@@ -68,8 +68,7 @@ def render_inputs(model, inputs: dict) -> torch.Tensor:
         # hit it lands on the background (which the background model learnt to absorb). Passing
         # colour - bias as the background gives alpha * bias + (1 - alpha) * colour: the head
         # exactly as trained over a clean flat colour.
-        colour = colour - (model.colorcal.bcam.index_select(0, inputs["camindex"])[0]
-                           + model.colorcal.bident.index_select(0, inputs["idindex"])[0])
+        colour = colour - model.colorcal.gain_and_bias(inputs["camindex"], inputs["idindex"])[1][0]
     height, width = inputs["pixelcoords"].shape[1:3]
     device = colour.device
     output = model(

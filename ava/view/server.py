@@ -5,7 +5,8 @@ viser serves the page and keeps, per connected browser, the orbit camera (positi
 field of view, window shape); every camera move or control change asks that browser's render
 thread for a new frame, which renders the latest state only (stale requests are dropped) and
 sends it as the scene's background image. While the camera moves, frames render at half height
-and the full-size frame follows once it stops. viser's world is the head frame in metres.
+and the full-size frame follows once it stops; a browser's first frame comes at a quarter of the
+height, under a "rendering the first frame..." notice. viser's world is the head frame in metres.
 
 Listening beyond this machine (any --host but a loopback one), the viewer admits only requests
 that carry a random token, as Jupyter does (`TokenGate`): the printed URL holds it; the page it
@@ -38,6 +39,7 @@ JPEG_QUALITY = 90
 # several times, which would magnify JPEG's 8x8 blocks and its halved colour resolution.
 PNG_PIXELS = 256 * 256
 MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
+FIRST_FRAME_SHRINK = 4  # a browser's first frame is this many times smaller than the full one, so it comes at once
 # On a CPU the raymarcher's vectorised path holds the (ray, primitive) pairs that pass its
 # bounding test at once: memory grows with pixels x primitives (the demo model, 256 primitives,
 # took 1.4 GB at 256x384), so the image is capped there: in a 2:1 window 242 rows for the demo
@@ -161,7 +163,11 @@ class ClientRenderer(threading.Thread):
         self.stopped = False
         self.last_camera_update = 0.0
         self.frames_sent = 0
-        self.status = client.gui.add_markdown("waiting for the first frame", order=1000)
+        self.status = client.gui.add_markdown("rendering the first frame...", order=1000)
+        # Until the first frame arrives the page would be empty: say what is happening, and make
+        # the first frame a small one (FIRST_FRAME_SHRINK), which the full-size frame follows.
+        self.waiting = client.add_notification("ava view", "rendering the first frame...", loading=True,
+                                               with_close_button=False)
 
     def request(self, camera_moved: bool = False) -> None:
         with self.condition:
@@ -185,7 +191,7 @@ class ClientRenderer(threading.Thread):
             if self.stopped:
                 return None
             self.dirty = False
-            preview = time.monotonic() - self.last_camera_update < MOVING_SECONDS
+            preview = not self.frames_sent or time.monotonic() - self.last_camera_update < MOVING_SECONDS
             self.refine = preview
             return preview
 
@@ -203,7 +209,8 @@ class ClientRenderer(threading.Thread):
     def render(self, preview: bool) -> bytes:
         scene = self.viewer.scene()
         camera = self.client.camera
-        height = max(MIN_HEIGHT, scene.height // 2) if preview else scene.height
+        shrink = FIRST_FRAME_SHRINK if not self.frames_sent else 2
+        height = max(MIN_HEIGHT, scene.height // shrink) if preview else scene.height
         height = min(height, self.viewer.most_height(camera.aspect))
         view = view_camera(camera.wxyz, camera.position, camera.fov, camera.aspect, height)
         started = time.perf_counter()
@@ -214,7 +221,10 @@ class ClientRenderer(threading.Thread):
             return data  # the browser has gone
         send_background(self.client, format, data)
         self.frames_sent += 1
-        self.status.content = (f"{view.width}x{view.height}{' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
+        if self.waiting is not None:
+            self.waiting.remove()
+            self.waiting = None
+        self.status.content = (f"{view.width}x{view.height} (WxH){' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
                                f"per frame ({1 / max(seconds, 1e-6):.1f} fps), decode + raymarch on "
                                f"{self.viewer.avatar.device.type}")
         return data
@@ -237,10 +247,12 @@ def send_background(client, format: str, data: bytes) -> None:
         client.scene.set_background_image(pixels, format=format, jpeg_quality=JPEG_QUALITY)
 
 
-def _labels(folders: list[str]) -> dict[str, str]:
-    """Dropdown label -> capture folder: the subject id where it is unique, else the folder."""
+def _labels(folders: list[str], unseen: list[str] = ()) -> dict[str, str]:
+    """Dropdown label -> capture folder: the subject id where it is unique, else the folder; those
+    in `unseen` (never trained on) are marked."""
     subjects = [folder.split("--")[-1] for folder in folders]
-    return {(subject if subjects.count(subject) == 1 else folder): folder for subject, folder in zip(subjects, folders)}
+    return {(subject if subjects.count(subject) == 1 else folder) + (" (unseen)" if folder in unseen else ""): folder
+            for subject, folder in zip(subjects, folders)}
 
 
 class Viewer:
@@ -302,7 +314,7 @@ class Viewer:
     def _build_controls(self, height: int) -> None:
         gui = self.server.gui
         avatar = self.avatar
-        self.identity_labels = _labels(avatar.identities)
+        self.identity_labels = _labels(avatar.identities, avatar.unseen)
         self.capture_labels = _labels(avatar.captures)
         with gui.add_folder("Avatar"):
             self.identity = gui.add_dropdown("identity", list(self.identity_labels),
