@@ -117,3 +117,25 @@ def select_device(choice: str) -> "torch.device":
             raise UserError("--device cuda was asked for but torch sees no CUDA device")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def time_mark(device: "torch.device"):
+    """A point in time for timing work on `device`: a CUDA event recorded now on the current
+    stream (it fires when the device gets there), else the host clock in seconds. See
+    `seconds_between`."""
+    if device.type == "cuda":
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    import time
+
+    return time.perf_counter()
+
+
+def seconds_between(start, end) -> float:
+    """Seconds between two `time_mark`s of one device (CUDA events must have completed)."""
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1000

@@ -98,6 +98,11 @@ class TrainSection:
     """Expression segments never trained on, in every capture (e.g. EXP_free_face, as the Ava-256 datasheet suggests); `ava eval --segment` measures them."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
+    # How steps run (docs/training.md, "How a step runs").
+    step_mode: Literal["auto", "eager", "sync-free", "graph"] = "auto"
+    """auto: graph on a single CUDA device, eager on a CPU and under torchrun. eager: one kernel launch at a time, reading the gradient norm on the host every step (for debugging). sync-free: the same step with nothing read back to the host. graph: sync-free during the warm-up, then the whole step (forward, losses, backward, optimiser) captured once in a CUDA graph and replayed, with the next batch copied in on a side stream meanwhile."""
+    readback_every: int | None = None
+    """Read the logged losses back from the device every N steps (one wait per N steps instead of one per step); metrics.jsonl still gets one record per step. None: 10 on a GPU, 1 on a CPU. Under torchrun every step, where the ranks agree on stopping."""
 
 
 @dataclass

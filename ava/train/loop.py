@@ -22,19 +22,17 @@ from ava.console import make_console
 from ava.errors import UserError
 from ava.faults import crash_point
 from ava.files import is_storage_error
-from ava.runtime.batch import to_device
 from ava.runtime.device import threads_note
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
 from ava.train.extras import terms_function
 from ava.train.interrupt import INTERRUPTED, StopRequest
-from ava.train.losses import TERMS
 from ava.train.periodic import after_step, due, save
 from ava.train.report import Reporter, format_duration
 from ava.train.schedule import advance
 from ava.train.setup import Trainer, check_config, setup
-from ava.train.step import decoder_terms, train_step
+from ava.train.step import decoder_terms
 from ava.train.watchdog import PEER_LOST, Watchdog, is_peer_failure, peer_failure_message
 
 
@@ -93,7 +91,7 @@ def _train(config: TrainConfig, ctx: Distributed) -> int:
         trainer.say(f"nothing to do: the run is already at step {trainer.start_step} of {trainer.last_step}")
         _shutdown(trainer)
         return 0
-    reporter = Reporter(trainer)
+    reporter = Reporter(trainer, readback_every(config, ctx))
     first_step = trainer.state.step
     steps_started = time.perf_counter()
     try:
@@ -130,44 +128,79 @@ def timing(steps: int, training: float, generation: float, setting_up: float) ->
     return text + f"{format_duration(setting_up)} setting up"
 
 
+def readback_every(config: TrainConfig, ctx: Distributed) -> int:
+    """Steps whose logged losses are read back together: --train.readback-every (default 10 on a
+    GPU, 1 on a CPU, where reading costs no wait); 1 under torchrun, where the ranks agree on
+    stopping every step."""
+    if ctx.enabled:
+        return 1
+    if config.train.readback_every is not None:
+        return config.train.readback_every
+    return 10 if ctx.device.type == "cuda" else 1
+
+
+def make_runner(trainer: Trainer):
+    """The StepRunner of --train.step-mode for this run (ava.train.runner)."""
+    from ava.train.runner import StepRunner, resolve_step_mode
+
+    config, ctx, state = trainer.config, trainer.ctx, trainer.state
+    mode = resolve_step_mode(config.train.step_mode, ctx.device, ctx.enabled)
+
+    def terms_for(warm: bool):
+        return terms_function(config, decoder_terms, warm=warm, vertmean=trainer.vertmean,
+                              vertstd=trainer.data.stats.vertstd)
+
+    if config.train.step_mode == "auto" and mode != "eager":
+        trainer.say(f"steps: {mode} (--train.step-mode to change)", highlight=False)
+    return StepRunner(mode, state.network, state.optimizer, config.train.losses, config.train.clip, ctx.device,
+                      terms_for, say=trainer.say)
+
+
 def _run_steps(trainer: Trainer, reporter: Reporter, stop: StopRequest) -> bool:
     """Steps from the current one to the last, epoch by epoch, with the periodic actions.
     Returns True when a stop was requested (on any rank); the checkpoint of the step is written."""
     from ava.data.bad_data import BadDataReport
 
     config, ctx, state = trainer.config, trainer.ctx, trainer.state
+    progress = config.progress
     bad_data = BadDataReport(console=trainer.console if ctx.is_main else None)
+    runner = make_runner(trainer)
     state.model.train()
     reporter.start()
     while state.step < trainer.last_step:
         epoch, offset = divmod(state.step, trainer.steps_per_epoch)
         trainer.sampler.set_epoch(epoch, offset * config.train.batchsize)
-        fetch_started = time.perf_counter()
+        fetch_started, started = time.perf_counter(), reporter.mark()
         for batch in nonempty_batches(trainer.loader):
-            step_started = time.perf_counter()
+            data_time = time.perf_counter() - fetch_started
             bad_data.update(batch)
-            batch = to_device(batch, ctx.device)
             warm = state.step < config.train.warmup_iters
-            terms_fn = terms_function(config, decoder_terms, warm=warm, vertmean=trainer.vertmean,
-                                      vertstd=trainer.data.stats.vertstd)
-            result = train_step(state.network, state.optimizer, batch, terms_fn, config.train.losses,
-                                config.train.clip)
+            result = runner.step(batch, warm)
             advance(state.scheduler, state.step + 1, config.train)
             state.step += 1
             crash_point("after-step", step=state.step)
-            # One all-reduce per step carries the logged losses and whether any rank was asked to stop.
-            flag = torch.tensor(float(stop.requested), device=ctx.device)
-            values = ctx.mean(torch.stack([result.loss] + [result.terms[name] for name in TERMS] + [flag])).tolist()
-            reporter.step(state.step, epoch, warm, values[:-1], result, fetch_started, step_started)
+            values = result.values
+            if ctx.enabled:
+                # One all-reduce per step carries the logged losses and whether any rank was asked
+                # to stop; every rank must see the same answer at the same step, so it is read now.
+                flag = values.new_tensor([float(stop.requested)])
+                values = ctx.mean(torch.cat([values, flag])).tolist()
+                stopping, values = values[-1] > 0, values[:-1]
+            else:
+                stopping = stop.requested
+            reporter.step(state.step, epoch, warm, values, started, data_time)
             final = state.step >= trainer.last_step
-            after_step(trainer, state.step, batch, result.output, final)
+            if final or stopping or any(due(state.step, every, final) for every in
+                                        (progress.image_freq, progress.psnr_freq, progress.checkpoint_freq)):
+                reporter.flush()  # the step's record comes before what the periodic actions log
+            after_step(trainer, state.step, result.batch, result.output, final)
             if final:
                 break  # a stop asked for during the last step changes nothing: the run is complete
-            if values[-1] > 0:
+            if stopping:
                 if not due(state.step, config.progress.checkpoint_freq, final):
                     save(trainer, state.step)
                 return True
-            fetch_started = time.perf_counter()
+            fetch_started, started = time.perf_counter(), reporter.mark()
         bad_data.end_epoch(epoch)
     return False
 

@@ -89,6 +89,8 @@ def check_config(config: TrainConfig) -> None:
     for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter"):
         if getattr(train, name) < 1:
             problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
+    if train.readback_every is not None and train.readback_every < 1:
+        problems.append("--train.readback-every must be at least 1")
     if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
     if train.num_holdout_subjects < 0 or train.num_validation_subjects < 0:
@@ -207,12 +209,17 @@ def build_state(config: TrainConfig, ctx: Distributed, data: TrainingData, topol
     model = build_autoencoder(config.model, topology, vertmean=torch.from_numpy(stats.vertmean),
                               vertstd=stats.vertstd, num_cameras=len(data.cameras),
                               num_identities=len(data.captures), raymarch_backend=backend).to(ctx.device)
-    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
-    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.init_learning_rate, betas=(0.9, 0.999),
-                                 eps=1e-8, weight_decay=0.0, fused=True if ctx.device.type == "cuda" else None)
+    optimizer = make_optimizer(model, config.train, ctx.device)
     return TrainingState(model=model, network=model, optimizer=optimizer,
                          scheduler=make_scheduler(optimizer, config.train))
+
+
+def make_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.Adam:
+    """`ava train`'s Adam for `model` (train: the TrainSection)."""
+    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
+    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
+    return torch.optim.Adam(model.parameters(), lr=train.init_learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0, fused=True if device.type == "cuda" else None)
 
 
 # --- resume -------------------------------------------------------------------------------------
@@ -281,8 +288,7 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
         # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
         # compiling the whole model graph-breaks at the raymarcher and was slower. In place, so
         # parameter names do not change.
-        for name in COMPILED_PARTS:
-            getattr(state.model, name).compile()
+        compile_parts(state.model)
         say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
     state.network = state.model
     if plan is not None:
@@ -296,6 +302,22 @@ COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
 # 1000-step demo-size run on an H200 spent more time compiling (about 4 minutes over its
 # warm-up, evaluation and training graphs) than the whole run otherwise takes.
 COMPILE_MIN_UV_SIZE = 1024
+
+
+def compile_parts(model: torch.nn.Module) -> None:
+    """torch.compile each of COMPILED_PARTS in place (parameter names do not change)."""
+    for name in COMPILED_PARTS:
+        getattr(model, name).compile()
+
+
+def step_setup(config: TrainConfig, device: torch.device, distributed: bool = False) -> dict:
+    """How `ava train` with `config` runs its steps on `device`: {"precision", "fused_adam",
+    "compile_parts", "step_mode"} (tools/bench_train_step.py's `default` variant is this)."""
+    from ava.train.runner import resolve_step_mode
+
+    return {"precision": config.train.precision, "fused_adam": device.type == "cuda",
+            "compile_parts": should_compile(config, device),
+            "step_mode": resolve_step_mode(config.train.step_mode, device, distributed)}
 
 
 def should_compile(config: TrainConfig, device: torch.device) -> bool:

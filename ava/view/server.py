@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import http
+import io
 import secrets
 import threading
 import time
@@ -205,7 +206,7 @@ class ClientRenderer(threading.Thread):
                 self.status.content = f"**render failed:** {error}"
                 self.viewer.report(f"render failed for browser {self.client.client_id}: {error!r}")
 
-    def render(self, preview: bool) -> np.ndarray:
+    def render(self, preview: bool) -> bytes:
         scene = self.viewer.scene()
         camera = self.client.camera
         shrink = FIRST_FRAME_SHRINK if not self.frames_sent else 2
@@ -213,11 +214,12 @@ class ClientRenderer(threading.Thread):
         height = min(height, self.viewer.most_height(camera.aspect))
         view = view_camera(camera.wxyz, camera.position, camera.fov, camera.aspect, height)
         started = time.perf_counter()
-        image = self.viewer.render(view, scene)
+        format = "png" if view.height * view.width <= PNG_PIXELS else "jpeg"
+        data = self.viewer.render_encoded(view, scene, format)
         seconds = time.perf_counter() - started
         if self.stopped:
-            return image  # the browser has gone
-        self.client.scene.set_background_image(image, format=frame_format(image), jpeg_quality=JPEG_QUALITY)
+            return data  # the browser has gone
+        send_background(self.client, format, data)
         self.frames_sent += 1
         if self.waiting is not None:
             self.waiting.remove()
@@ -225,7 +227,24 @@ class ClientRenderer(threading.Thread):
         self.status.content = (f"{view.width}x{view.height} (WxH){' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
                                f"per frame ({1 / max(seconds, 1e-6):.1f} fps), decode + raymarch on "
                                f"{self.viewer.avatar.device.type}")
-        return image
+        return data
+
+
+def send_background(client, format: str, data: bytes) -> None:
+    """Shows an encoded frame as the browser's scene background. viser's own call takes pixels and
+    encodes them on the CPU; the message it sends carries the bytes, so ava sends that message
+    with its own (GPU-encoded) bytes, and decodes them for viser's call where the message type
+    is not there."""
+    try:
+        from viser import _messages
+
+        message = _messages.BackgroundImageMessage(format=format, rgb_data=data, depth_data=None)
+        client.scene._websock_interface.queue_message(message)
+    except (ImportError, AttributeError, TypeError):
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        client.scene.set_background_image(pixels, format=format, jpeg_quality=JPEG_QUALITY)
 
 
 def _labels(folders: list[str], unseen: list[str] = ()) -> dict[str, str]:
@@ -373,15 +392,23 @@ class Viewer:
             background=BACKGROUNDS[self.background.value],
         )
 
-    def render(self, camera: ViewCamera, scene: Scene) -> np.ndarray:
-        """uint8 [H,W,3] of `scene` seen by `camera`: the code is the frame's, scaled about the
-        driver's neutral code by the strength."""
+    def code(self, scene: Scene) -> "torch.Tensor":
+        """The scene's expression code: the frame's, scaled about the driver's neutral code by the strength."""
         avatar = self.avatar
         code = avatar.expression(scene.driver, scene.frame)
         if scene.strength != 1.0:
             neutral = avatar.expression(scene.driver, avatar.neutral_frame(scene.driver))
             code = neutral + scene.strength * (code - neutral)
-        return avatar.render(camera, scene.identity, code, scene.background)
+        return code
+
+    def render(self, camera: ViewCamera, scene: Scene) -> np.ndarray:
+        """uint8 [H,W,3] of `scene` seen by `camera`."""
+        return self.avatar.render(camera, scene.identity, self.code(scene), scene.background)
+
+    def render_encoded(self, camera: ViewCamera, scene: Scene, format: str) -> bytes:
+        """`render` encoded as the page receives it (`format` "jpeg" or "png")."""
+        return self.avatar.render_encoded(camera, scene.identity, self.code(scene), scene.background, format,
+                                          JPEG_QUALITY)
 
     # --- browsers ---------------------------------------------------------------------------------
 
