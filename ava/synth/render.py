@@ -313,7 +313,9 @@ def _cull(primitives: Primitives, centres_camera: torch.Tensor, focal: torch.Ten
     """[rows*columns, K]: primitives whose bounding sphere can meet a ray segment of the tile.
 
     Conservative: the sphere (centre c, radius r) projects inside a circle of radius f r / (z - r)
-    around the projected centre, and must overlap the tile's camera-depth range.
+    around the projected centre, and must overlap the tile's camera-depth range. A sphere that
+    reaches the camera's plane (z - r <= 1 mm: a headset camera a few cm from the skin) has no
+    bounded projection and may meet any tile in its depth range.
     """
     reach_mm = primitives.reach * VOLRADIUS
     depth = centres_camera[:, 2]
@@ -328,7 +330,7 @@ def _cull(primitives: Primitives, centres_camera: torch.Tensor, focal: torch.Ten
     overlap_y = (screen[None, :, 1] + radius >= y0[:, None]) & (screen[None, :, 1] - radius <= y0[:, None] + tile - 1)
     overlap_z = (depth + reach_mm >= tile_near.reshape(-1, 1)) & (depth - reach_mm <= tile_far.reshape(-1, 1))
     screen_overlap = (overlap_y[:, None, :] & overlap_x[None, :, :]).reshape(rows * columns, -1)
-    return screen_overlap & overlap_z & in_front[None]
+    return (screen_overlap | ~in_front[None]) & overlap_z
 
 
 def _render_group(primitives: Primitives, candidates: torch.Tensor, raypos, raydir, tminmax,
