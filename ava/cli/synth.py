@@ -17,7 +17,8 @@ class SynthCommand:
     """Generate synthetic Ava-256 captures into OUT: one folder per subject in the real layout
     (calibration, frame list, head poses, meshes, textures, camera images, means, variances),
     plus OUT/ids.csv, OUT/face_topology.obj and OUT/synth_config.json. Images are raymarched
-    with ava's own MVP raymarcher. Rerunning with the same settings does nothing."""
+    with ava's own MVP raymarcher, on a GPU when there is one (--device). Rerunning with the same
+    settings does nothing."""
 
     output_dir: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Folder to write the dataset into (created if missing)."""
@@ -32,11 +33,12 @@ def main(config: Annotated[SynthCommand, tyro.conf.arg(name="")]) -> int:
 
     from ava.files import output_folder
     from ava.runtime.device import use_threads
-    from ava.synth.pipeline import generate, is_generated, worker_count
+    from ava.synth.pipeline import generate, is_generated, render_device, worker_count
 
     console = make_console()
+    device = render_device(config.settings.device)  # a GPU asked for and missing: one line, before any work
     # Frames are rendered by worker processes; the flag sets the threads of each.
-    threads = use_threads(config.threads, processes=worker_count(config.settings))
+    threads = use_threads(config.threads, processes=worker_count(config.settings, device))
     output_folder(config.output_dir, "-o/--output-dir", create=False)  # generate() creates it
     if is_generated(config.output_dir, config.settings) and not config.settings.overwrite:
         console.print(f"{config.output_dir} already holds this synthetic dataset; nothing to do", highlight=False, soft_wrap=True)

@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ava.errors import UserError
-from ava.synth.config import SynthConfig
+from ava.synth.config import RUN_ONLY_FIELDS, SynthConfig
 
 
 def demo_dataset_dir(settings: SynthConfig) -> Path:
     """Cache folder of the synthetic set made with `settings` (one folder per distinct setting)."""
     from ava.files import cache_dir
 
-    relevant = {key: value for key, value in asdict(settings).items() if key not in ("workers", "overwrite")}
+    relevant = {key: value for key, value in asdict(settings).items() if key not in RUN_ONLY_FIELDS}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir("demo-data", f"synth-{digest}")
 
@@ -40,7 +40,9 @@ def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     saved = checkpoint.config.get("synth")
-    settings = SynthConfig(**saved) if isinstance(saved, dict) else SynthConfig()
+    # How the training machine generated it (its workers, its GPU) does not apply here.
+    settings = (SynthConfig(**{key: value for key, value in saved.items() if key not in RUN_ONLY_FIELDS})
+                if isinstance(saved, dict) else SynthConfig())
     return ensure_demo_dataset(settings)
 
 

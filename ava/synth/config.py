@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 # Files `ava synth` writes next to the capture folders.
 IDS_FILENAME = "ids.csv"
 TOPOLOGY_FILENAME = "face_topology.obj"
 MANIFEST_FILENAME = "synth_config.json"
 SYNTH_FORMAT_VERSION = 2  # 2: the richer world (19 expression controls, scripted segments, varied identities)
+# Settings that decide how a set is made, not what it holds: left out of the manifest, the
+# settings digest and the demo set's cache folder name.
+RUN_ONLY_FIELDS = ("workers", "overwrite", "device")
 
 
 @dataclass
@@ -48,7 +52,9 @@ class SynthConfig:
     headset_size: int = 64
     """Side of the square headset IR images, in pixels."""
     workers: int = 0
-    """Processes that render frames; 0 uses every CPU core (at most 8)."""
+    """Processes that render frames; 0 uses every CPU core (at most 8, or at most 16 with --device cuda)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the images are raymarched. cuda: each worker process raymarches every frame's views on the GPU (all full rays against all primitives, one call for the dome cameras and one for the headset cameras) while it paints textures and encodes images on its CPU core; cpu: the vectorised PyTorch raymarcher with its work-saving restrictions; auto: cuda when torch sees a GPU. The two give the same images up to float rounding (docs/data-layout.md)."""
     overwrite: bool = False
     """Replace an existing dataset in the output folder that was generated with other settings."""
 

@@ -195,7 +195,7 @@ def voxel_positions(primitives):
     import torch
 
     voxels = primitives.template.shape[1]
-    axis = torch.linspace(-1.0, 1.0, voxels)
+    axis = torch.linspace(-1.0, 1.0, voxels, device=primitives.template.device)
     z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")  # template axes are (z, y, x)
     local = torch.stack([x, y, z], dim=-1)  # [D,D,D,3]
     scaled = local[None] / primitives.primscale[:, None, None, None, :]  # [K,D,D,D,3]
@@ -215,13 +215,13 @@ def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points):
 
     from ava.synth.render import Primitives
 
-    campos = torch.from_numpy(camera.campos).float()
+    campos = torch.from_numpy(camera.campos).float().to(points.device)
     to_camera = campos - points
     distance = to_camera.norm(dim=-1).clamp(min=1.0)
     light = to_camera / distance[..., None]
     normal = primitives.primrot[:, :, 2]  # [K,3]
     lambert = torch.einsum("kdhwi,ki->kdhw", light, normal).clamp(min=0.0)
-    axis = torch.from_numpy(camera.camrot[2]).float()
+    axis = torch.from_numpy(camera.camrot[2]).float().to(points.device)
     beam = torch.einsum("kdhwi,i->kdhw", -light, axis).clamp(min=0.0) ** 2
     falloff = (camera.working_distance / distance) ** 2
     radiance = infrared_albedo(primitives.template[..., :3]) * (0.15 + 0.85 * lambert) * falloff * beam
@@ -245,21 +245,26 @@ def occluded_view(radiance: np.ndarray, camera: HeadsetCamera) -> np.ndarray:
     return radiance * (1.0 - cover) + body * cover
 
 
-def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan) -> dict[str, np.ndarray]:
-    """Noise-free IR images [S,S] float 0..255 of every headset camera for one expression."""
+def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan,
+                   full_rays: bool = False) -> dict[str, np.ndarray]:
+    """Noise-free IR images [S,S] float 0..255 of every headset camera for one expression.
+
+    The shading runs on the primitives' device; full_rays raymarches the five views there in one
+    call (a GPU), else view by view with the CPU renderer (`ava.synth.render.render_images`)."""
     import torch
 
-    from ava.synth.render import VOLRADIUS, View, render_views
+    from ava.synth.render import VOLRADIUS, View, render_images
 
-    images = {}
     points = voxel_positions(primitives) * VOLRADIUS
-    for camera in plan.cameras:
-        view = View(camrot=torch.from_numpy(camera.camrot).float(), campos=torch.from_numpy(camera.campos).float(),
-                    focal=torch.tensor([camera.focal, camera.focal]),
-                    princpt=torch.tensor([camera.size / 2.0, camera.size / 2.0]))
-        shaded = shaded_primitives(primitives, camera, plan.gain, points)
-        rayrgba = render_views(shaded, [view], camera.size, camera.size, verts_mm, faces, settings)[0]
-        radiance = rayrgba[..., 0].numpy().astype(np.float64) + 2.0 * (1.0 - rayrgba[..., 3].numpy())
+    views = [View(camrot=torch.from_numpy(camera.camrot).float(), campos=torch.from_numpy(camera.campos).float(),
+                  focal=torch.tensor([camera.focal, camera.focal]),
+                  princpt=torch.tensor([camera.size / 2.0, camera.size / 2.0])) for camera in plan.cameras]
+    shaded = [shaded_primitives(primitives, camera, plan.gain, points) for camera in plan.cameras]
+    size = plan.cameras[0].size
+    rayrgba = render_images(shaded, views, size, size, verts_mm, faces, settings, full_rays)
+    images = {}
+    for index, camera in enumerate(plan.cameras):
+        radiance = rayrgba[index, ..., 0].numpy().astype(np.float64) + 2.0 * (1.0 - rayrgba[index, ..., 3].numpy())
         images[camera.name] = sensor_response(occluded_view(radiance, camera))
     return images
 
@@ -276,20 +281,14 @@ def sensor_readout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def render_headset_frames(primitives, verts_mm, faces, settings, plan: HeadsetPlan,
-                          dome_frame: int) -> dict[int, dict[str, bytes]]:
-    """{headset frame index: {camera: greyscale AVIF}} for the headset frames showing `dome_frame`.
-
-    The views are rendered once per expression; each headset frame gets its own sensor noise.
-    """
+def headset_frames(clean: dict[str, np.ndarray], plan: HeadsetPlan, dome_frame: int) -> dict[int, dict[str, bytes]]:
+    """{headset frame index: {camera: greyscale AVIF}} for the headset frames showing `dome_frame`,
+    from its noise-free views (`headset_images`, rendered once per expression): each headset
+    frame gets its own sensor noise."""
     from ava.data.formats import encode_avif
 
-    showing = np.nonzero(plan.dome_index == dome_frame)[0]
-    if len(showing) == 0:
-        return {}
-    clean = headset_images(primitives, verts_mm, faces, settings, plan)
     frames = {}
-    for index in showing.tolist():
+    for index in np.nonzero(plan.dome_index == dome_frame)[0].tolist():
         rng = np.random.default_rng([*plan.noise_seed, index])
         frames[index] = {name: encode_avif(sensor_readout(image, rng)) for name, image in clean.items()}
     return frames

@@ -40,6 +40,7 @@ from ava.data.ids import CaptureId, format_ids_csv
 from ava.synth.config import (
     IDS_FILENAME,
     MANIFEST_FILENAME,
+    RUN_ONLY_FIELDS,
     SYNTH_FORMAT_VERSION,
     TOPOLOGY_FILENAME,
     SynthConfig,
@@ -48,7 +49,7 @@ from ava.synth.extras import foreground_masks, write_backgrounds, write_foregrou
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
 from ava.synth.expressions import Expression, perform_segment, segment_lengths
 from ava.synth.head import Identity
-from ava.synth.headset import HeadsetPlan, HeadsetWriter, plan_headset, render_headset_frames
+from ava.synth.headset import HeadsetPlan, HeadsetWriter, headset_frames, headset_images, plan_headset
 from ava.synth.surface import HeadSurface, topology_digest
 from ava.synth.truth import TRUTH_FILENAME, completed_with, surface_and_maps, truth_document
 from ava.synth.writer import CaptureWriter
@@ -79,6 +80,7 @@ class FrameTask:
     plan: SubjectPlan
     config: SynthConfig
     threads: int = 1  # torch's CPU threads while rendering it
+    device: str = "cpu"  # where it is raymarched (render_device: "cpu" or "cuda:N")
 
 
 @dataclass
@@ -164,20 +166,48 @@ def render_frame(task: FrameTask) -> FrameResult:
 
 
 def _render_frame(task: FrameTask) -> FrameResult:
-    import torch
-
     from ava.synth.appearance import paint_texture
-    from ava.synth.render import RenderSettings, View, build_primitives, render_views
 
     config, plan = task.config, task.plan
     surface, uvmaps, angles = _surface_and_maps(config)
     expression = plan.expressions[task.frame]
     vertices = surface.vertices(plan.identity, expression)
     texture = paint_texture(plan.identity, expression, *angles)
+    rayrgba, clean_headset = raymarch_frame(task, surface, uvmaps, vertices, texture)
+    headset = headset_frames(clean_headset, plan.headset, task.frame) if clean_headset else {}
+    height, width = rayrgba.shape[1:3]
+    images = {}
+    for index, camera in enumerate(plan.cameras):
+        rgba = rayrgba[index].numpy().astype(np.float64)
+        pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
+        images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    masks = foreground_masks({camera.camera_id: rayrgba[index, ..., 3].numpy() for index, camera in enumerate(plan.cameras)})
+    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset, masks)
+
+
+def raymarch_frame(task: FrameTask, surface: HeadSurface, uvmaps, vertices: np.ndarray, texture: np.ndarray,
+                   full_rays: bool | None = None):
+    """(rayrgba [C,H,W,4] on the CPU of the frame's dome cameras, {camera: noise-free IR image
+    [S,S]} of the headset cameras, empty when no headset frame shows this frame) for the head
+    `vertices` [V,3] painted with `texture` [S,S,3].
+
+    The primitives are built on the CPU (so both devices march the same ones) and moved to
+    `task.device`. full_rays (default: on a GPU) raymarches every full ray against every
+    primitive there, one call for the dome cameras and one for the headset's; otherwise the CPU
+    renderer's restrictions save work. Both give the same pixels up to float rounding."""
+    import torch
+
+    from ava.synth.render import RenderSettings, View, build_primitives, render_images
+
+    config, plan = task.config, task.plan
+    device = torch.device(task.device)
+    full_rays = device.type != "cpu" if full_rays is None else full_rays
+    if not full_rays and device.type != "cpu":
+        raise ValueError("the restricted renderer (full_rays=False) runs on the CPU only")
     settings = RenderSettings(prims_per_side=config.prims_per_side, voxels=config.voxels)
     closed_vertices, closed_faces = surface.closed_mesh(vertices)
     verts_mm, faces = torch.from_numpy(closed_vertices), torch.from_numpy(closed_faces)
-    primitives = build_primitives(verts_mm, texture, uvmaps, settings, faces)
+    primitives = build_primitives(verts_mm, texture, uvmaps, settings, faces).to(device)
     pose = plan.poses[task.frame]
     views = []
     for camera in plan.cameras:
@@ -191,15 +221,10 @@ def _render_frame(task: FrameTask) -> FrameResult:
     height = plan.cameras[0].height // config.downsample
     width = plan.cameras[0].width // config.downsample
     with torch.no_grad():
-        rayrgba = render_views(primitives, views, height, width, verts_mm, faces, settings)
-        headset = render_headset_frames(primitives, verts_mm, faces, settings, plan.headset, task.frame) if plan.headset else {}
-    images = {}
-    for index, camera in enumerate(plan.cameras):
-        rgba = rayrgba[index].numpy().astype(np.float64)
-        pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
-        images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    masks = foreground_masks({camera.camera_id: rayrgba[index, ..., 3].numpy() for index, camera in enumerate(plan.cameras)})
-    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset, masks)
+        rayrgba = render_images(primitives, views, height, width, verts_mm, faces, settings, full_rays)
+        shown = plan.headset is not None and bool((plan.headset.dome_index == task.frame).any())
+        headset = headset_images(primitives, verts_mm, faces, settings, plan.headset, full_rays) if shown else {}
+    return rayrgba, headset
 
 
 # --- orchestration -----------------------------------------------------------------------------
@@ -295,7 +320,7 @@ def read_manifest(output_dir: Path) -> dict | None:
 
 
 def _manifest(config: SynthConfig, captures: list[CaptureId]) -> dict:
-    settings = {key: value for key, value in asdict(config).items() if key not in ("workers", "overwrite")}
+    settings = {key: value for key, value in asdict(config).items() if key not in RUN_ONLY_FIELDS}
     return {"format_version": SYNTH_FORMAT_VERSION, "config": settings, "topology_sha256": topology_digest(config.topology),
             "captures": [c.folder for c in captures]}
 
@@ -319,9 +344,30 @@ def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
     return all((Path(output_dir) / folder).is_dir() for folder in manifest.get("captures", []))
 
 
-def worker_count(config: SynthConfig) -> int:
-    """Processes that render frames: --workers, else every CPU core (at most 8)."""
-    return config.workers or min(os.cpu_count() or 1, 8)
+def render_device(choice: str) -> str:
+    """Where frames are raymarched for --device `choice` (auto, cpu or cuda): "cpu", or "cuda:N"
+    (torch's current GPU, so that worker processes use the caller's). UserError for cuda
+    without a GPU."""
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {choice!r}")
+    if choice == "cpu" or not torch.cuda.is_available():
+        if choice == "cuda":
+            raise UserError("--device cuda: torch sees no CUDA GPU on this machine; "
+                            "use --device cpu (or auto), or install a CUDA build of torch")
+        return "cpu"
+    return f"cuda:{torch.cuda.current_device()}"
+
+
+def worker_count(config: SynthConfig, device: str | None = None) -> int:
+    """Processes that render frames: --workers, else every CPU core, at most 8 on the CPU and 16
+    when frames are raymarched on a GPU (`device`, default render_device(config.device)): there
+    the processes only paint textures and encode images, so more of them pay."""
+    if config.workers:
+        return config.workers
+    device = render_device(config.device) if device is None else device
+    return min(os.cpu_count() or 1, 8 if device == "cpu" else 16)
 
 
 def _left_by_interrupted_run(output_dir: Path, config: SynthConfig) -> bool:
@@ -335,8 +381,10 @@ def _left_by_interrupted_run(output_dir: Path, config: SynthConfig) -> bool:
 
 def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True, threads: int = 1) -> list[CaptureId]:
     """Writes the synthetic dataset into `output_dir`; returns the capture ids (the ids CSV order).
-    Frames are rendered by `worker_count(config)` processes using `threads` torch threads each."""
+    Frames are rendered by `worker_count(config)` processes using `threads` torch threads each,
+    raymarching on `render_device(config.device)`."""
     config.check()
+    device = render_device(config.device)
     surface, _, _ = _surface_and_maps(config)  # fetches and checks the topology before any other work
     output_dir = Path(output_dir)
     manifest = read_manifest(output_dir)
@@ -355,8 +403,8 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
     # Captures an interrupted run finished with the same settings stay (--overwrite redoes them).
     pending = [s for s, plan in enumerate(plans)
                if config.overwrite or not completed_with(output_dir / plan.capture.folder, digest)]
-    tasks = [FrameTask(s, f, plans[s], config, threads) for s in pending for f in range(len(plans[s].frames))]
-    workers = max(1, min(worker_count(config), len(tasks)))
+    tasks = [FrameTask(s, f, plans[s], config, threads, device) for s in pending for f in range(len(plans[s].frames))]
+    workers = max(1, min(worker_count(config, device), len(tasks)))
 
     with _progress_bar(progress) as bar:
         images = sum(len(plans[s].cameras) * len(plans[s].frames) for s in pending)
@@ -399,7 +447,10 @@ def ensure_generated(output_dir: str | Path, config: SynthConfig | None = None, 
 
 
 class _executor:
-    """A spawn-based process pool (torch and fork do not mix), or None for a single worker."""
+    """A spawn-based process pool, or None for a single worker. Never fork: a forked child of a
+    process that has used torch's threads can deadlock, and one that uses CUDA fails ("Cannot
+    re-initialize CUDA in forked subprocess"); with --device cuda each spawned worker opens its own
+    small CUDA context on the parent's GPU."""
 
     def __init__(self, workers: int) -> None:
         self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None

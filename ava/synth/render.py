@@ -7,7 +7,7 @@ decoder can express through its scale residual; it keeps the number of samples s
 Each template takes its RGB from the texture under the primitive's footprint and its alpha from a
 profile that is dense on the inner side of the surface and fades out just outside it.
 
-Rendering on a CPU is made affordable by restrictions that change no pixel:
+Rendering on a CPU (`render_views`) is made affordable by restrictions that change no pixel:
 - every ray marches only inside the envelope of the primitives (the head mesh inflated past their
   outer reach, found with a small z-buffer rasteriser), on the same sample grid as the full ray
   (a camera close enough to the skin to be inside that envelope, as a headset camera is, starts
@@ -16,6 +16,10 @@ Rendering on a CPU is made affordable by restrictions that change no pixel:
   are final (later samples get zero weight), the rest march again through the whole envelope;
 - rays are grouped in screen tiles, and each tile is given only the primitives whose bounding
   spheres can meet its rays' segments (in screen position and camera depth).
+
+On a GPU (`raymarch_views`) none of this is needed: every full ray marches against every
+primitive in one call of the Triton raymarcher, whose own tile culling skips the empty space.
+Tests check that both give the full raymarch's pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class Primitives:
     primrot: torch.Tensor  # [K,3,3]
     primscale: torch.Tensor  # [K,3]
     template: torch.Tensor  # [K,D,D,D,4]
+
+    def to(self, device: torch.device | str) -> "Primitives":
+        return Primitives(self.primpos.to(device), self.primrot.to(device), self.primscale.to(device),
+                          self.template.to(device))
 
     @property
     def reach(self) -> torch.Tensor:
@@ -202,6 +210,47 @@ class View:
     princpt: torch.Tensor  # [2]
 
 
+def raymarch_views(primitives: Primitives | list[Primitives], views: list[View], height: int, width: int,
+                   settings: RenderSettings) -> torch.Tensor:
+    """rayrgba [C,H,W,4] (premultiplied rgb 0..255, alpha), on the primitives' device, of every
+    full ray (clipped only to the volume cube) against every primitive: one `mvp_raymarch` call
+    with the C views as its batch (Triton on CUDA tensors, else the vectorised PyTorch path).
+
+    `primitives`: one set seen by every view, or a list of C sets (the headset's per-camera
+    shading). This is the image `render_views` computes with less work on a CPU."""
+    sets = primitives if isinstance(primitives, list) else [primitives] * len(views)
+    if len(sets) != len(views):
+        raise ValueError(f"{len(sets)} primitive sets for {len(views)} views")
+    device = sets[0].primpos.device
+    batch = {name: torch.stack([getattr(one, name) for one in sets])
+             for name in ("primpos", "primrot", "primscale", "template")}
+    cameras = {name: torch.stack([getattr(view, name) for view in views]).float().to(device)
+               for name in ("campos", "camrot", "focal", "princpt")}
+    pixelcoords = pixel_coordinates(height, width).to(device)[None].expand(len(views), -1, -1, -1).contiguous()
+    raypos, raydir, tminmax = compute_raydirs(cameras["campos"], cameras["camrot"], cameras["focal"],
+                                              cameras["princpt"], pixelcoords, VOLRADIUS)
+    # Named, not left to default_backend: under TRITON_INTERPRET=1 that would interpret the kernel on a CPU.
+    backend = "triton" if device.type == "cuda" else "torch"
+    return mvp_raymarch(raypos, raydir, settings.stepsize, tminmax, batch["primpos"], batch["primrot"],
+                        batch["primscale"], batch["template"], backend=backend)
+
+
+def render_images(primitives: Primitives | list[Primitives], views: list[View], height: int, width: int,
+                  verts_mm: torch.Tensor, faces: torch.Tensor, settings: RenderSettings,
+                  full_rays: bool = False) -> torch.Tensor:
+    """rayrgba [C,H,W,4] on the CPU of the primitives (one set, or one per view) seen by each view.
+
+    full_rays: `raymarch_views` on the primitives' device (what a GPU does); else `render_views`
+    on the CPU, view by view when each has its own primitives. Both give the full raymarch's image
+    up to float rounding; `verts_mm` [V,3] and `faces` [F,3] (the closed mesh) serve only the latter."""
+    if full_rays:
+        return raymarch_views(primitives, views, height, width, settings).cpu()
+    if isinstance(primitives, list):
+        return torch.cat([render_views(one, [view], height, width, verts_mm, faces, settings)
+                          for one, view in zip(primitives, views, strict=True)])
+    return render_views(primitives, views, height, width, verts_mm, faces, settings)
+
+
 def render_views(primitives: Primitives, views: list[View], height: int, width: int,
                  verts_mm: torch.Tensor, faces: torch.Tensor, settings: RenderSettings) -> torch.Tensor:
     """rayrgba [C,H,W,4] (premultiplied rgb 0..255, alpha) of the primitives seen by each view.
@@ -313,7 +362,9 @@ def _cull(primitives: Primitives, centres_camera: torch.Tensor, focal: torch.Ten
     """[rows*columns, K]: primitives whose bounding sphere can meet a ray segment of the tile.
 
     Conservative: the sphere (centre c, radius r) projects inside a circle of radius f r / (z - r)
-    around the projected centre, and must overlap the tile's camera-depth range.
+    around the projected centre, and must overlap the tile's camera-depth range. A sphere that
+    reaches the camera's plane (z - r <= 1 mm: a headset camera a few cm from the skin) has no
+    bounded projection and may meet any tile in its depth range.
     """
     reach_mm = primitives.reach * VOLRADIUS
     depth = centres_camera[:, 2]
@@ -328,7 +379,7 @@ def _cull(primitives: Primitives, centres_camera: torch.Tensor, focal: torch.Ten
     overlap_y = (screen[None, :, 1] + radius >= y0[:, None]) & (screen[None, :, 1] - radius <= y0[:, None] + tile - 1)
     overlap_z = (depth + reach_mm >= tile_near.reshape(-1, 1)) & (depth - reach_mm <= tile_far.reshape(-1, 1))
     screen_overlap = (overlap_y[:, None, :] & overlap_x[None, :, :]).reshape(rows * columns, -1)
-    return screen_overlap & overlap_z & in_front[None]
+    return (screen_overlap | ~in_front[None]) & overlap_z
 
 
 def _render_group(primitives: Primitives, candidates: torch.Tensor, raypos, raydir, tminmax,
