@@ -206,12 +206,12 @@ def holdout_run(holdout_capture_set, tmp_path_factory):
     out (1 validation, 1 test), EXP_free_face and 1 camera held out; the sixth subject is not in
     the run at all. Returns (run folder, [(idindex, frame id, camera id) of every training sample
     the loop stepped on])."""
-    import ava.train.loop
+    import ava.train.runner
     from tests.test_train import TINY_MODEL, run_cli
 
     run = tmp_path_factory.mktemp("holdout-run") / "run"
     seen = []
-    original_step = ava.train.loop.train_step
+    original_step = ava.train.runner.train_step  # what the eager step mode (the CPU default) calls
 
     def recording_step(network, optimizer, batch, *args, **kwargs):
         seen.extend(zip(batch["idindex"].tolist(), batch["frameid"], batch["cameraid"]))
@@ -227,6 +227,6 @@ def holdout_run(holdout_capture_set, tmp_path_factory):
             "--device", "cpu", *TINY_MODEL]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-        patch.setattr(ava.train.loop, "train_step", recording_step)
+        patch.setattr(ava.train.runner, "train_step", recording_step)
         assert run_cli(argv) == 0
     return run, seen
