@@ -94,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not is_storage_error(error):
             raise
         where = f"{error.filename}: " if error.filename else ""
-        Console(stderr=True).print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False,
-                                   soft_wrap=True)
+        make_console().print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False)
         sys.exit(2)
     except SystemExit:  # tyro after --help or a usage error
         _flush_stdout()

@@ -50,8 +50,7 @@ def train(config: TrainConfig) -> int:
     except BaseException as error:
         if ctx.enabled and is_peer_failure(error):
             # Said in one line; no tidying up, which could wait on the lost process again.
-            Console(stderr=True).print(peer_failure_message(ctx.rank, error), highlight=False, markup=False,
-                                       soft_wrap=True)
+            make_console().print(peer_failure_message(ctx.rank, error), highlight=False, markup=False)
             sys.stderr.flush()
             os._exit(PEER_LOST)
         problem = _user_error(error, config)
