@@ -658,3 +658,17 @@ def test_the_background_width_is_a_model_size():
     assert infer_model_config(small_model()[0].state_dict())[0].background_width == 256
     before = {key: value for key, value in SMALL.to_dict().items() if key != "background_width"}
     assert ModelConfig.from_dict(before).background_width == 256
+
+
+def test_the_synthesis_progress_names_what_it_renders(tmp_path, monkeypatch, capsys):
+    """It named the capture being rendered while counting the images of all of them, so a log
+    kept 'rendering <the last capture> 176/176 images'."""
+    from ava.synth import generate
+    from ava.synth.config import SynthConfig
+
+    monkeypatch.delenv("COLUMNS")
+    generate(tmp_path / "synth", SynthConfig(n_ids=2, n_frames=2, n_cams=2, texture_size=32, downsample=256,
+                                             prims_per_side=4, voxels=4, mesh_columns=16, mesh_rows=12,
+                                             keypoints=False, headset=False, workers=1), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and re.match(r"rendered 2 captures ━+ 8/8 images", lines[0]), lines

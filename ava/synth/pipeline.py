@@ -408,7 +408,7 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
 
     with _progress_bar(progress) as bar:
         images = sum(len(plans[s].cameras) * len(plans[s].frames) for s in pending)
-        job = bar.add_task("rendering synthetic captures", total=images) if bar else None
+        job = bar.add_task(f"rendering {_captures(len(pending))}", total=images) if bar else None
         assembly = None
         try:
             with _executor(workers if tasks else 1) as pool:
@@ -422,9 +422,12 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
                                                     result.subject, digest)
                     assembly.add(result)
                     if bar:
-                        bar.update(job, advance=len(plan.cameras), description=f"rendering {plan.capture.folder}")
+                        bar.update(job, advance=len(plan.cameras), description=f"rendering capture "
+                                   f"{pending.index(result.subject) + 1} of {len(pending)} ({plan.capture.folder})")
             if assembly is not None:
                 assembly.commit()
+            if bar:
+                bar.update(job, description=f"rendered {_captures(len(pending))}")  # the line a log file keeps
         except BaseException:
             if assembly is not None:
                 assembly.writer.abort()  # completed captures stay; the manifest is not written
@@ -463,6 +466,10 @@ class _executor:
             self.pool.shutdown(cancel_futures=True)
 
 
+def _captures(count: int) -> str:
+    return f"{count} capture" + ("" if count == 1 else "s")
+
+
 class _progress_bar:
     def __init__(self, enabled: bool) -> None:
         self.progress = None
@@ -476,12 +483,12 @@ class _progress_bar:
                 TimeRemainingColumn,
             )
 
-            from rich.console import Console
+            from ava.console import make_console
 
             # On stderr with every other message: stdout stays free for what a caller pipes on.
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("images"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     console=make_console())
 
     def __enter__(self):
         if self.progress is not None:
