@@ -38,6 +38,10 @@ class DriverTrainSection:
     """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
+    targets: Literal["align", "stretch", "truth"] = "align"
+    """Where each headset frame's regression target comes from. align: a linear time stretch of its segment, then DTW re-alignment every --train.align-every steps (needs only subject and segment names); stretch: the linear stretch only, never re-aligned (a baseline); truth: the code of the frame's true expression from the synthetic ground truth (encoder_truth.json), an oracle that bounds what the headset views allow (synthetic data only)."""
+    cross_fit_folds: int = 0
+    """With --train.targets align: split the training subjects into this many folds and train one extra driver per fold on the other folds; each subject is re-aligned by the driver that never trained on it (0 or 1: by the driver being trained). Costs one extra forward and backward pass per fold and step."""
     align_every: int = 100
     """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3

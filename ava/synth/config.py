@@ -8,7 +8,7 @@ from dataclasses import dataclass
 IDS_FILENAME = "ids.csv"
 TOPOLOGY_FILENAME = "face_topology.obj"
 MANIFEST_FILENAME = "synth_config.json"
-SYNTH_FORMAT_VERSION = 1
+SYNTH_FORMAT_VERSION = 2  # 2: headset takes are performances of their own (encoder_truth.json v2)
 
 
 @dataclass

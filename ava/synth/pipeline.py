@@ -229,7 +229,8 @@ def _render_frame(task: FrameTask) -> FrameResult:
     width = plan.cameras[0].width // config.downsample
     with torch.no_grad():
         rayrgba = render_views(primitives, views, height, width, verts_mm, faces, settings)
-        headset = render_headset_frames(primitives, verts_mm, faces, settings, plan.headset, task.frame) if plan.headset else {}
+        headset = (render_headset_frames(surface, uvmaps, angles, plan.identity, settings, plan.headset, task.frame)
+                   if plan.headset else {})
     images = {}
     for index, camera in enumerate(plan.cameras):
         rgba = rayrgba[index].numpy().astype(np.float64)

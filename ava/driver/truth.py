@@ -1,0 +1,177 @@
+"""The ground truth of synthetic headset sessions, as evaluation (and the oracle baseline) use it.
+
+`ava synth` writes, beside each capture, every headset frame's and dome frame's expression vector
+(`encoder_truth.json`, ava.data.encoder.read_encoder_truth). From these:
+
+- **True codes.** The true code of a headset frame is what the frozen decoder's expression encoder
+  makes of the synthetic ground truth of that frame's expression: the subject's mesh and texture
+  for that expression vector (ava.synth.headset.TruthGeometry, the texture passed through the
+  dome textures' AVIF coding, as the decoder saw its training textures), relative to the subject's
+  neutral frame, through the bottleneck's mean. A dome frame's true code is exactly the code of
+  its stored mesh and texture.
+- **The nearest dome frame.** Headset frames copy no dome frame: the headset take is another
+  performance. A headset frame's *nearest dome frame* is the dome frame of the same segment whose
+  expression vector is nearest (Euclidean, over all controls) to the headset frame's.
+- **Within one frame.** A dome frame j assigned to headset frame i (by a linear time stretch, or
+  by DTW) lands *within one frame* of the truth when its expression is no farther from frame i's
+  than the farther of the nearest dome frame's two temporal neighbours (j* - 1 and j* + 1, those
+  that exist) is. Where the dome take moves steadily this is |j - j*| <= 1; where it holds an
+  expression, every frame of the hold that is as close counts; where frame i's expression is far
+  from every dome frame (an amplitude the dome take never reached), a dome frame counts if it is
+  about as good as the best ones.
+
+The training code never imports this module, except for `--train.targets truth` (the oracle,
+an upper bound that is told the answer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ava.driver.alignment import linear_stretch
+
+# Tolerance of the expression-distance comparisons (controls are of order 1).
+DISTANCE_TOLERANCE = 1e-9
+
+
+def expression_distances(headset: np.ndarray, dome: np.ndarray) -> np.ndarray:
+    """[m,n] Euclidean distances between expression vectors headset [m,C] and dome [n,C]."""
+    return np.sqrt(((np.asarray(headset, float)[:, None, :] - np.asarray(dome, float)[None, :, :]) ** 2).sum(-1))
+
+
+def within_one_frame(assigned: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """bool [m]: whether dome frame assigned[i] lands within one frame of headset frame i's truth
+    (the module docstring's definition); distances [m,n] from `expression_distances`."""
+    assigned = np.asarray(assigned, dtype=np.int64)
+    count = distances.shape[1]
+    nearest = distances.argmin(axis=1)
+    rows = np.arange(len(distances))
+    neighbours = np.stack([np.clip(nearest - 1, 0, count - 1), nearest, np.clip(nearest + 1, 0, count - 1)], 1)
+    allowed = distances[rows[:, None], neighbours].max(axis=1)
+    return distances[rows, assigned] <= allowed + DISTANCE_TOLERANCE
+
+
+def exact_frame(assigned: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """bool [m]: whether dome frame assigned[i] is (as close as) the nearest dome frame."""
+    rows = np.arange(len(distances))
+    return distances[rows, np.asarray(assigned, dtype=np.int64)] <= distances.min(axis=1) + DISTANCE_TOLERANCE
+
+
+def session_segments(frames: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Segment -> frame ids in recording order."""
+    grouped: dict[str, list[str]] = {}
+    for segment, frame in frames:
+        grouped.setdefault(segment, []).append(frame)
+    return grouped
+
+
+def capture_difficulty(root: Path) -> dict:
+    """How well a linear time stretch aligns one synthetic capture's headset take with its dome take.
+
+    Per segment present in both sessions, and in total: frames; stretch_exact and stretch_within_1
+    (fractions of headset frames, the module docstring's definitions); expression errors (RMS over
+    frames of the Euclidean distance in control units) of the stretch's dome frame, of the nearest
+    dome frame (the floor any choice of dome frames has) and of the session's mean expression."""
+    from ava.data.encoder import read_encoder_truth
+    from ava.data.formats import parse_frame_list
+    from ava.data.layout import CaptureLayout
+    from ava.files import read_text
+
+    layout = CaptureLayout(Path(root))
+    truth = read_encoder_truth(root)
+    dome = session_segments(parse_frame_list(read_text(layout.frame_list), str(layout.frame_list)))
+    headset = session_segments(parse_frame_list(read_text(layout.encoder_frame_list), str(layout.encoder_frame_list)))
+    every = np.stack([truth.expression[frame] for frames in headset.values() for frame in frames])
+    mean = every.mean(axis=0)
+    rows = {}
+    for segment, frames in headset.items():
+        if segment not in dome:
+            continue
+        shown = np.stack([truth.expression[frame] for frame in frames])
+        references = np.stack([truth.dome_expression[frame] for frame in dome[segment]])
+        distances = expression_distances(shown, references)
+        stretch = linear_stretch(len(frames), len(references))
+        rows[segment] = {
+            "frames": len(frames), "dome_frames": len(references),
+            "stretch_exact": int(exact_frame(stretch, distances).sum()),
+            "stretch_within_1": int(within_one_frame(stretch, distances).sum()),
+            "stretch_sq": float((distances[np.arange(len(frames)), stretch] ** 2).sum()),
+            "nearest_sq": float((distances.min(axis=1) ** 2).sum()),
+            "mean_sq": float(((shown - mean) ** 2).sum()),
+        }
+    return rows
+
+
+def summarise_difficulty(rows: list[dict]) -> dict:
+    """Totals of `capture_difficulty` rows: fractions and RMS errors."""
+    frames = sum(row["frames"] for row in rows)
+    count = max(frames, 1)
+    return {"frames": frames, "stretch_exact": sum(row["stretch_exact"] for row in rows) / count,
+            "stretch_within_1": sum(row["stretch_within_1"] for row in rows) / count,
+            "stretch_rms": float(np.sqrt(sum(row["stretch_sq"] for row in rows) / count)),
+            "nearest_rms": float(np.sqrt(sum(row["nearest_sq"] for row in rows) / count)),
+            "mean_rms": float(np.sqrt(sum(row["mean_sq"] for row in rows) / count))}
+
+
+# --- true codes ------------------------------------------------------------------------------------
+
+
+def _dome_coded(texture: np.ndarray) -> np.ndarray:
+    """The texture as the dome session stores it (AVIF) and the reader decodes it."""
+    from ava.data.formats import decode_image, encode_avif
+
+    return decode_image(encode_avif(texture))
+
+
+@torch.no_grad()
+def true_codes(subject, vectors: np.ndarray, controls: tuple[str, ...], geometry, model, device: torch.device,
+               batch: int = 16) -> torch.Tensor:
+    """[n,16,4,4]: the decoder's codes of the subject's ground truth making each expression of
+    vectors [n,C] (controls in `controls` order). subject: an ava.driver.data.Subject (its dome
+    view gives the neutral frame and the decoder's normalisation); geometry: a TruthGeometry."""
+    from ava.runtime.batch import collate, to_device
+    from ava.runtime.headset import neutral_sample_index
+    from ava.runtime.model import encode_expression
+
+    part = subject.dome
+    stats = part.stats
+    neutral = part[neutral_sample_index(part)]
+    codes = []
+    for start in range(0, len(vectors), batch):
+        chunk = vectors[start : start + batch]
+        meshes, textures = [], []
+        for vector in chunk:
+            vertices, texture = geometry.mesh_and_texture(subject.folder, dict(zip(controls, map(float, vector))))
+            meshes.append((torch.from_numpy(np.asarray(vertices, np.float32)) - torch.from_numpy(stats.vertmean))
+                          / stats.vertstd)
+            chw = torch.from_numpy(np.ascontiguousarray(_dome_coded(texture).transpose(2, 0, 1))).float()
+            textures.append((chw - torch.from_numpy(stats.texmean)) / stats.texstd)
+        samples = collate([neutral] * len(chunk))
+        samples["verts"], samples["avgtex"] = torch.stack(meshes), torch.stack(textures)
+        codes.append(encode_expression(model, to_device(samples, device)).cpu())
+    return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
+
+
+def headset_true_codes(subject, truth, geometry, model, device: torch.device) -> torch.Tensor:
+    """[M,16,4,4]: the true code of every headset frame of `subject`, in subject.headset.frames order."""
+    vectors = np.stack([truth.expression[frame] for _, frame in subject.headset.frames])
+    return true_codes(subject, vectors, truth.controls, geometry, model, device)
+
+
+def pool_true_codes(pool, dataset_dir: Path, model, device: torch.device, console) -> torch.Tensor:
+    """[N,16,4,4]: the true code of every frame of an ava.driver.data.FramePool, in pool order
+    (the oracle's targets)."""
+    from rich.progress import track
+
+    from ava.data.encoder import read_encoder_truth
+    from ava.synth.headset import TruthGeometry
+
+    geometry = TruthGeometry(dataset_dir)
+    per_subject = [headset_true_codes(subject, read_encoder_truth(Path(dataset_dir) / subject.folder), geometry,
+                                      model, device)
+                   for subject in track(pool.subjects, description="true codes (oracle)", console=console,
+                                        transient=True)]
+    return torch.stack([per_subject[number][frame] for number, frame in pool.entries])
