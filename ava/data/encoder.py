@@ -163,7 +163,11 @@ class HeadsetDataset(Dataset):
 
     def preload(self, progress=None) -> None:
         """Decodes every frame once and keeps them in memory (uint8: 5 S^2 bytes a frame);
-        `progress(count)` is called after each frame."""
+        `progress(count)` is called after each frame; a second call does nothing."""
+        if self._preloaded is not None:
+            if progress is not None:
+                progress(len(self))
+            return
         frames = []
         for index in range(len(self)):
             frames.append(self.views(index))

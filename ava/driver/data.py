@@ -72,10 +72,34 @@ def dome_codes(model, part, device: torch.device, batch: int = 16) -> torch.Tens
     return torch.cat(codes)
 
 
+# Subjects already loaded in this process, when a caller that trains and evaluates several drivers
+# in one process (tools/driver_protocol.py) turns it on with `keep_subjects`: loading a subject
+# (its dome codes, its decoded headset frames) costs more than a small driver's training.
+_KEPT: dict | None = None
+
+
+def keep_subjects(enabled: bool = True) -> None:
+    """Reuse subjects loaded with the same dataset, decoder file, sizes and camera in this process."""
+    global _KEPT
+    _KEPT = {} if enabled else None
+
+
 def load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int, image_size: int,
                  device: torch.device, camera: str | None = None) -> Subject:
     """A subject's headset frames (at image_size^2) and dome frames (one camera: `camera`, else the
     most frontal one) with the decoder's expression code of every dome frame."""
+    if _KEPT is None:
+        return _load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device, camera)
+    path = Path(decoder.path)
+    key = (str(Path(dataset_dir).resolve()), folder, str(path.resolve()), path.stat().st_mtime_ns, downsample,
+           image_size, camera)
+    if key not in _KEPT:
+        _KEPT[key] = _load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device, camera)
+    return _KEPT[key]
+
+
+def _load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int, image_size: int,
+                  device: torch.device, camera: str | None) -> Subject:
     identities = list(decoder.identities)
     identity = identities.index(folder) if folder in identities else None
     headset = HeadsetDataset(Path(dataset_dir) / folder, size=image_size)

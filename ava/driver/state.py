@@ -172,9 +172,19 @@ class DriverState:
                 index = first_subject[position]
                 views = pool.views([index])
                 code = self.predictions_for(views, self.neutral_for(pool, [index]))
-                owner, dome_index = pool.code_location(int(targets[index]))
-                rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
-                                       self.device))
+                target = int(targets[index])
+                if target < pool.dome_count:
+                    owner, dome_index = pool.code_location(target)
+                    rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
+                                           self.device))
+                else:  # an oracle's target, a code of no dome frame: its render stands in for the dome image
+                    from ava.runtime.headset import neutral_sample_index
+
+                    owner = int(pool.subject_of[index])
+                    subject = pool.subjects[owner]
+                    rows.append(driven_row(self.setup.model, subject, views[0], code[0],
+                                           neutral_sample_index(subject.dome), self.device,
+                                           reference_code=pool.codes[target]))
         if not rows:
             return None
         # Enlarged like ava train's pictures: the renders are too small to judge at their own size.
