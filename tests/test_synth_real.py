@@ -120,7 +120,7 @@ def test_template_deformations(real_surface):
                                atol=1e-3)  # the average identity, neutral, is the template itself
     neutral = real_surface.vertices(identity, Expression())
     assert np.abs(neutral - real_surface.template.positions).max() > 3.0  # identities differ
-    jaw = real_surface.vertices(identity, Expression(jaw=1.0)) - neutral
+    jaw = real_surface.vertices(identity, Expression(jaw_open=1.0)) - neutral
     theta, phi = real_surface.theta, real_surface.phi
     chin = (theta < MOUTH_THETA - 0.05 * np.pi) & (theta > 0.25 * np.pi) & (np.cos(phi) > 0.9)
     crown = theta > 0.8 * np.pi

@@ -11,9 +11,10 @@ Stages (each writes its results under OUT and is skipped when a rerun finds them
   3. difficulty  how often the linear time stretch lands within one frame of the truth
                  (ava.driver.truth) -> OUT/difficulty.json
   4. decoder     `ava train` on the training subjects' dome data (or --decoder)
-  5. validation  one driver per candidate setting (re-alignment by DTW; + neutral-frame
-                 conditioning; + cross-fitted alignment; both), seed 0, on the training subjects;
-                 measured on the validation subjects; the best PSNR is chosen -> OUT/validation/
+  5. validation  forward selection, seed 0, measured on the validation subjects: a driver with DTW
+                 re-alignment, then each change (open-ended alignment, neutral-frame conditioning,
+                 cross-fitted alignment) added to the best so far and kept if it raises the PSNR
+                 -> OUT/validation/
   6. test        the chosen setting, the linear-stretch baseline (no re-alignment) and the oracle
                  (trained on the true codes), each with --seeds seeds, measured once on the test
                  subjects beside the mean code -> OUT/test/
@@ -110,11 +111,11 @@ def _sizes(workers: int) -> dict[str, Size]:
     }
 
 
-# Candidate settings of the driver, chosen among on the validation subjects.
-def _variants(size: Size) -> dict[str, list[str]]:
-    folds = ["--train.cross-fit-folds", str(size.folds)]
-    return {"dtw": [], "dtw+neutral": ["--encoder.neutral"], "dtw+crossfit": folds,
-            "dtw+neutral+crossfit": ["--encoder.neutral", *folds]}
+# The changes to the driver that validation keeps or drops, tried one at a time in this order on top
+# of what was kept so far (forward selection), starting from DTW re-alignment with closed ends.
+def _changes(size: Size) -> dict[str, list[str]]:
+    return {"open-ends": ["--train.align-open-ends", "0.35"], "neutral": ["--encoder.neutral"],
+            "crossfit": ["--train.cross-fit-folds", str(size.folds)]}
 
 
 class Stop(Exception):
@@ -260,8 +261,9 @@ def train_driver(protocol: Protocol, decoder: Path, split: dict, run: Path, flag
 
 def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path], subjects: list[str],
                   folder: Path) -> dict:
-    """Every run's codes against the truth on `subjects` (one file per subject, reused by a rerun
-    with the same runs); returns {subject: {"tallies": {source: {segment: Tally dict}}, "frames"}}."""
+    """Every run's codes against the truth on `subjects`, kept per subject in folder/<subject>.json
+    (a rerun measures only the runs that file lacks); returns {subject: {"runs", "tallies": {source:
+    {segment: Tally fields}}, "frames": [per-frame records], "controls"}}."""
     from ava.checkpoint import load_driver_checkpoint
     from ava.data.encoder import read_encoder_truth
     from ava.driver.data import load_subject
@@ -272,46 +274,48 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
     from ava.synth.headset import TruthGeometry
 
     device = select_device(protocol.device)
+    loaded: dict = {}
     results = {}
-    missing = [s for s in subjects if not _evaluation_current(folder / f"{s}.json", runs)]
-    decoder = model = geometry = None
-    drivers = {}
     for subject_folder in subjects:
         path = folder / f"{subject_folder}.json"
-        if subject_folder in missing:
+        document = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "tallies": {}, "frames": []}
+        missing = {name: run for name, run in runs.items() if document["runs"].get(name) != str(run)}
+        if missing:
             started = time.perf_counter()
-            if decoder is None:
-                decoder, model = load_decoder(decoder_path, device)
-                geometry = TruthGeometry(protocol.data)
-                for name, checkpoint in runs.items():
-                    driver = load_driver_checkpoint(checkpoint)
-                    driver.check_decoder(decoder)
-                    drivers[name] = driver.build_encoder().to(device).eval()
-            first = next(iter(drivers.values()))
+            if not loaded:
+                loaded["decoder"], loaded["model"] = load_decoder(decoder_path, device)
+                loaded["geometry"] = TruthGeometry(protocol.data)
+            decoder, model = loaded["decoder"], loaded["model"]
+            encoders = {}
+            for name, checkpoint in missing.items():
+                driver = load_driver_checkpoint(checkpoint)
+                driver.check_decoder(decoder)
+                encoders[name] = driver.build_encoder().to(device).eval()
+            sizes = {encoder.config.image_size for encoder in encoders.values()}
+            if len(sizes) != 1:
+                sys.exit("the drivers of one evaluation must read views of one size")
+            first = next(iter(encoders.values()))
             subject = load_subject(protocol.data, subject_folder, decoder, model, protocol.size.downsample,
-                                   first.config.image_size, device)
+                                   sizes.pop(), device)
             truth = read_encoder_truth(protocol.data / subject_folder)
-            true = headset_true_codes(subject, truth, geometry, model, device)
+            true = headset_true_codes(subject, truth, loaded["geometry"], model, device)
             sources = {"mean code": first.code_mean.cpu().expand(len(true), -1, -1, -1).clone()}
-            for name, encoder in drivers.items():
-                if encoder.config.image_size != first.config.image_size:
-                    sys.exit("the drivers of one evaluation must read views of one size")
-                sources[name] = driver_codes(encoder, subject, device)
-            result = evaluate_subject(subject, truth, geometry, sources, model, device, first.code_scale.cpu(), true=true)
-            document = {"runs": {name: str(path_) for name, path_ in runs.items()},
-                        "tallies": {source: {segment: vars(tally) for segment, tally in segments.items()}
-                                    for source, segments in result.tallies.items()},
-                        "frames": result.frames, "controls": list(truth.controls)}
+            sources.update({name: driver_codes(encoder, subject, device) for name, encoder in encoders.items()})
+            result = evaluate_subject(subject, truth, loaded["geometry"], sources, model, device,
+                                      first.code_scale.cpu(), true=true)
+            document["runs"].update({name: str(run) for name, run in missing.items()})
+            for source, segments in result.tallies.items():
+                document["tallies"][source] = {segment: vars(tally) for segment, tally in segments.items()}
+            if document["frames"]:
+                for kept, fresh in zip(document["frames"], result.frames):
+                    kept["sources"].update(fresh["sources"])
+            else:
+                document["frames"] = result.frames
+            document["controls"] = list(truth.controls)
             _write_json(path, document)
-            protocol.timed(f"evaluate {folder.name} {subject_folder}", time.perf_counter() - started)
-        results[subject_folder] = json.loads(path.read_text())
+            protocol.timed(f"evaluate {folder.parent.name} {subject_folder}", time.perf_counter() - started)
+        results[subject_folder] = document
     return results
-
-
-def _evaluation_current(path: Path, runs: dict[str, Path]) -> bool:
-    if not path.is_file():
-        return False
-    return json.loads(path.read_text()).get("runs") == {name: str(p) for name, p in runs.items()}
 
 
 def pooled(results: dict, source: str) -> dict:
@@ -328,20 +332,38 @@ def pooled(results: dict, source: str) -> dict:
 
 
 def stage_validation(protocol: Protocol, decoder: Path, split: dict) -> dict:
+    """Forward selection on the validation subjects (seed 0): the base driver, then each change of
+    `_changes` on top of the best so far, kept when it raises the validation PSNR."""
     path = protocol.out / "validation" / "choice.json"
     if path.is_file():
         return json.loads(path.read_text())
-    runs = {name: train_driver(protocol, decoder, split, protocol.out / "validation" / name, flags, 0)
-            for name, flags in _variants(protocol.size).items()}
-    results = evaluate_runs(protocol, decoder, runs, split["validation"], protocol.out / "validation" / "eval")
-    scores = {name: pooled(results, name) for name in runs}
-    scores["mean code"] = pooled(results, "mean code")
-    chosen = max(runs, key=lambda name: scores[name]["psnr"])
-    choice = {"chosen": chosen, "flags": _variants(protocol.size)[chosen], "validation": scores,
+    folder = protocol.out / "validation"
+    runs = {"dtw": train_driver(protocol, decoder, split, folder / "dtw", [], 0)}
+    kept: list[str] = []
+    flags: list[str] = []
+    best = "dtw"
+    scores: dict[str, dict] = {}
+    decisions = []
+    for change, extra in _changes(protocol.size).items():
+        name = "+".join(["dtw", *kept, change])
+        runs[name] = train_driver(protocol, decoder, split, folder / name, [*flags, *extra], 0)
+        results = evaluate_runs(protocol, decoder, runs, split["validation"], folder / "eval")
+        scores = {run: pooled(results, run) for run in runs}
+        better = scores[name]["psnr"] > scores[best]["psnr"]
+        decisions.append({"change": change, "run": name, "against": best, "psnr": scores[name]["psnr"],
+                          "psnr_before": scores[best]["psnr"], "kept": better})
+        protocol.note(f"validation: {change}: {scores[name]['psnr']:.2f} dB vs {scores[best]['psnr']:.2f} dB "
+                      f"({best}): {'kept' if better else 'dropped'}")
+        if better:
+            kept.append(change)
+            flags += extra
+            best = name
+    scores["mean code"] = pooled(evaluate_runs(protocol, decoder, runs, split["validation"], folder / "eval"),
+                                 "mean code")
+    choice = {"chosen": best, "kept": kept, "flags": flags, "decisions": decisions, "validation": scores,
               "subjects": split["validation"]}
     _write_json(path, choice)
-    protocol.note("validation (seed 0): " + ", ".join(f"{name} {score['psnr']:.2f} dB" for name, score in scores.items())
-                  + f"; chosen: {chosen}")
+    protocol.note(f"validation chose: {best}")
     return choice
 
 

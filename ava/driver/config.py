@@ -46,6 +46,8 @@ class DriverTrainSection:
     """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3
     """Sakoe-Chiba band of the alignment, as a fraction of the segment (1 or more: no band)."""
+    align_open_ends: float = 0.0
+    """Let the alignment start within this fraction of a dome segment's beginning and end within this fraction of its end (0: both takes start and end together), for headset recordings that began late or stopped early."""
     align_max_step: int = 0
     """Most dome frames the alignment may advance per headset frame (0: twice the segment's mean slope, at least 2)."""
     augment: bool = True

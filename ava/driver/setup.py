@@ -29,6 +29,8 @@ def check_config(config: DriverConfig) -> None:
     if not train.learning_rate > 0 or not 0 <= train.final_lr_factor <= 1 or train.weight_decay < 0:
         problems.append("--train.learning-rate must be positive, --train.final-lr-factor in [0, 1] and "
                         "--train.weight-decay not negative")
+    if not 0 <= train.align_open_ends < 0.5:
+        problems.append("--train.align-open-ends must be in [0, 0.5)")
     if not train.align_band > 0 or train.align_max_step < 0 or train.num_workers < 0:
         problems.append("--train.align-band must be positive; --train.align-max-step and --train.num-workers "
                         "cannot be negative")

@@ -121,7 +121,7 @@ class DriverState:
     def _align(self, pool: FramePool, predicted: torch.Tensor) -> np.ndarray:
         train = self.config.train
         return align_segments(segment_pairs(pool), self.standard(predicted), self.standard(pool.codes),
-                              max_step=train.align_max_step, band=train.align_band)
+                              max_step=train.align_max_step, band=train.align_band, open_ends=train.align_open_ends)
 
     # --- periodic actions -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 IDS_FILENAME = "ids.csv"
 TOPOLOGY_FILENAME = "face_topology.obj"
 MANIFEST_FILENAME = "synth_config.json"
-SYNTH_FORMAT_VERSION = 2  # 2: headset takes are performances of their own (encoder_truth.json v2)
+SYNTH_FORMAT_VERSION = 3  # 2: the richer world (19 controls, scripted segments, varied identities); 3: headset takes of their own
 
 
 @dataclass
@@ -18,11 +18,15 @@ class SynthConfig:
     n_ids: int = 4
     """Number of synthetic subjects, one capture folder each."""
     n_frames: int = 8
-    """Frames per capture, spread over the expression segments (EXP_neutral_peak first)."""
+    """Frames per capture, spread over the scripted expression segments (EXP_neutral_peak first; with fewer frames than segments, the jaw, smile, blink, free-face, brow, lip and tongue segments get one each in that order)."""
     n_cams: int = 6
     """Cameras per capture from the fixed dome of 96 camera ids (the original's four frontal ones first); each capture misses a few non-frontal ones."""
     seed: int = 0
-    """Random seed; everything (shapes, colours, cameras, ids) follows from it."""
+    """Random seed; everything (shapes, colours, expressions, cameras, ids) follows from it."""
+    identity_variation: float = 1.0
+    """How much subjects differ: scales every identity parameter's deviation from the average subject (head shape and proportions, nose, lips, eyes, jaw, ears, cheekbones, skin, hair, brows); 0 makes every subject the average one."""
+    expression_variation: float = 1.0
+    """How much each take departs from its segment's script (amplitudes, timing, holds, hesitations, spontaneous blinks, gaze drift); 0 gives every take of a segment the script's nominal performance (EXP_free_face stays random)."""
     texture_size: int = 256
     """Side of the unwrapped textures and the mean texture (a power of two; the real data use 1024)."""
     topology: str = "procedural"
@@ -55,6 +59,9 @@ class SynthConfig:
         for name in ("n_ids", "n_frames", "n_cams", "downsample", "voxels"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("identity_variation", "expression_variation"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"--{name.replace('_', '-')} must be at least 0")
         if self.voxels < 2:
             problems.append("--voxels must be at least 2")
         size = self.texture_size

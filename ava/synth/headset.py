@@ -47,9 +47,10 @@ import numpy as np
 
 from ava.data.calibration import look_at_rotation, rotation_about_axis
 from ava.data.layout import ENCODER_CAMERAS
-from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, Expression, directions
+from ava.synth.expressions import Expression
+from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, directions
 
-# Radii (mm) of an average synthetic head (head.Identity.sample draws x 72-82, y 102-116, z 86-98):
+# Radii (mm) of an average synthetic head (head.Identity.sample draws x 69-85, y 100-118, z 84-100):
 # the canonical rig is built around it.
 _MEAN_RADII = np.array([77.0, 109.0, 92.0])
 _UP = np.array([0.0, 1.0, 0.0])
@@ -113,10 +114,13 @@ class HeadsetCamera:
 
 
 # How a headset take differs from the dome take of the same segment (see the module docstring).
-TEMPO = (0.5, 1.9)  # headset take length / dome take length, log-uniform
-WARP_JITTER = 1.5  # log-normal spread of the take's local speed (monotone_warp)
-LEAD_FRACTION = 0.35  # up to this fraction of the dome take in rest frames before and after the cue
+TEMPO = (0.5, 2.5)  # headset take length / dome take length, log-uniform
+WARP_JITTER = 2.5  # log-normal spread of the take's local speed (monotone_warp)
+# Each end of a take's recording: a fraction of the take cut (> 0) or added as rest frames (< 0),
+# uniform in this range.
+EDGE_RANGE = (-0.1, 0.35)
 PERFORMANCE_OVERSAMPLING = 4  # the take is performed on a finer time grid, then played at its own speed
+HEADSET_VARIATION = 1.5  # perform_segment's variation of a headset take (the dome takes use --expression-variation)
 # Headset slip within a session: a random walk per frame and, between segments, sometimes a jump.
 DRIFT_PER_FRAME = (math.radians(0.06), 0.06)  # (radians, mm) standard deviation of each frame's step
 JUMP = (math.radians(1.5), 1.5)  # (radians, mm): largest jump
@@ -207,8 +211,14 @@ def session_slip(frames: list[tuple[str, str]], rng: np.random.Generator) -> np.
 
 
 def plan_takes(dome_frames: list[tuple[str, str]], rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[Expression]]:
-    """The headset session's frames (segment, frame id) and each frame's expression: per segment of
-    the dome session, rest frames, a take of its own (`perform_take`) at its own tempo, rest frames."""
+    """The headset session's frames (segment, frame id) and each frame's expression.
+
+    Per segment of the dome session: a take of its own (`perform_take`) at its own tempo and with
+    a strongly varying speed (`monotone_warp`), whose recording starts and stops independently of
+    the performance: each end either adds rest frames (the recording began before the cue, or went
+    on after the face came to rest) or cuts the performance (it began late, or stopped early), by
+    a fraction of the take drawn from EDGE_RANGE.
+    """
     segments: dict[str, int] = {}
     for segment, _ in dome_frames:
         segments[segment] = segments.get(segment, 0) + 1
@@ -218,9 +228,13 @@ def plan_takes(dome_frames: list[tuple[str, str]], rng: np.random.Generator) -> 
     for segment, length in segments.items():
         core = take_length(length, rng)
         dense = perform_take(segment, PERFORMANCE_OVERSAMPLING * core, rng)
-        take = [dense[index] for index in monotone_warp(len(dense), core, rng, jitter=WARP_JITTER)]
-        most = int(LEAD_FRACTION * length)
-        lead_in, lead_out = (int(rng.integers(0, most + 1)) for _ in range(2))
+        edges = rng.uniform(*EDGE_RANGE, 2)  # > 0: cut this fraction; < 0: add rest frames
+        first = int(round(max(edges[0], 0.0) * len(dense)))
+        last = len(dense) - int(round(max(edges[1], 0.0) * len(dense)))
+        recorded = dense[first:max(last, first + 2)]
+        shown = max(2, int(round(core * len(recorded) / len(dense))))
+        take = [recorded[index] for index in monotone_warp(len(recorded), shown, rng, jitter=WARP_JITTER)]
+        lead_in, lead_out = (int(round(max(-edge, 0.0) * core)) for edge in edges)
         for expression in [rest_expression()] * lead_in + take + [rest_expression()] * lead_out:
             frames.append((segment, str(number)))
             expressions.append(expression)
@@ -254,57 +268,11 @@ def rest_expression() -> Expression:
 
 
 def perform_take(segment: str, count: int, rng: np.random.Generator) -> list[Expression]:
-    """`count` frames of one performance of `segment`, with its own amplitude, onset, holds and
-    hesitations: a rise (with a pause part way up), a hold, a fall, for the segment's controls."""
-    phase = (np.arange(count) + 0.5) / count
-    amplitude = rng.uniform(0.45, 1.0)
-    # A hesitation: part way up (at `pause_at` of the rise), the rise stops for `pause` of its time.
-    pause_at, pause = rng.uniform(0.3, 0.7), rng.uniform(0.0, 0.6)
-    # Rest, rise (with its pause), hold, fall, rest: random durations scaled to fill the take.
-    onset, rise, hold, fall, tail = rng.uniform(0.0, 0.3), rng.uniform(0.15, 0.35), rng.uniform(0.0, 0.35), \
-        rng.uniform(0.15, 0.35), rng.uniform(0.0, 0.3)
-    total = onset + rise * (1.0 + pause) + hold + fall + tail
-    onset, rise, hold, fall = onset / total, rise / total, hold / total, fall / total
+    """`count` frames of one performance of `segment` (ava.synth.expressions.perform_segment: its
+    own amplitudes, ramps, holds, hesitations, blinks and gaze drift)."""
+    from ava.synth.expressions import perform_segment
 
-    def envelope(t: np.ndarray) -> np.ndarray:
-        u = np.clip((t - onset) / rise, 0.0, 1.0 + pause)
-        up = np.where(u < pause_at, u, np.where(u < pause_at + pause, pause_at, u - pause))
-        down = np.clip((t - onset - rise * (1.0 + pause) - hold) / fall, 0.0, 1.0)
-        return amplitude * np.sin(0.5 * np.pi * up) ** 2 * (1.0 - np.sin(0.5 * np.pi * down) ** 2)
-
-    level = envelope(phase)
-    if segment == "EXP_jaw_open":
-        return [Expression(jaw=float(value)) for value in level]
-    if segment == "EXP_smile":
-        side = rng.uniform(0.05, 0.25)
-        return [Expression(smile=float(value), jaw=side * float(value)) for value in level]
-    if segment.startswith("EXP_eyes_blink"):
-        blinks = np.zeros(count)
-        for _ in range(int(rng.integers(2, 5))):
-            centre, width, strength = rng.uniform(0.1, 0.9), rng.uniform(0.04, 0.12), rng.uniform(0.4, 1.0)
-            blinks = np.maximum(blinks, strength * np.exp(-0.5 * ((phase - centre) / width) ** 2))
-        return [Expression(blink=float(value)) for value in blinks]
-    if segment == "EXP_brows_raise":
-        return [Expression(brows=float(value)) for value in level]
-    if segment == "EXP_free_face":
-        keys = np.linspace(0.0, 1.0, int(rng.integers(3, 6)))
-        values = np.stack([rng.uniform(0, 0.8, len(keys)), rng.uniform(0, 1, len(keys)),
-                           rng.uniform(0, 1, len(keys)) ** 3, rng.uniform(-0.5, 1, len(keys))], 1)
-        track = np.stack([np.interp(phase, keys, values[:, column]) for column in range(4)], 1)
-        return [Expression(jaw=float(a), smile=float(b), blink=float(c), brows=float(d)) for a, b, c, d in track]
-    return [rest_expression() for _ in range(count)]
-
-
-def expression_values(expression: Expression) -> dict[str, float]:
-    """The expression's controls by name (what the truth file stores)."""
-    from dataclasses import asdict
-
-    return {name: float(value) for name, value in asdict(expression).items()}
-
-
-def expression_from_values(values: dict[str, float]) -> Expression:
-    """The inverse of `expression_values` (controls it does not name stay at rest)."""
-    return Expression(**{name: float(value) for name, value in values.items()})
+    return perform_segment(segment, count, rng, variation=HEADSET_VARIATION)
 
 
 # --- rendering (in the frame workers) -----------------------------------------------------------
@@ -443,13 +411,14 @@ def render_headset_frames(surface, uvmaps, angles, identity, settings, plan: Hea
 
 def truth_document(plan: HeadsetPlan, dome_frames: list[tuple[str, str]], dome_expressions: list[Expression]) -> dict:
     """What `encoder_truth.json` holds (see ava.data.encoder.format_encoder_truth)."""
-    frames = [{"segment": segment, "frame_id": frame_id, "expression": expression_values(expression),
+    from ava.synth.expressions import CONTROLS
+
+    frames = [{"segment": segment, "frame_id": frame_id, "expression": expression.as_dict(),
                "slip": {"rotation_deg": np.degrees(slip[:3]).round(6).tolist(), "translation_mm": slip[3:].round(6).tolist()}}
               for (segment, frame_id), expression, slip in zip(plan.frames, plan.expressions, plan.slip)]
-    dome = [{"segment": segment, "frame_id": frame_id, "expression": expression_values(expression)}
+    dome = [{"segment": segment, "frame_id": frame_id, "expression": expression.as_dict()}
             for (segment, frame_id), expression in zip(dome_frames, dome_expressions)]
-    controls = list(expression_values(rest_expression()))
-    return {"controls": controls, "frames": frames, "dome_frames": dome, "rig": rig_description(plan),
+    return {"controls": list(CONTROLS), "frames": frames, "dome_frames": dome, "rig": rig_description(plan),
             "infrared": {"gain": plan.gain, "albedo_exponent": plan.reflectance[0], "albedo_level": plan.reflectance[1]}}
 
 
@@ -497,30 +466,25 @@ class HeadsetWriter:
 class TruthGeometry:
     """The ground-truth mesh and texture of any subject of a synthetic dataset making any expression.
 
-    dataset_dir: a folder written by `ava synth` (its manifest names the settings, from which every
-    subject's identity is drawn again). `mesh_and_texture(folder, values)` -> (f32 [V,3] head-frame
-    mesh in mm, uint8 [T,T,3] texture), as the dome session stores them for its frames.
-    Raises UserError when the folder holds no complete synthetic dataset.
+    dataset_dir: a folder written by `ava synth`; each capture's `synth_truth.json` holds its
+    identity and head surface (ava.synth.truth). `mesh_and_texture(folder, values)` -> (f32 [V,3]
+    head-frame mesh in mm, uint8 [T,T,3] texture), as the dome session stores them for its frames;
+    `values` maps control names to values (controls not named are at rest). Raises UserError for a
+    capture without its synthetic truth.
     """
 
     def __init__(self, dataset_dir) -> None:
         from pathlib import Path
 
-        from ava.errors import UserError
-        from ava.synth.config import SynthConfig
-        from ava.synth.pipeline import _surface_and_maps, plan_subjects, read_manifest
-
-        manifest = read_manifest(Path(dataset_dir))
-        if manifest is None:
-            raise UserError(f"{dataset_dir} holds no synthetic dataset manifest: the ground-truth geometry exists "
-                            "only for data written by `ava synth`")
-        config = SynthConfig(**manifest["config"])
-        self.identities = {plan.capture.folder: plan.identity for plan in plan_subjects(config)}
-        self.surface, self.uvmaps, self.angles = _surface_and_maps(config)
+        self.dataset_dir = Path(dataset_dir)
+        self._subjects: dict = {}
 
     def mesh_and_texture(self, folder: str, values: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        from ava.synth.appearance import paint_texture
+        from ava.synth.truth import read_synth_truth
 
-        identity = self.identities[folder]
-        expression = expression_from_values(values)
-        return self.surface.vertices(identity, expression), paint_texture(identity, expression, *self.angles)
+        if folder not in self._subjects:
+            truth = read_synth_truth(self.dataset_dir / folder)
+            self._subjects[folder] = (truth.identity, truth.ground_truth())
+        identity, geometry = self._subjects[folder]
+        expression = Expression.from_dict(values)
+        return geometry.vertices(identity, expression), geometry.texture(identity, expression)

@@ -1,18 +1,22 @@
 """`ava synth`: synthetic captures in the real on-disk layout (docs/data-layout.md), rendered with ava.kernels.
 
 Per subject: a head (surface.py: the procedural head of head.py, or a face topology's template,
-template.py) with its own shape and colours, cameras of the fixed dome (dome.py), a frame list of
-expression segments starting with EXP_neutral_peak, smooth head motion, per-frame meshes (PLY),
-textures (AVIF), head poses, camera images (AVIF, rendered with render.py over a per-camera
-background), the mean mesh/texture and their variances, optionally 3D keypoints, and the headset
-session with its ground truth (headset.py). Next to the captures: the ids CSV, the topology OBJ
-and a manifest of the settings, written last, which marks the dataset complete.
+template.py) with its own shape and look (head.Identity), cameras of the fixed dome (dome.py), a
+frame list of scripted expression segments starting with EXP_neutral_peak, each a take of its
+script (expressions.py), smooth head motion, per-frame meshes (PLY), textures (AVIF), head poses,
+camera images (AVIF, rendered with render.py over a per-camera background), the mean mesh/texture
+and their variances, optionally 3D keypoints, the headset session with its ground truth
+(headset.py) and the capture's own truth (truth.py: identity and per-frame expression vectors).
+Next to the captures: the ids CSV, the topology OBJ and a manifest of the settings, written last,
+which marks the dataset complete. A capture folder appears by rename once complete, and its truth
+file carries the settings' digest, so a rerun after an interruption skips the captures already
+made with the same settings and redoes the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -42,21 +46,16 @@ from ava.synth.config import (
     SynthConfig,
 )
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
-from ava.synth.head import Expression, Identity
+from ava.synth.expressions import SEGMENTS, Expression, perform_segment, segment_lengths
+from ava.synth.head import Identity
 from ava.synth.headset import HeadsetPlan, HeadsetWriter, plan_headset, render_headset_frames
-from ava.synth.surface import HeadSurface, head_surface, topology_digest
+from ava.synth.surface import HeadSurface, topology_digest
+from ava.synth.truth import TRUTH_FILENAME, completed_with, surface_and_maps, truth_document
 from ava.synth.writer import CaptureWriter
 from ava.errors import UserError
 from ava.files import write_atomically
 
-SEGMENTS = (
-    NEUTRAL_SEGMENT,
-    "EXP_jaw_open",
-    "EXP_smile",
-    "EXP_eyes_blink_light_medium_hard_wink",
-    "EXP_brows_raise",
-    "EXP_free_face",
-)
+assert SEGMENTS[0] == NEUTRAL_SEGMENT
 MAX_KEYPOINTS = 68
 
 
@@ -94,32 +93,6 @@ class FrameResult:
     headset: dict = field(default_factory=dict)  # headset frame index -> {camera: AVIF}
 
 
-def _segment_lengths(count: int) -> list[int]:
-    """Frames per segment: at least one neutral frame, the rest shared round-robin."""
-    lengths = [0] * len(SEGMENTS)
-    lengths[0] = max(1, count // (2 * len(SEGMENTS)))
-    for index in range(count - lengths[0]):
-        lengths[1 + index % (len(SEGMENTS) - 1)] += 1
-    return lengths
-
-
-def _segment_expression(segment: str, phase: float, rng: np.random.Generator) -> Expression:
-    """The expression at `phase` (0..1) through a segment: rises and falls back."""
-    peak = math.sin(math.pi * phase)
-    if segment == "EXP_jaw_open":
-        return Expression(jaw=peak)
-    if segment == "EXP_smile":
-        return Expression(smile=peak, jaw=0.15 * peak)
-    if segment.startswith("EXP_eyes_blink"):
-        return Expression(blink=math.sin(3 * math.pi * phase) ** 2)
-    if segment == "EXP_brows_raise":
-        return Expression(brows=peak)
-    if segment == "EXP_free_face":
-        return Expression(jaw=rng.uniform(0, 0.8), smile=rng.uniform(0, 1), blink=rng.uniform(0, 1) ** 3,
-                          brows=rng.uniform(-0.5, 1))
-    return Expression()
-
-
 def _capture_ids(count: int, rng: np.random.Generator) -> list[CaptureId]:
     """Distinct subjects with plausible dates and times, sorted by sid like 256_ids.csv."""
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -142,17 +115,17 @@ def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
     plans = []
     for index, capture in enumerate(captures):
         rng = np.random.default_rng([config.seed, 1, index])
-        identity = Identity.sample(rng)
+        identity = Identity.sample(rng, variation=config.identity_variation)
         base = base_head_pose(rng)
         cameras = capture_cameras(dome, rng)
         greys = rng.uniform(60, 190, (len(cameras), 1, 1))
         backgrounds = np.clip(greys + rng.uniform(-25, 25, (len(cameras), 2, 3)), 0, 255)
         frames, expressions = [], []
         frame_number = int(rng.integers(1000, 40000))
-        for segment, length in zip(SEGMENTS, _segment_lengths(config.n_frames)):
-            for step in range(length):
+        for segment, length in segment_lengths(config.n_frames).items():
+            expressions += perform_segment(segment, length, rng, variation=config.expression_variation)
+            for _ in range(length):
                 frames.append((segment, str(frame_number)))
-                expressions.append(_segment_expression(segment, (step + 0.5) / length, rng))
                 frame_number += 1
             frame_number += int(rng.integers(5, 50))  # captures skip frames between segments
         plans.append(SubjectPlan(capture, identity, cameras, backgrounds, frames, expressions,
@@ -165,19 +138,9 @@ def plan_subjects(config: SynthConfig) -> list[SubjectPlan]:
 
 # --- work done per frame (in worker processes) -------------------------------------------------
 
-_WORKER_CACHE: dict = {}
-
-
 def _surface_and_maps(config: SynthConfig):
     """(head surface, its UV maps at the texture size, every texel's angles), once per process."""
-    key = (config.topology, config.mesh_columns, config.mesh_rows, config.texture_size)
-    if key not in _WORKER_CACHE:
-        from ava.nn.uvmap import build_uv_maps
-
-        surface = head_surface(config.topology, config.mesh_columns, config.mesh_rows)
-        uvmaps = build_uv_maps(surface.topology, config.texture_size, use_cache=False)
-        _WORKER_CACHE[key] = (surface, uvmaps, surface.texel_angles(uvmaps))
-    return _WORKER_CACHE[key]
+    return surface_and_maps(config.topology, config.mesh_columns, config.mesh_rows, config.texture_size)
 
 
 def _background(colours: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -262,8 +225,9 @@ class _CaptureAssembly:
     """Accumulates one subject's frames into its CaptureWriter, then writes the means and variances."""
 
     def __init__(self, root: Path, plan: SubjectPlan, config: SynthConfig, keypoint_ids: np.ndarray,
-                 subject: int) -> None:
+                 subject: int, settings_sha256: str) -> None:
         self.plan, self.config, self.keypoint_ids = plan, config, keypoint_ids
+        self.settings_sha256 = settings_sha256
         self.writer = CaptureWriter(root)
         layout = self.writer.layout
         self.writer.write_json(layout.calibration, calibration_document(plan.cameras))
@@ -310,6 +274,11 @@ class _CaptureAssembly:
         self.writer.write(layout.texture_variance, f"{texture_variance:.9g}\n")
         if self.headset is not None:
             self.headset.commit()
+        config = self.config
+        self.writer.write(self.writer.layout.root / TRUTH_FILENAME, truth_document(
+            self.plan.identity, self.plan.frames, self.plan.expressions, topology=config.topology,
+            mesh_columns=config.mesh_columns, mesh_rows=config.mesh_rows, texture_size=config.texture_size,
+            settings_sha256=self.settings_sha256))
         return self.writer.commit()
 
 
@@ -325,6 +294,14 @@ def _manifest(config: SynthConfig, captures: list[CaptureId]) -> dict:
     settings = {key: value for key, value in asdict(config).items() if key not in ("workers", "overwrite")}
     return {"format_version": SYNTH_FORMAT_VERSION, "config": settings, "topology_sha256": topology_digest(config.topology),
             "captures": [c.folder for c in captures]}
+
+
+def settings_digest(config: SynthConfig) -> str:
+    """SHA-256 of everything that decides the files (format version, settings, topology): a
+    capture's truth file carries it, so a rerun knows the capture was made with these settings."""
+    manifest = _manifest(config, [])
+    del manifest["captures"]
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def is_generated(output_dir: str | Path, config: SynthConfig) -> bool:
@@ -370,15 +347,19 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
         (output_dir / MANIFEST_FILENAME).unlink(missing_ok=True)  # incomplete until rewritten at the end
     plans = plan_subjects(config)
     keypoint_ids = _keypoint_vertices(surface)
-    tasks = [FrameTask(s, f, plan, config, threads) for s, plan in enumerate(plans) for f in range(len(plan.frames))]
+    digest = settings_digest(config)
+    # Captures an interrupted run finished with the same settings stay (--overwrite redoes them).
+    pending = [s for s, plan in enumerate(plans)
+               if config.overwrite or not completed_with(output_dir / plan.capture.folder, digest)]
+    tasks = [FrameTask(s, f, plans[s], config, threads) for s in pending for f in range(len(plans[s].frames))]
     workers = max(1, min(worker_count(config), len(tasks)))
 
     with _progress_bar(progress) as bar:
-        images = sum(len(plan.cameras) * len(plan.frames) for plan in plans)
+        images = sum(len(plans[s].cameras) * len(plans[s].frames) for s in pending)
         job = bar.add_task("rendering synthetic captures", total=images) if bar else None
         assembly = None
         try:
-            with _executor(workers) as pool:
+            with _executor(workers if tasks else 1) as pool:
                 results = pool.map(render_frame, tasks, chunksize=1) if pool else map(render_frame, tasks)
                 for result in results:
                     plan = plans[result.subject]
@@ -386,11 +367,12 @@ def generate(output_dir: str | Path, config: SynthConfig, progress: bool = True,
                         if assembly is not None:
                             assembly.commit()
                         assembly = _CaptureAssembly(output_dir / plan.capture.folder, plan, config, keypoint_ids,
-                                                    result.subject)
+                                                    result.subject, digest)
                     assembly.add(result)
                     if bar:
                         bar.update(job, advance=len(plan.cameras), description=f"rendering {plan.capture.folder}")
-            assembly.commit()
+            if assembly is not None:
+                assembly.commit()
         except BaseException:
             if assembly is not None:
                 assembly.writer.abort()  # completed captures stay; the manifest is not written

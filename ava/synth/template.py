@@ -14,8 +14,9 @@ its direction from the centre, warped piecewise linearly so that the template's 
 on head.py's MOUTH_THETA, EYE_THETA and EYE_PHI. Through them the procedural head's ideas apply to the
 template unchanged: per identity, the template is scaled by the identity's radii over the average
 radii and gets the difference between the identity's and the average identity's feature relief
-(nose, ears, brow ridge, chin, eye sockets) and neck width; per frame, head.py's expression
-offsets (jaw, smile, brows, blinks); and the texture is painted from every texel's angles
+(nose, ears, brow ridge, chin, jaw, cheeks, lips, eye sockets, forehead, hair volume, ...),
+feature positions (eye spacing, mouth width, ...) and neck width; per frame, head.py's expression
+offsets (every control of ava.synth.expressions); and the texture is painted from every texel's angles
 (interpolated over the UV layout), so eyes, brows, lips and hairline sit where the template's are.
 """
 
@@ -33,6 +34,7 @@ from ava.synth.head import (
     Expression,
     Identity,
     expression_offsets,
+    feature_shifts,
     neck_scale,
     shape_relief,
 )
@@ -156,6 +158,7 @@ def template_vertices(template: TemplateHead, identity: Identity, expression: Ex
     outward = template.positions / np.linalg.norm(template.positions, axis=1, keepdims=True).clip(min=1e-9)
     relief = shape_relief(identity, theta, phi) - shape_relief(average, theta, phi)
     points = template.positions * (identity.radii / average.radii) + outward * relief[:, None]
+    points += feature_shifts(identity, theta, phi) - feature_shifts(average, theta, phi)
     neck = neck_scale(identity.neck, theta, phi) / neck_scale(average.neck, theta, phi)
     points[:, 0] *= neck
     points[:, 2] *= neck
