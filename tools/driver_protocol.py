@@ -12,7 +12,7 @@ Stages (each writes its results under OUT and is skipped when a rerun finds them
                  (ava.driver.truth) -> OUT/difficulty.json
   4. decoder     `ava train` on the training subjects' dome data (or --decoder)
   5. validation  forward selection, seed 0, measured on the validation subjects: a driver with DTW
-                 re-alignment, then each change (open-ended alignment, neutral-frame conditioning,
+                 re-alignment, then each change (neutral-frame conditioning, open-ended alignment,
                  cross-fitted alignment) added to the best so far and kept if it raises the PSNR
                  -> OUT/validation/
   6. test        the chosen setting, the linear-stretch baseline (no re-alignment) and the oracle
@@ -77,11 +77,11 @@ def _sizes(workers: int) -> dict[str, Size]:
         # The 2-core development machine: tiny sizes.
         "cpu": Size(
             subjects=10, validation=2, test=2,
-            synth=["--n-frames", "40", "--n-cams", "2", "--texture-size", "64", "--downsample", "64",
+            synth=["--n-frames", "128", "--n-cams", "2", "--texture-size", "64", "--downsample", "64",
                    "--prims-per-side", "16", "--voxels", "4", "--mesh-columns", "32", "--mesh-rows", "24",
                    "--headset-size", "32", "--no-keypoints", "--workers", str(workers)],
-            decoder=["--train.maxiter", "300", "--train.batchsize", "4", "--train.num-holdout-cameras", "0",
-                     "--train.num-workers", "0", "--progress.image-freq", "300", "--progress.psnr-freq", "300",
+            decoder=["--train.maxiter", "500", "--train.batchsize", "4", "--train.num-holdout-cameras", "0",
+                     "--train.num-workers", "0", "--progress.image-freq", "500", "--progress.psnr-freq", "500",
                      "--progress.checkpoint-freq", "100", "--progress.cross-id-n-subjects", "2",
                      "--model.uv-size", "64", "--model.prims-per-side", "8", "--model.voxels-per-prim", "8",
                      "--model.warp-size", "8", "--model.raymarch-step", "8"],
@@ -114,7 +114,7 @@ def _sizes(workers: int) -> dict[str, Size]:
 # The changes to the driver that validation keeps or drops, tried one at a time in this order on top
 # of what was kept so far (forward selection), starting from DTW re-alignment with closed ends.
 def _changes(size: Size) -> dict[str, list[str]]:
-    return {"open-ends": ["--train.align-open-ends", "0.35"], "neutral": ["--encoder.neutral"],
+    return {"neutral": ["--encoder.neutral"], "open-ends": ["--train.align-open-ends", "0.35"],
             "crossfit": ["--train.cross-fit-folds", str(size.folds)]}
 
 
@@ -269,7 +269,6 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
     from ava.driver.data import load_subject
     from ava.driver.evaluate import driver_codes, evaluate_subject
     from ava.driver.setup import load_decoder
-    from ava.driver.truth import headset_true_codes
     from ava.runtime.device import select_device
     from ava.synth.headset import TruthGeometry
 
@@ -284,6 +283,7 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
             started = time.perf_counter()
             if not loaded:
                 loaded["decoder"], loaded["model"] = load_decoder(decoder_path, device)
+                loaded["model"].decoder_path = str(Path(decoder_path).resolve())  # names the true codes it made
                 loaded["geometry"] = TruthGeometry(protocol.data)
             decoder, model = loaded["decoder"], loaded["model"]
             encoders = {}
@@ -298,7 +298,7 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
             subject = load_subject(protocol.data, subject_folder, decoder, model, protocol.size.downsample,
                                    sizes.pop(), device)
             truth = read_encoder_truth(protocol.data / subject_folder)
-            true = headset_true_codes(subject, truth, loaded["geometry"], model, device)
+            true = _true_codes(folder / f"{subject_folder}.true.pt", subject, truth, loaded["geometry"], model, device)
             sources = {"mean code": first.code_mean.cpu().expand(len(true), -1, -1, -1).clone()}
             sources.update({name: driver_codes(encoder, subject, device) for name, encoder in encoders.items()})
             result = evaluate_subject(subject, truth, loaded["geometry"], sources, model, device,
@@ -316,6 +316,27 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
             protocol.timed(f"evaluate {folder.parent.name} {subject_folder}", time.perf_counter() - started)
         results[subject_folder] = document
     return results
+
+
+def _true_codes(path: Path, subject, truth, geometry, model, device):
+    """The subject's true codes, kept in `path` (they cost a texture painting per frame)."""
+    import io
+
+    import torch
+
+    from ava.driver.truth import headset_true_codes
+    from ava.files import write_atomically
+
+    key = f"{geometry.dataset_dir}|{getattr(model, 'decoder_path', '')}"
+    if path.is_file():
+        kept = torch.load(path)
+        if kept.get("key") == key:
+            return kept["codes"]
+    true = headset_true_codes(subject, truth, geometry, model, device)
+    buffer = io.BytesIO()
+    torch.save({"key": key, "codes": true}, buffer)
+    write_atomically(path, buffer.getvalue())
+    return true
 
 
 def pooled(results: dict, source: str) -> dict:
@@ -412,9 +433,10 @@ def stage_report(protocol: Protocol, decoder: Path, split: dict, difficulty: dic
         spread = (f"{psnr[0]:.2f} ± {psnr[1]:.2f}" if key != "mean code" else f"{psnr[0]:.2f}")
         code_text = (f"{code[0]:.4f} ± {code[1]:.4f}" if key != "mean code" else f"{code[0]:.4f}")
         lines.append(f"| {names[key]} | {spread} | {code_text} |")
-    validation = ["| setting (seed 0) | validation PSNR (dB) | code MSE |", "|---|---:|---:|"]
+    validation = ["| setting (seed 0) | validation PSNR (dB) | code MSE | change |", "|---|---:|---:|---|"]
+    verdicts = {decision["run"]: ("kept" if decision["kept"] else "dropped") for decision in choice["decisions"]}
     for name, score in choice["validation"].items():
-        validation.append(f"| {name} | {score['psnr']:.2f} | {score['code_mse']:.4f} |")
+        validation.append(f"| {name} | {score['psnr']:.2f} | {score['code_mse']:.4f} | {verdicts.get(name, '')} |")
     gap, code_gap = summary["gap_closed_psnr"], summary["gap_closed_code_mse"]
     report = "\n".join([
         f"# Headset driver protocol ({protocol.size_name} size)", "",

@@ -126,6 +126,8 @@ class DriverState:
     # --- periodic actions -------------------------------------------------------------------------
 
     def realign(self) -> dict:
+        """New targets for every training frame: DTW of the aligning encoders' codes against the
+        dome codes of each segment."""
         pool = self.setup.train_pool
         predicted = self.aligning_predictions()
         targets = self._align(pool, predicted)

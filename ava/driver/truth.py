@@ -5,17 +5,20 @@
 
 - **True codes.** The true code of a headset frame is what the frozen decoder's expression encoder
   makes of the synthetic ground truth of that frame's expression: the subject's mesh and texture
-  for that expression vector (ava.synth.headset.TruthGeometry, the texture passed through the
-  dome textures' AVIF coding, as the decoder saw its training textures), relative to the subject's
-  neutral frame, through the bottleneck's mean. A dome frame's true code is exactly the code of
-  its stored mesh and texture.
+  for that expression vector (ava.synth.headset.TruthGeometry), relative to the subject's neutral
+  frame, through the bottleneck's mean. Where the decoder's UV maps are as large as the stored
+  textures, the texture is painted at that size and passed through the dome textures' AVIF
+  coding, so a dome frame's true code is exactly the code of its stored mesh and texture. Where
+  they are smaller (the decoder area-averages stored textures down to its UV size), it is painted
+  directly at the UV size, which is faster by the square of the ratio (a 1024^2 texture takes
+  about a second to paint) and differs from the averaged stored texture only in anti-aliasing.
 - **The true dome frame.** Headset frames copy no dome frame: the headset take is another
   performance. A headset frame's *true dome frame* j* is the dome frame of the same segment whose
   expression vector is nearest (Euclidean distance over all controls) to the headset frame's.
 - **Within one frame.** A dome frame j assigned to headset frame i (by a linear time stretch, or
-  by DTW) lands *within one frame* of the truth when |j - j*| <= 1, or when it is exactly as near
-  to frame i's expression as j* is (a tie: the dome take holds that expression over several
-  frames, e.g. the neutral segment). It is *exact* when j = j* or in such a tie.
+  by DTW) lands *within one frame* of the truth when |j - j*| <= 1, where a tie (the dome take
+  holds the nearest expression over several frames, e.g. the neutral segment) makes every tied
+  frame a j*. It is *exact* when j is a j*.
   How often the stretch lands within one frame depends on how many dome frames a segment has (a
   segment of 3 frames is nearly always within one), so the measure is reported with the frames
   per segment; docs/driver.md lists it against the capture length.
@@ -46,8 +49,11 @@ def within_one_frame(assigned: np.ndarray, distances: np.ndarray) -> np.ndarray:
     """bool [m]: whether dome frame assigned[i] lands within one frame of headset frame i's true
     dome frame (the module docstring's definition); distances [m,n] from `expression_distances`."""
     assigned = np.asarray(assigned, dtype=np.int64)
-    nearest = distances.argmin(axis=1)
-    return (np.abs(assigned - nearest) <= 1) | exact_frame(assigned, distances)
+    nearest = distances <= distances.min(axis=1, keepdims=True) + DISTANCE_TOLERANCE  # [m,n]: every tied j*
+    reach = nearest.copy()
+    reach[:, 1:] |= nearest[:, :-1]
+    reach[:, :-1] |= nearest[:, 1:]
+    return reach[np.arange(len(distances)), assigned]
 
 
 def exact_frame(assigned: np.ndarray, distances: np.ndarray) -> np.ndarray:
@@ -139,21 +145,27 @@ def true_codes(subject, vectors: np.ndarray, controls: tuple[str, ...], geometry
     view gives the neutral frame and the decoder's normalisation); geometry: a TruthGeometry."""
     from ava.runtime.batch import collate, to_device
     from ava.runtime.headset import neutral_sample_index
-    from ava.runtime.model import encode_expression
+    from ava.runtime.model import encode_expression, fit_texture, uv_size
 
     part = subject.dome
     stats = part.stats
     neutral = part[neutral_sample_index(part)]
+    stored = int(stats.texmean.shape[-1])
+    size = min(stored, uv_size(model))
+    texmean = fit_texture(torch.from_numpy(stats.texmean)[None].float(), size)[0]  # area averages commute
     codes = []
     for start in range(0, len(vectors), batch):
         chunk = vectors[start : start + batch]
         meshes, textures = [], []
         for vector in chunk:
-            vertices, texture = geometry.mesh_and_texture(subject.folder, dict(zip(controls, map(float, vector))))
+            vertices, texture = geometry.mesh_and_texture(subject.folder, dict(zip(controls, map(float, vector))),
+                                                          texture_size=size)
             meshes.append((torch.from_numpy(np.asarray(vertices, np.float32)) - torch.from_numpy(stats.vertmean))
                           / stats.vertstd)
-            chw = torch.from_numpy(np.ascontiguousarray(_dome_coded(texture).transpose(2, 0, 1))).float()
-            textures.append((chw - torch.from_numpy(stats.texmean)) / stats.texstd)
+            if size == stored:
+                texture = _dome_coded(texture)
+            chw = torch.from_numpy(np.ascontiguousarray(texture.transpose(2, 0, 1))).float()
+            textures.append((chw - texmean) / stats.texstd)
         samples = collate([neutral] * len(chunk))
         samples["verts"], samples["avgtex"] = torch.stack(meshes), torch.stack(textures)
         codes.append(encode_expression(model, to_device(samples, device)).cpu())

@@ -467,24 +467,36 @@ class TruthGeometry:
     """The ground-truth mesh and texture of any subject of a synthetic dataset making any expression.
 
     dataset_dir: a folder written by `ava synth`; each capture's `synth_truth.json` holds its
-    identity and head surface (ava.synth.truth). `mesh_and_texture(folder, values)` -> (f32 [V,3]
-    head-frame mesh in mm, uint8 [T,T,3] texture), as the dome session stores them for its frames;
-    `values` maps control names to values (controls not named are at rest). Raises UserError for a
-    capture without its synthetic truth.
+    identity and head surface (ava.synth.truth). `mesh_and_texture(folder, values, texture_size)`
+    -> (f32 [V,3] head-frame mesh in mm, uint8 [T,T,3] texture painted at `texture_size`, default
+    the capture's own); `values` maps control names to values (controls not named are at rest).
+    `texture_size(folder)` is the capture's stored texture side. Raises UserError for a capture
+    without its synthetic truth.
     """
 
     def __init__(self, dataset_dir) -> None:
         from pathlib import Path
 
         self.dataset_dir = Path(dataset_dir)
-        self._subjects: dict = {}
+        self._truths: dict = {}
+        self._geometries: dict = {}
 
-    def mesh_and_texture(self, folder: str, values: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _truth(self, folder: str):
         from ava.synth.truth import read_synth_truth
 
-        if folder not in self._subjects:
-            truth = read_synth_truth(self.dataset_dir / folder)
-            self._subjects[folder] = (truth.identity, truth.ground_truth())
-        identity, geometry = self._subjects[folder]
+        if folder not in self._truths:
+            self._truths[folder] = read_synth_truth(self.dataset_dir / folder)
+        return self._truths[folder]
+
+    def texture_size(self, folder: str) -> int:
+        return int(self._truth(folder).texture_size)
+
+    def mesh_and_texture(self, folder: str, values: dict[str, float],
+                         texture_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        truth = self._truth(folder)
+        key = (folder, texture_size or truth.texture_size)
+        if key not in self._geometries:
+            self._geometries[key] = truth.ground_truth(texture_size)
+        geometry = self._geometries[key]
         expression = Expression.from_dict(values)
-        return geometry.vertices(identity, expression), geometry.texture(identity, expression)
+        return geometry.vertices(truth.identity, expression), geometry.texture(truth.identity, expression)
