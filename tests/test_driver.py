@@ -374,3 +374,27 @@ def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth,
     assert run_cli(driver_argv(decoder, without_truth, run, 2, "--progress.overwrite")) == 0
     assert sorted(path.name for path in (run / "checkpoints").glob("step_*")) == ["step_00000002.safetensors"]
     assert not (run / "driven" / "step_00000004.png").exists()
+
+
+def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
+    """tools/driver_protocol.py at its tiny size on this set and decoder: stopped by its budget, a
+    rerun continues and writes the report (validation choice, test rows with seeds, curves)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "protocol"
+    command = [sys.executable, str(Path(__file__).parents[1] / "tools" / "driver_protocol.py"), str(out), "--size",
+               "tiny", "--device", "cpu", "--data", str(dataset), "--decoder", str(decoder)]
+    first = subprocess.run(command + ["--budget", "8"], capture_output=True, text=True)
+    assert first.returncode in (0, 3), first.stderr[-2000:]
+    if first.returncode == 3:
+        assert "rerun the same command to continue" in first.stdout
+        assert not (out / "summary.json").exists()
+    second = subprocess.run(command, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test"]) == {"mean code", "stretch", "driver", "oracle"}
+    assert summary["seeds"] == 2 and len(summary["split"]["test"]) == 1
+    assert summary["choice"]["chosen"].startswith("dtw") and summary["choice"]["decisions"]
+    assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
+    assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()

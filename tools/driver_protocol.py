@@ -366,6 +366,9 @@ def stage_validation(protocol: Protocol, decoder: Path, split: dict) -> dict:
     scores: dict[str, dict] = {}
     decisions = []
     for change, extra in _changes(protocol.size).items():
+        if change == "crossfit" and protocol.size.folds > len(split["train"]):
+            protocol.note(f"validation: crossfit needs {protocol.size.folds} training subjects; not tried")
+            continue
         name = "+".join(["dtw", *kept, change])
         runs[name] = train_driver(protocol, decoder, split, folder / name, [*flags, *extra], 0)
         results = evaluate_runs(protocol, decoder, runs, split["validation"], folder / "eval")
@@ -528,16 +531,16 @@ def main() -> None:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     protocol = Protocol(out, size, args.device, out / "data", args.decoder, size_name=args.size)
-    if args.budget > 0:
-        def expire(*_):
-            raise KeyboardInterrupt
-        signal.signal(signal.SIGALRM, expire)
-        signal.alarm(max(1, int(args.budget)))
-    from ava.driver.data import keep_subjects
-
-    keep_subjects()
     started = time.perf_counter()
     try:
+        if args.budget > 0:
+            def expire(*_):
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGALRM, expire)
+            signal.alarm(max(1, int(args.budget)))
+        from ava.driver.data import keep_subjects
+
+        keep_subjects()
         stage_data(protocol, args.data)
         split = stage_split(protocol, args.split_seed)
         difficulty = stage_difficulty(protocol, split)
