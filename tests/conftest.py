@@ -93,3 +93,56 @@ def tiny_checkpoints(tiny_capture_set, tmp_path_factory):
         patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
         assert run_cli(argv) == 0
     return run / "checkpoints" / "step_00000002.safetensors", run / "checkpoints" / "step_00000004.safetensors"
+
+
+# --- a set with subjects held out of training, shared by the tests of held-out subjects ----------
+
+HOLDOUT_STEPS = 60
+
+
+@pytest.fixture(scope="session")
+def holdout_capture_set(tmp_path_factory):
+    """`ava synth` output: 6 subjects x 6 frames (one per segment, EXP_free_face last) x 3 cameras,
+    20x32 images."""
+    from ava.synth import generate
+    from ava.synth.config import SynthConfig
+
+    root = tmp_path_factory.mktemp("holdout-captures")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        generate(root, SynthConfig(n_ids=6, n_frames=6, n_cams=3, texture_size=64, downsample=128, prims_per_side=8,
+                                   voxels=4, mesh_columns=16, mesh_rows=12, keypoints=False, headset=False, workers=1),
+                 progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def holdout_run(holdout_capture_set, tmp_path_factory):
+    """A HOLDOUT_STEPS-step run on the first 5 subjects of `holdout_capture_set` with 2 of them held
+    out (1 validation, 1 test), EXP_free_face and 1 camera held out; the sixth subject is not in
+    the run at all. Returns (run folder, [(idindex, frame id, camera id) of every training sample
+    the loop stepped on])."""
+    import ava.train.loop
+    from tests.test_train import TINY_MODEL, run_cli
+
+    run = tmp_path_factory.mktemp("holdout-run") / "run"
+    seen = []
+    original_step = ava.train.loop.train_step
+
+    def recording_step(network, optimizer, batch, *args, **kwargs):
+        seen.extend(zip(batch["idindex"].tolist(), batch["frameid"], batch["cameraid"]))
+        return original_step(network, optimizer, batch, *args, **kwargs)
+
+    argv = ["train", "--train.dataset-dir", str(holdout_capture_set), "--train.data-csv", "ids.csv", "--train.nids", "5",
+            "--train.num-holdout-subjects", "2", "--train.num-validation-subjects", "1",
+            "--train.holdout-segments", "EXP_free_face", "--train.num-holdout-cameras", "1",
+            "--train.maxiter", str(HOLDOUT_STEPS), "--train.batchsize", "4", "--train.downsample", "128",
+            "--train.num-workers", "0", "--train.warmup-iters", "20", "--train.init-learning-rate", "3e-3",
+            "--progress.output-path", str(run), "--progress.checkpoint-freq", str(HOLDOUT_STEPS),
+            "--progress.image-freq", str(HOLDOUT_STEPS), "--progress.psnr-freq", str(HOLDOUT_STEPS),
+            "--device", "cpu", *TINY_MODEL]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AVA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        patch.setattr(ava.train.loop, "train_step", recording_step)
+        assert run_cli(argv) == 0
+    return run, seen

@@ -35,7 +35,8 @@ def test_eval_reproduces_training_held_out_psnr(tiny_checkpoints, tmp_path, caps
     document = json.loads((out / "metrics.json").read_text())
     assert document["held_out_cameras"] is True
     assert document["cameras"] == json.loads((run / "config.json").read_text())["resolved"]["holdout_cameras"]
-    overall = document["checkpoints"]["A"]["overall"]
+    assert list(document["checkpoints"]["A"]["groups"]) == ["trained"]  # no held-out subjects in that run
+    overall = document["checkpoints"]["A"]["groups"]["trained"]["model"]
     cameras = len(document["cameras"])  # every capture of the synthetic set has every held-out camera
     assert overall["views"] == at_step_4["holdout_samples"] == 2 * cameras * 3  # identities x cameras x frames
     assert overall["psnr"] == pytest.approx(at_step_4["psnr_holdout"], rel=1e-9)
@@ -44,12 +45,14 @@ def test_eval_reproduces_training_held_out_psnr(tiny_checkpoints, tmp_path, caps
     assert 0 < overall["ssim"] <= 1 and 0 < overall["ssim_head"] <= 1 and overall["lpips"] is None
     assert document["lpips"]["measured"] is False and document["lpips"]["reason"]
     identities = document["checkpoints"]["A"]["identities"]
-    assert len(identities) == 2 and all(entry["views"] == 3 * cameras for entry in identities.values())
+    assert len(identities) == 2 and all(entry["methods"]["model"]["views"] == 3 * cameras and entry["group"] == "trained"
+                                        and list(entry["methods"]) == ["model"] for entry in identities.values())
 
     summary = _rows(out / "metrics.csv")
     per_identity = [(False, False)] * cameras + [(False, True)]  # its cameras, then all of them
     assert [(row["identity"] == "all", row["camera"] == "all") for row in summary] == (
         per_identity * 2 + [(True, True)])
+    assert {(row["group"], row["method"]) for row in summary} == {("trained", "model")}
     assert float(summary[-1]["psnr"]) == pytest.approx(overall["psnr"], rel=1e-5)
     samples = _rows(out / "samples.csv")
     assert len(samples) == overall["views"] and {row["camera"] for row in samples} == set(document["cameras"])

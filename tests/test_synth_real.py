@@ -15,7 +15,8 @@ from ava.data.ids import read_ids_csv
 from ava.errors import UserError
 from ava.synth import SynthConfig, generate
 from ava.synth.dome import DOME_CAMERA_IDS, FRONTAL_CAMERA_IDS, camera_priority, dome_cameras, select_cameras
-from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, Expression, Identity
+from ava.synth.expressions import CONTROL_RANGES, CONTROLS, Expression
+from ava.synth.head import EYE_PHI, EYE_THETA, MOUTH_THETA, Identity
 from ava.synth.pipeline import plan_subjects
 from ava.synth.surface import head_surface
 from ava.synth.template import LANDMARK_UVS
@@ -125,6 +126,10 @@ def test_template_deformations(real_surface):
     chin = (theta < MOUTH_THETA - 0.05 * np.pi) & (theta > 0.25 * np.pi) & (np.cos(phi) > 0.9)
     crown = theta > 0.8 * np.pi
     assert jaw[chin, 1].mean() < -5.0 and np.abs(jaw[crown]).max() < 1e-6  # the jaw drops, the crown stays
+    for name in CONTROLS:  # every control of the synthetic world moves the face topology too
+        value = CONTROL_RANGES[name][1]
+        moved = np.linalg.norm(real_surface.vertices(identity, Expression(**{name: value})) - neutral, axis=1)
+        assert moved.max() > 0.5, name  # mm
 
 
 def test_texture_angles_follow_the_uv_layout(real_surface):

@@ -14,7 +14,9 @@ def main(config: Annotated[EvalConfig, tyro.conf.arg(name="")]) -> int:
     from rich.console import Console
 
     from ava.eval.run import evaluate
+    from ava.runtime.device import use_threads
 
+    use_threads(config.threads)
     console = Console(stderr=True)
     evaluated = evaluate(config, console)
     Console().print(evaluated["table"])  # the results on stdout, notes and progress on stderr

@@ -165,6 +165,23 @@ class CaptureDataset(Dataset):
     def _normalise_vertices(self, vertices: np.ndarray) -> torch.Tensor:
         return (torch.from_numpy(vertices) - torch.from_numpy(self.stats.vertmean)) / self.stats.vertstd
 
+    def neutral_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(neut_avgtex [3,T,T], neut_verts [V,3]): the neutral frame's texture and mesh, normalised
+        with this dataset's statistics (what every sample carries as its identity conditioning)."""
+        return self._normalised_neutral()
+
+    def drop_segments(self, segments) -> int:
+        """Leaves out every sample of a frame in one of `segments` (segment names); returns how
+        many samples went. NoUsableSamples when none is left."""
+        segments = set(segments)
+        keep = np.array([self.reader.frames[row].segment not in segments for row in self._frame_rows], dtype=bool)
+        if not keep.any():
+            raise NoUsableSamples(f"{self.reader.layout.root}: every usable frame is in the left-out segments "
+                                  f"{', '.join(sorted(segments))}", [])
+        dropped = int((~keep).sum())
+        self._frame_rows, self._camera_columns = self._frame_rows[keep], self._camera_columns[keep]
+        return dropped
+
     def sample_ids(self, index: int) -> tuple[str, str]:
         """(frame id, camera id) of sample `index`, without loading it."""
         index = _check_index(index, len(self))
@@ -335,6 +352,13 @@ class MultiCaptureDataset(Dataset):
 
     def __len__(self) -> int:
         return self.cumulative[-1]
+
+    def drop_segments(self, segments) -> int:
+        """Leaves out every sample of the given segments in every capture (CaptureDataset.drop_segments);
+        returns how many samples went."""
+        dropped = sum(dataset.drop_segments(segments) for dataset in self.datasets)
+        self.cumulative = np.cumsum([len(d) for d in self.datasets]).tolist()
+        return dropped
 
     def locate(self, index: int) -> tuple[int, int]:
         """(capture position, index within that capture) of sample `index`."""

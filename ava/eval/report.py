@@ -1,8 +1,9 @@
-"""`ava eval`'s outputs: summaries per identity, camera and overall; JSON, CSV, a table and an
-example picture.
+"""`ava eval`'s outputs: summaries per identity, camera, method and subject group; JSON, CSV, a
+table and example pictures.
 
 PSNRs are pooled over pixels (the PSNR of the summed squared error, as training's held-out PSNR);
-SSIM and LPIPS are means over images.
+SSIM and LPIPS are means over images. Trained identities and the subjects the model never trained
+on (validation, test, unseen) are summarised apart: a number over both would mean nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from ava.eval.measure import Measured, ViewResult
+from ava.eval.measure import GROUPS, METHOD_NAMES, METHODS, MODEL, Measured, ViewResult
 from ava.runtime.metrics import SquaredErrors
 
 METRICS = ("psnr", "psnr_head", "psnr_model_bg", "ssim", "ssim_head", "lpips")
@@ -42,34 +43,59 @@ def summarise(views: list[ViewResult]) -> dict:
     }
 
 
+def _ordered(values, order) -> list:
+    present = set(values)
+    return [value for value in order if value in present]
+
+
 def grouped(measured: Measured) -> dict:
-    """{"overall": summary, "identities": {identity: {**summary, "cameras": {camera: summary}}}}."""
+    """{"groups": {group: {method: summary}}, "identities": {identity: {"group", "nearest_identity",
+    "colour_calibration", "methods": {method: {**summary, "cameras": {camera: summary}}}}}}."""
     identities: dict[str, dict] = {}
     for identity in dict.fromkeys(view.identity for view in measured.views):
         mine = [view for view in measured.views if view.identity == identity]
-        cameras = {camera: summarise([view for view in mine if view.camera == camera])
-                   for camera in dict.fromkeys(view.camera for view in mine)}
-        identities[identity] = {**summarise(mine), "cameras": cameras}
-    return {"overall": summarise(measured.views), "identities": identities}
+        methods = {}
+        for method in _ordered({view.method for view in mine}, METHODS):
+            views = [view for view in mine if view.method == method]
+            cameras = {camera: summarise([view for view in views if view.camera == camera])
+                       for camera in dict.fromkeys(view.camera for view in views)}
+            methods[method] = {**summarise(views), "cameras": cameras}
+        group = mine[0].group
+        identities[identity] = {
+            "group": group, "nearest_identity": measured.nearest.get(identity),
+            "colour_calibration": "trained" if group == "trained" else measured.colours.get(identity, "neutral"),
+            "methods": methods}
+    groups = {}
+    for group in _ordered({view.group for view in measured.views}, GROUPS):
+        mine = [view for view in measured.views if view.group == group]
+        groups[group] = {method: summarise([view for view in mine if view.method == method])
+                         for method in _ordered({view.method for view in mine}, METHODS)}
+    return {"groups": groups, "identities": identities}
 
 
 def summary_rows(label: str, groups: dict) -> list[dict]:
-    """CSV rows: one per (identity, camera), per identity (camera "all") and overall."""
+    """CSV rows: per identity and method one per camera and one over its cameras ("all"); then per
+    group and method one over its identities (identity "all")."""
     rows = []
-    for identity, summary in groups["identities"].items():
-        for camera, per_camera in summary["cameras"].items():
-            rows.append({"checkpoint": label, "identity": identity, "camera": camera, **per_camera})
-        rows.append({"checkpoint": label, "identity": identity, "camera": ALL,
-                     **{key: value for key, value in summary.items() if key != "cameras"}})
-    rows.append({"checkpoint": label, "identity": ALL, "camera": ALL, **groups["overall"]})
+    for identity, entry in groups["identities"].items():
+        for method, summary in entry["methods"].items():
+            for camera, per_camera in summary["cameras"].items():
+                rows.append({"checkpoint": label, "group": entry["group"], "identity": identity, "method": method,
+                             "camera": camera, **per_camera})
+            rows.append({"checkpoint": label, "group": entry["group"], "identity": identity, "method": method,
+                         "camera": ALL, **{key: value for key, value in summary.items() if key != "cameras"}})
+    for group, methods in groups["groups"].items():
+        for method, summary in methods.items():
+            rows.append({"checkpoint": label, "group": group, "identity": ALL, "method": method, "camera": ALL,
+                         **summary})
     return rows
 
 
 def sample_rows(label: str, measured: Measured) -> list[dict]:
-    """CSV rows, one per measured image."""
-    return [{"checkpoint": label, "identity": view.identity, "camera": view.camera, "frame": view.frame,
-             "segment": view.segment, **view.errors.psnr(), "ssim": view.ssim, "ssim_head": view.ssim_head,
-             "lpips": view.lpips} for view in measured.views]
+    """CSV rows, one per measured image and method."""
+    return [{"checkpoint": label, "group": view.group, "identity": view.identity, "method": view.method,
+             "camera": view.camera, "frame": view.frame, "segment": view.segment, **view.errors.psnr(),
+             "ssim": view.ssim, "ssim_head": view.ssim_head, "lpips": view.lpips} for view in measured.views]
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -124,53 +150,76 @@ def _delta(metric: str, first: float | None, second: float | None) -> str:
 
 
 def table(results: list[tuple[str, Measured]], lpips_measured: bool):
-    """A rich Table: per identity (subject id) and overall, one row per checkpoint and, with two,
-    a row B-A (green where B is better)."""
+    """A rich Table: per subject group, its identities (subject id) and the group over all of them,
+    one row per method and checkpoint and, with two checkpoints, a row B-A (green where B is better)."""
     from rich.table import Table
 
     metrics = [metric for metric in METRICS if metric != "lpips" or lpips_measured]
     groups = [grouped(measured) for _, measured in results]
     caption = "; ".join(f"{label} = {measured.checkpoint} (step {measured.step})" for label, measured in results)
-    view = Table(caption=caption + ". PSNR in dB.", caption_justify="left")
-    view.add_column("identity")
-    if len(results) > 1:
-        view.add_column("")
-    view.add_column("images", justify="right")
+    view = Table(caption=caption + ". PSNR in dB. Validation, test and unseen subjects were never trained on; "
+                 "nearest identity and mean identity are baselines.", caption_justify="left")
+    for heading in ("group", "identity", *([""] if len(results) > 1 else []), "method", "images"):
+        view.add_column(heading, justify="right" if heading == "images" else "left")
     for metric in metrics:
         view.add_column(HEADINGS[metric], justify="right")
-    names = list(groups[0]["identities"]) + [ALL]
-    for name in names:
-        rows = [group["overall"] if name == ALL else group["identities"][name] for group in groups]
-        shown = "[bold]all[/]" if name == ALL else name.split("--")[-1]
-        for position, ((label, _), row) in enumerate(zip(results, rows)):
-            leading = [shown if position == 0 else ""] + ([label] if len(results) > 1 else [])
-            view.add_row(*leading, str(row["views"]), *(_cell(metric, row[metric]) for metric in metrics),
-                         end_section=len(results) == 1 and name == names[-2])
-        if len(results) > 1:
-            view.add_row("", "B-A", "", *(_delta(metric, rows[0][metric], rows[1][metric]) for metric in metrics),
-                         end_section=True)
+    first = groups[0]
+    for group, per_method in first["groups"].items():
+        names = [identity for identity, entry in first["identities"].items() if entry["group"] == group] + [ALL]
+        for position, name in enumerate(names):
+            shown = "[bold]all[/]" if name == ALL else name.split("--")[-1]
+            methods = list(per_method) if name == ALL else list(first["identities"][name]["methods"])
+            for method in methods:
+                rows = [(result["groups"].get(group, {}).get(method) if name == ALL else
+                         result["identities"].get(name, {}).get("methods", {}).get(method)) for result in groups]
+                for index, ((label, _), row) in enumerate(zip(results, rows)):
+                    if row is None:
+                        continue
+                    leading = [group if position == 0 and method == methods[0] and index == 0 else "",
+                               shown if method == methods[0] and index == 0 else ""]
+                    view.add_row(*leading, *([label] if len(results) > 1 else []), METHOD_NAMES[method],
+                                 str(row["views"]), *(_cell(metric, row[metric]) for metric in metrics))
+                if len(results) > 1 and all(row is not None for row in rows):
+                    view.add_row("", "", "B-A", METHOD_NAMES[method], "",
+                                 *(_delta(metric, rows[0][metric], rows[1][metric]) for metric in metrics))
+        view.rows[-1].end_section = True
     return view
 
 
 def examples_picture(results: list[tuple[str, Measured]]):
     """A matplotlib Figure, one row per example image (one per identity): the photo, then per
-    checkpoint its render over the camera's fitted plate and |error| x4, titled with the image's
-    PSNR; None when no example was measured."""
+    checkpoint and method its render over the camera's fitted plate and |error| x4, titled with the
+    image's PSNR; None when no example was measured."""
     from ava.runtime.figures import image_grid
     from ava.runtime.images import ERROR_GAIN, error_image, to_uint8
 
     keys = sorted(results[0][1].examples)
     rows = []
     for identity, camera, frame in keys:
-        photo = results[0][1].examples[(identity, camera, frame)][0]
-        row = [(to_uint8(photo), f"{identity.split('--')[-1]}, camera {camera}\nframe {frame}")]
+        panels = results[0][1].examples[(identity, camera, frame)]
+        group = next(view.group for view in results[0][1].views if view.identity == identity)
+        row = [(to_uint8(panels["photo"]), f"{identity.split('--')[-1]} ({group})\ncamera {camera}, frame {frame}")]
         for label, measured in results:
-            if (identity, camera, frame) not in measured.examples:
-                continue
-            render = measured.examples[(identity, camera, frame)][1]
-            psnr = next(view.errors.psnr()["psnr"] for view in measured.views
-                        if (view.identity, view.camera, view.frame) == (identity, camera, frame))
-            row += [(to_uint8(render), f"{label} (step {measured.step})\n{psnr:.2f} dB"),
-                    (to_uint8(error_image(photo, render)), f"{label}\n|error| x{ERROR_GAIN:g}")]
+            mine = measured.examples.get((identity, camera, frame), {})
+            for method in METHODS:
+                if method not in mine:
+                    continue
+                psnr = next(view.errors.psnr()["psnr"] for view in measured.views
+                            if (view.identity, view.camera, view.frame, view.method) == (identity, camera, frame, method))
+                name = METHOD_NAMES[method] if method != MODEL else f"{label} (step {measured.step})"
+                row += [(to_uint8(mine[method]), f"{name}\n{psnr:.2f} dB"),
+                        (to_uint8(error_image(panels["photo"], mine[method])), f"{name}\n|error| x{ERROR_GAIN:g}")]
         rows.append(row)
     return image_grid(rows) if rows else None
+
+
+def example_strips(measured: Measured) -> dict[str, "object"]:
+    """Per identity a uint8 strip [photo | model | nearest identity | mean identity] (the methods
+    it was measured with) at the rendered size, for documents."""
+    from ava.runtime.images import hstack, to_uint8
+
+    strips = {}
+    for (identity, _, _), panels in sorted(measured.examples.items()):
+        strips[identity] = hstack([to_uint8(panels["photo"])] +
+                                  [to_uint8(panels[method]) for method in METHODS if method in panels])
+    return strips

@@ -26,7 +26,8 @@ class BackgroundModelSimple(nn.Module):
     """bg [N,3,H,W] = 25 * mlp(camera code, identity code, positional encoding) + 100.
 
     Plain (not weight-normalised) layers; the one-hot tables `cam_ident`, `id_ident` are
-    persistent buffers as in the original.
+    persistent buffers as in the original. An unseen identity (idindex < 0) gets the mean of the
+    identities' one-hot codes as its input.
     """
 
     def __init__(self, num_cameras: int, num_identities: int):
@@ -48,6 +49,8 @@ class BackgroundModelSimple(nn.Module):
         """camindex, idindex i64 [N]; samplecoords [N,H,W,2] -> [N,3,H,W]."""
         batch, height, width = samplecoords.shape[:3]
         camera = self.cammod(self.cam_ident[camindex]).view(batch, -1, 1, 1).expand(-1, -1, height, width)
-        identity = self.idmod(self.id_ident[idindex]).view(batch, -1, 1, 1).expand(-1, -1, height, width)
+        codes = torch.where((idindex >= 0)[:, None], self.id_ident[idindex.clamp(min=0)],
+                            self.id_ident.mean(dim=0, keepdim=True))
+        identity = self.idmod(codes).view(batch, -1, 1, 1).expand(-1, -1, height, width)
         features = torch.cat([camera, identity, positional_encoding(samplecoords)], dim=1)
         return self.mlp(features) * OUTPUT_SCALE + OUTPUT_OFFSET

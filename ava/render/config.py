@@ -24,9 +24,9 @@ class RenderConfig:
     dataset_dir: Path | None = None
     """Dataset with the driver and driven captures (default: the one the checkpoint was trained on, if it still exists, else the demo synthetic set)."""
     driver: str | None = None
-    """Capture whose expressions, head pose and camera drive the video (MCD--MCT--SID or subject id; default: the first trained identity)."""
+    """Capture whose expressions, head pose and camera drive the video (MCD--MCT--SID or subject id, trained or any capture of the dataset; default: the first trained identity)."""
     driven: str | None = None
-    """Capture whose identity (neutral conditioning) is rendered (default: the second trained identity)."""
+    """Capture whose identity (neutral conditioning) is rendered: a trained identity or any capture of the dataset the checkpoint never saw, e.g. a held-out subject (MCD--MCT--SID or subject id; default: the second trained identity)."""
     camera: str | None = None
     """Camera id to render from (default: the driver's most frontal camera)."""
     segment: str | None = None

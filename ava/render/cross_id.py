@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from ava.errors import UserError
-from ava.runtime.datasets import checkpoint_capture, resolve_dataset_dir
+from ava.runtime.datasets import checkpoint_capture, find_capture, resolve_dataset_dir
 from ava.runtime.device import select_device
 
 
 def resolve_identity(text: str | None, identities: list[str], dataset_dir: Path, default: int) -> tuple[str, int | None]:
-    """(capture folder, idindex or None when the capture was not trained on)."""
+    """(capture folder, idindex or None when the capture was not trained on): a trained identity
+    (capture or subject id), or any capture folder of the dataset (capture or subject id)."""
     if text is None:
         return identities[default], default
     matches = [i for i, folder in enumerate(identities) if folder == text or folder.split("--")[-1] == text]
@@ -27,8 +28,9 @@ def resolve_identity(text: str | None, identities: list[str], dataset_dir: Path,
         return identities[matches[0]], matches[0]
     if len(matches) > 1:
         raise UserError(f"{text} matches several trained captures; name one as MCD--MCT--SID")
-    if (dataset_dir / text / "decoder").is_dir():
-        return text, None
+    folder = find_capture(text, dataset_dir)
+    if folder is not None:
+        return folder, None  # a capture the checkpoint never trained on (docs/evaluation.md, "Unseen subjects")
     raise UserError(f"unknown identity {text}: not among the checkpoint's {len(identities)} identities "
                     f"(e.g. {', '.join(identities[:3])}) and no folder {dataset_dir / text}")
 
@@ -84,8 +86,9 @@ def render(request, console) -> dict:
     driver, driver_index = resolve_identity(request.driver, identities, dataset_dir, 0)
     driven, driven_index = resolve_identity(request.driven, identities, dataset_dir, min(1, len(identities) - 1))
     if driver_index is None:
-        console.print(f"[yellow]note:[/] {driver} was not trained on; its colour calibration and background "
-                      "use the first identity's", soft_wrap=True)
+        console.print(f"[yellow]note:[/] {driver} was not trained on: it is rendered with the neutral colour "
+                      "calibration (no identity row) and the mean identity's background (docs/evaluation.md)",
+                      soft_wrap=True)
     probe = checkpoint_capture(dataset_dir, driver, downsample, checkpoint, identity=driver_index)
     held_out = checkpoint.config.get("resolved", {}).get("holdout_cameras", [])
     camera = request.camera or frontal_cameras([probe], exclude=held_out)[0]

@@ -46,12 +46,14 @@ def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
 
 def checkpoint_capture(dataset_dir: Path, folder: str, downsample: int, checkpoint, cameras=None, identity: int | None = None):
     """The capture `folder` read as the checkpoint's model expects it: the checkpoint's statistics,
-    camindex in the checkpoint's camera order, idindex `identity` (0 for a capture not trained on)."""
+    camindex in the checkpoint's camera order, idindex `identity` (None, a capture not trained on:
+    ava.nn.colorcal.UNSEEN_IDENTITY, the neutral colour calibration)."""
     from ava.data.dataset import CaptureDataset
+    from ava.nn.colorcal import UNSEEN_IDENTITY
 
     part = CaptureDataset(dataset_dir / folder, downsample, cameras=cameras, stats=checkpoint.stats)
     part.camera_ids = list(checkpoint.cameras)  # camindex in the checkpoint's order
-    part.identity_index = 0 if identity is None else identity
+    part.identity_index = UNSEEN_IDENTITY if identity is None else identity
     return part
 
 
@@ -68,6 +70,30 @@ def held_out_cameras(checkpoint) -> list[str]:
     """The camera ids the checkpoint's run never trained on (recorded by `ava train`; [] for a
     converted checkpoint or a run without held-out cameras)."""
     return [str(camera) for camera in checkpoint.config.get("resolved", {}).get("holdout_cameras", [])]
+
+
+def held_out_subjects(checkpoint) -> dict[str, list[str]]:
+    """{"validation": [...], "test": [...]}: the capture folders the checkpoint's run kept out of
+    training (`--train.holdout-subjects`, `--train.num-holdout-subjects`); empty lists for a run
+    without held-out subjects or a converted checkpoint."""
+    recorded = checkpoint.config.get("resolved", {}).get("holdout_subjects") or {}
+    return {role: [str(folder) for folder in recorded.get(role, [])] for role in ("validation", "test")}
+
+
+def find_capture(name: str, dataset_dir: Path, preferred: list[str] = ()) -> str | None:
+    """The capture folder `name` stands for, trained or not: a folder name with a `decoder/` folder
+    in `dataset_dir` (or listed in `preferred`), or a subject id with exactly one capture among
+    `preferred`, else among the dataset's folders. None when there is none; UserError when a
+    subject id has several captures."""
+    if "--" in name:
+        return name if name in preferred or (Path(dataset_dir) / name / "decoder").is_dir() else None
+    for pool in (list(preferred), sorted(path.parent.name for path in Path(dataset_dir).glob("*/decoder"))):
+        matches = [folder for folder in pool if folder.split("--")[-1] == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UserError(f"subject {name} has several captures ({', '.join(matches[:3])}); name one as MCD--MCT--SID")
+    return None
 
 
 def match_identities(names, identities: list[str]) -> list[int]:

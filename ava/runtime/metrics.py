@@ -89,22 +89,75 @@ def head_mask(sample: dict, vertmean: torch.Tensor, vertstd: float) -> torch.Ten
     return F.max_pool2d(mask[None, None], 3, stride=1, padding=1)[0, 0] > 0
 
 
+@dataclass
+class IdentityColour:
+    """An identity row of the colour calibration fitted for a subject the model has no row for
+    (`fit_identity_colour`): gain [3] and bias [3], added to the camera's row exactly as a trained
+    identity's wident and bident are (ava.nn.colorcal.Colorcal)."""
+
+    gain: torch.Tensor
+    bias: torch.Tensor
+
+    def to_dict(self) -> dict:
+        return {"gain": [float(value) for value in self.gain], "bias": [float(value) for value in self.bias]}
+
+
+def _uncalibrated(model, foreground: torch.Tensor, camindex: int) -> torch.Tensor:
+    """The decoder's colour [3,H,W] before colour calibration, from the calibrated `foreground` of
+    an unseen identity (whose calibration is the camera's row alone)."""
+    gain = model.colorcal.wcam[camindex].to(foreground.device)[:, None, None]
+    bias = model.colorcal.bcam[camindex].to(foreground.device)[:, None, None]
+    return (foreground - bias) / gain
+
+
 @torch.no_grad()
-def _render_split(model, sample: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(foreground [3,H,W] without background, alpha [1,H,W], model background [3,H,W])."""
+def _render_split(model, sample: dict, device, target: dict | None = None,
+                  colour: IdentityColour | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(foreground [3,H,W] without background, alpha [1,H,W], model background [3,H,W]).
+
+    target: the identity to render (run_model's; default the sample's own neutral). colour: a
+    fitted identity row for a sample of an unseen identity (idindex < 0)."""
     batch = to_device(collate([sample]), device)
-    output = run_model(model, batch, outputs=("ialpha", "bg"))
+    output = run_model(model, batch, outputs=("ialpha", "bg"), target=None if target is None else to_device(target, device))
     alpha = output["ialpha"][0]
     background = output["bg"][0] if output.get("bg") is not None else torch.zeros_like(output["irgbrec"][0])
-    return output["irgbrec"][0] - (1.0 - alpha) * background, alpha, background
+    foreground = output["irgbrec"][0] - (1.0 - alpha) * background
+    if colour is not None:
+        raw = _uncalibrated(model, foreground, int(sample["camindex"]))
+        foreground = foreground + colour.gain.to(device)[:, None, None] * raw + colour.bias.to(device)[:, None, None]
+    return foreground, alpha, background
 
 
 @torch.no_grad()
-def camera_plate(model, calibration_sample: dict, device) -> torch.Tensor:
+def camera_plate(model, calibration_sample: dict, device, target: dict | None = None,
+                 colour: IdentityColour | None = None) -> torch.Tensor:
     """The background plate [3,H,W] of one held-out camera, fitted to `calibration_sample` (a frame
-    of that camera that is then left out of the measurement)."""
-    foreground, alpha, _ = _render_split(model, calibration_sample, device)
+    of that camera that is then left out of the measurement); `target` and `colour` as for
+    `held_out_view`, so that the plate is fitted under the render it will be composited with."""
+    foreground, alpha, _ = _render_split(model, calibration_sample, device, target, colour)
     return fit_plate(foreground, alpha, calibration_sample["image"].to(device))
+
+
+@torch.no_grad()
+def fit_identity_colour(model, samples, device, vertmean: torch.Tensor, vertstd: float,
+                        target: dict | None = None) -> IdentityColour:
+    """The identity row of the colour calibration (gain, bias per channel) that best explains
+    `samples` of one unseen subject (idindex < 0): least squares over the pixels inside the tracked
+    mesh's silhouette, with the model's background. Fit it on frames and cameras that are never
+    measured. `target` as for `held_out_view`."""
+    normal = torch.zeros(3, 2, 2, dtype=torch.float64)
+    right = torch.zeros(3, 2, dtype=torch.float64)
+    for sample in samples:
+        foreground, alpha, background = _render_split(model, sample, device, target)
+        inside = head_mask(sample, vertmean, vertstd).to(device)
+        raw = _uncalibrated(model, foreground, int(sample["camindex"]))[:, inside].double().cpu()  # [3,P]
+        residual = (sample["image"].to(device) - foreground - (1.0 - alpha) * background)[:, inside].double().cpu()
+        design = torch.stack([raw, torch.ones_like(raw)], dim=-1)  # [3,P,2]
+        normal += design.transpose(1, 2) @ design
+        right += (design.transpose(1, 2) @ residual[..., None])[..., 0]
+    # A small ridge keeps a channel without pixels (or without contrast) at the neutral row.
+    solution = torch.linalg.solve(normal + 1e-6 * torch.eye(2, dtype=torch.float64), right)  # [3,2]
+    return IdentityColour(gain=solution[:, 0].float(), bias=solution[:, 1].float())
 
 
 @dataclass
@@ -124,10 +177,12 @@ class HeldOutView:
 
 @torch.no_grad()
 def held_out_view(model, sample: dict, plate: torch.Tensor, device, vertmean: torch.Tensor,
-                  vertstd: float) -> HeldOutView:
+                  vertstd: float, target: dict | None = None, colour: IdentityColour | None = None) -> HeldOutView:
     """Renders `sample` and composites it over `plate` (from `camera_plate`) and over the model's
-    background. vertmean [V,3] (mm) and vertstd undo the vertex normalisation for the head mask."""
-    foreground, alpha, background = _render_split(model, sample, device)
+    background. vertmean [V,3] (mm) and vertstd undo the vertex normalisation for the head mask.
+    target: a dict with `neut_avgtex` [1,3,T,T] and `neut_verts` [1,V,3] to render another identity
+    (a baseline); colour: a fitted identity colour row (`fit_identity_colour`) for an unseen subject."""
+    foreground, alpha, background = _render_split(model, sample, device, target, colour)
     return HeldOutView(
         image=sample["image"].to(device),
         with_plate=(foreground + (1.0 - alpha) * plate).clamp(0, 255),

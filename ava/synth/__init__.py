@@ -3,6 +3,11 @@
 `generate(dir, SynthConfig(...))` writes the dataset; `ensure_generated(dir)` does so only when
 `dir` does not already hold it. Next to the capture folders: `ids.csv` (the ids list),
 `face_topology.obj` (the head topology the model layer should use) and `synth_config.json`.
+
+The world itself: `ava.synth.expressions` (the expression controls, `Expression`, the scripted
+segments and `perform_segment` for a take of one), `ava.synth.head.Identity` (a subject's shape and
+look) and `ava.synth.truth` (`GroundTruth`: the true mesh and texture of any identity and
+expression; `read_synth_truth`: a capture's identity and per-frame expressions).
 """
 
 from __future__ import annotations

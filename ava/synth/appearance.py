@@ -120,11 +120,11 @@ def _paint_face(identity: Identity, e: Expression, theta: np.ndarray, phi: np.nd
         if e.cheek_puff:
             colour = colour * (1.0 + 0.12 * e.cheek_puff * bump(0.43 * np.pi, side * 0.55, 0.05 * np.pi, 0.2))[:, None]
         if smile:  # the nasolabial fold deepens: a soft line from the nose's wing to the mouth corner
-            start, end = np.array([NOSE_THETA - 0.03 * np.pi, side * 0.12]), np.array([MOUTH_THETA, side * 0.33])
+            start, end = np.array([NOSE_THETA - 0.03 * np.pi, side * 0.16]), np.array([MOUTH_THETA, side * 0.33])
             along = np.clip(((theta - start[0]) * (end[0] - start[0]) + (phi - start[1]) * (end[1] - start[1]))
                             / np.sum((end - start) ** 2), 0.0, 1.0)
             distance = np.hypot(theta - start[0] - along * (end[0] - start[0]), phi - start[1] - along * (end[1] - start[1]))
-            colour = _blend(colour, skin * 0.6, 0.35 * smile * np.exp(-((distance / 0.015) ** 2)))
+            colour = _blend(colour, skin * 0.6, 0.25 * smile * np.exp(-((distance / 0.015) ** 2)))
 
     # Nose: a redder tip, nostrils that flare, creases across the bridge.
     colour = colour + np.array([18.0, -4.0, -4.0]) * bump(NOSE_THETA, 0, 0.04 * np.pi, 0.1)[:, None]
@@ -137,15 +137,18 @@ def _paint_face(identity: Identity, e: Expression, theta: np.ndarray, phi: np.nd
         colour = _blend(colour, skin * 0.6, 0.6 * e.nose_wrinkle * bridge * _lines(theta - 0.49 * np.pi, 0.012 * np.pi))
 
     # Forehead creases with raised brows, frown lines between lowered inner brows.
-    raised = sum(max(value, 0.0) for value in (e.brow_inner_left, e.brow_inner_right, e.brow_outer_left,
-                                                e.brow_outer_right)) / 4.0
-    if raised:
-        forehead = bump(0.68 * np.pi, 0.0, 0.035 * np.pi, 0.4) * (1.0 - hair)
-        colour = _blend(colour, skin * 0.7, 0.5 * raised * forehead * _lines(theta - 0.64 * np.pi, 0.018 * np.pi))
-    for side, inner in ((1, e.brow_inner_left), (-1, e.brow_inner_right)):
+    creases = _lines(theta - 0.64 * np.pi, 0.018 * np.pi) * (1.0 - hair)
+    for value, centre_phi in ((e.brow_inner_left, 0.12), (e.brow_inner_right, -0.12), (e.brow_outer_left, 0.4),
+                              (e.brow_outer_right, -0.4)):
+        if value > 0:  # above the raised part of the brow
+            colour = _blend(colour, skin * 0.7, 0.7 * value * creases * bump(0.68 * np.pi, centre_phi, 0.035 * np.pi, 0.18))
+    for side, inner, outer in ((1, e.brow_inner_left, e.brow_outer_left), (-1, e.brow_inner_right, e.brow_outer_right)):
         if inner < 0:
-            crease = _ellipse(theta, phi, BROW_THETA - 0.01 * np.pi, side * 0.04, 0.025 * np.pi, 0.008)
+            crease = _ellipse(theta, phi, BROW_THETA - 0.01 * np.pi, side * 0.05, 0.025 * np.pi, 0.02)
             colour = _blend(colour, skin * 0.6, 0.6 * -inner * crease)
+        if outer < 0:  # a lowered outer brow hoods the lid: a shadow between brow and eye
+            hood = bump(0.5 * (EYE_THETA + BROW_THETA), side * (EYE_PHI + 0.06), 0.015 * np.pi, 0.1)
+            colour = _blend(colour, skin * 0.7, 0.6 * -outer * hood)
 
     # Brows: a band from the inner end (brow_gap) outwards over brow_length, arched, thinning outwards.
     for side in (-1, 1):
@@ -194,7 +197,9 @@ def _paint_mouth(identity: Identity, e: Expression, theta: np.ndarray, phi: np.n
     smile = np.where(left, e.smile_left, e.smile_right)
     frown = np.where(left, e.frown_left, e.frown_right)
     width = 0.24 * (1.0 + 0.25 * smile + 0.1 * frown - 0.35 * e.lip_pucker - 0.25 * e.lip_funnel)
-    across = phi / width  # -1..1 from corner to corner
+    shift = 0.04 * e.jaw_sideways  # the lower lip and the opening follow the jaw sideways
+    lower = smoothstep(MOUTH_THETA + 0.01 * np.pi, MOUTH_THETA - 0.01 * np.pi, theta)
+    across = (phi - shift * lower) / width  # -1..1 from corner to corner
     corners = 0.012 * np.pi * (smile - frown) * across**2  # the corners rise with a smile, fall with a frown
     half = (0.028 * np.pi * identity.lip_thickness + 0.02 * np.pi * e.jaw_open + 0.012 * np.pi * e.lip_pucker
             + 0.01 * np.pi * e.lip_funnel)
@@ -207,18 +212,15 @@ def _paint_mouth(identity: Identity, e: Expression, theta: np.ndarray, phi: np.n
         colour = _blend(colour, identity.skin * 0.65, 0.5 * e.lip_pucker * ring * _lines(angle, 2 * np.pi / 14, 6))
 
     opening_half = (0.02 * np.pi * e.jaw_open + 0.012 * np.pi * e.lip_funnel) * (1.0 - 0.9 * e.lip_pucker)
-    if opening_half <= 0:
-        return colour
-    mean_smile = 0.5 * (e.smile_left + e.smile_right)
-    opening_width = 0.17 * (1.0 + 0.3 * mean_smile) * (1.0 - 0.55 * e.lip_funnel)
-    shift = 0.04 * e.jaw_sideways  # the opening follows the jaw
-    mouth = _ellipse(theta, phi - shift, MOUTH_THETA, 0.0, opening_half, opening_width,
-                     softness=0.25)
-    openness = min(1.0, 4.0 * (opening_half / (0.02 * np.pi)))
-    teeth = mouth * smoothstep(MOUTH_THETA + 0.2 * opening_half, MOUTH_THETA + 0.6 * opening_half, theta)
-    colour = _blend(colour, [45.0, 15.0, 20.0], mouth * openness)
-    colour = _blend(colour, [225.0, 220.0, 200.0], teeth * openness * (1.0 - 0.7 * e.lip_funnel))
-    if e.tongue_out:
+    if opening_half > 0:
+        mean_smile = 0.5 * (e.smile_left + e.smile_right)
+        opening_width = 0.17 * (1.0 + 0.3 * mean_smile) * (1.0 - 0.55 * e.lip_funnel)
+        mouth = _ellipse(theta, phi - shift, MOUTH_THETA, 0.0, opening_half, opening_width, softness=0.25)
+        openness = min(1.0, 4.0 * (opening_half / (0.02 * np.pi)))
+        teeth = mouth * smoothstep(MOUTH_THETA + 0.2 * opening_half, MOUTH_THETA + 0.6 * opening_half, theta)
+        colour = _blend(colour, [45.0, 15.0, 20.0], mouth * openness)
+        colour = _blend(colour, [225.0, 220.0, 200.0], teeth * openness * (1.0 - 0.7 * e.lip_funnel))
+    if e.tongue_out:  # over the lower lip (between the lips when the mouth is closed)
         tongue = _ellipse(theta, phi - shift, MOUTH_THETA - 0.6 * opening_half - 0.012 * np.pi * e.tongue_out, 0.0,
                           0.012 * np.pi + 0.02 * np.pi * e.tongue_out, 0.08, softness=0.3)
         colour = _blend(colour, [205.0, 95.0, 105.0], tongue * min(1.0, 2.0 * e.tongue_out))

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from ava.data.layout import NEUTRAL_SEGMENT
+
 
 @dataclass(frozen=True)
 class Expression:
@@ -181,7 +183,7 @@ SEGMENT_SCRIPTS: dict[str, tuple[Beat, ...]] = {
 }
 SEGMENTS: tuple[str, ...] = tuple(SEGMENT_SCRIPTS)
 FREE_FACE = "EXP_free_face"
-NEUTRAL = "EXP_neutral_peak"
+NEUTRAL = NEUTRAL_SEGMENT  # EXP_neutral_peak
 # Which segments get frames first when a capture has fewer frames than segments (the demo has 8):
 # the segments of the original small world, the free face, then the rest.
 _PRIORITY = ("EXP_jaw_open", "EXP_smile", "EXP_eyes_blink_light_medium_hard_wink", FREE_FACE, "EXP_brows_raise",

@@ -170,7 +170,7 @@ LOOK_RANGES: dict[str, tuple] = {
     "hairline": (0.68 * np.pi, 0.80 * np.pi),  # polar angle of the hairline at the front
     "temple_recession": (0.0, 0.08 * np.pi),
     "hair_drop": (0.2 * np.pi, 0.35 * np.pi),  # how much lower the hairline is at the back
-    "hair_streaks": (30.0, 90.0),  # spatial frequency of the hair's streaks
+    "hair_streaks": (45.0, 80.0),  # spatial frequency of the hair's streaks
     "brow_thickness": (0.008 * np.pi, 0.02 * np.pi),
     "brow_arch": (0.0, 0.02 * np.pi),
     "brow_length": (0.2, 0.32),
@@ -287,7 +287,8 @@ class Identity:
         waves = rng.normal(size=(4, 3))
         waves *= rng.uniform(40.0, 70.0, (4, 1)) / np.linalg.norm(waves, axis=1, keepdims=True)
         values["freckle_waves"] = np.concatenate([waves, rng.uniform(0, 2 * np.pi, (4, 1))], 1)
-        # Features only some subjects have: their amount scales with the variation.
+        # Mottling, and features only some subjects have: their amount scales with the variation.
+        values["mottling_strength"] = v * rng.uniform(*LOOK_RANGES["mottling_strength"])
         values["freckles"] = v * float(rng.uniform() < 0.3) * rng.uniform(0.3, 1.0)
         values["beard"] = v * float(rng.uniform() < 0.3) * rng.uniform(0.2, 0.9)
         if rng.uniform() < 0.1:  # a bald crown
@@ -296,9 +297,11 @@ class Identity:
 
     @classmethod
     def average(cls) -> "Identity":
-        """The average subject: every range's middle, a mid skin tone, mid-brown hair, no freckles or beard."""
+        """The average subject: every range's middle, a mid skin tone, mid-brown hair, no mottling,
+        freckles or beard."""
         values = {name: _middle(bounds) for name, bounds in {**SHAPE_RANGES, **LOOK_RANGES}.items()}
         skin = 0.5 * (SKIN_LIGHT + SKIN_DARK)
+        values["mottling_strength"] = 0.0
         return cls(**values, skin=skin, lip_colour=skin * np.array([0.82, 0.52, 0.55]),
                    hair_colour=HAIR_PALETTE.mean(axis=0), brow_colour=HAIR_PALETTE.mean(axis=0) * 0.75,
                    iris_colour=IRIS_PALETTE.mean(axis=0), mottling=np.zeros((6, 4)), freckle_waves=np.zeros((4, 4)),

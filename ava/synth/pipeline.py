@@ -37,7 +37,6 @@ from ava.data.formats import (
     member_frame,
 )
 from ava.data.ids import CaptureId, format_ids_csv
-from ava.data.layout import NEUTRAL_SEGMENT
 from ava.synth.config import (
     IDS_FILENAME,
     MANIFEST_FILENAME,
@@ -46,7 +45,7 @@ from ava.synth.config import (
     SynthConfig,
 )
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
-from ava.synth.expressions import SEGMENTS, Expression, perform_segment, segment_lengths
+from ava.synth.expressions import Expression, perform_segment, segment_lengths
 from ava.synth.head import Identity
 from ava.synth.headset import HeadsetPlan, HeadsetWriter, plan_headset, render_headset_frames
 from ava.synth.surface import HeadSurface, topology_digest
@@ -55,7 +54,6 @@ from ava.synth.writer import CaptureWriter
 from ava.errors import UserError
 from ava.files import write_atomically
 
-assert SEGMENTS[0] == NEUTRAL_SEGMENT
 MAX_KEYPOINTS = 68
 
 

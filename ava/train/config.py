@@ -80,6 +80,18 @@ class TrainSection:
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0
     """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the captures, keeping at least one training camera each)."""
+    holdout_subjects: tuple[str, ...] = ()
+    """Test subjects, never trained on (capture or subject ids of the ids CSV; every capture of the subject stays out). Recorded in the checkpoint; `ava eval` measures them apart from the trained ones (docs/evaluation.md)."""
+    validation_subjects: tuple[str, ...] = ()
+    """Validation subjects, never trained on: settings are chosen on them, test subjects are measured once at the end (docs/evaluation.md)."""
+    num_holdout_subjects: int = 0
+    """When --train.holdout-subjects and --train.validation-subjects are empty: hold out this many subjects of the selected captures (--train.nids or --train.ids), chosen by ava.data.splits from --train.split-seed, of which --train.num-validation-subjects are validation and the rest test."""
+    num_validation_subjects: int = 0
+    """How many of the --train.num-holdout-subjects are validation subjects (the rest are test subjects)."""
+    split_seed: int = 0
+    """Seed of the subject split (ava.data.splits), separate from --seed so that runs of several seeds hold out the same subjects."""
+    holdout_segments: tuple[str, ...] = ()
+    """Expression segments never trained on, in every capture (e.g. EXP_free_face, as the Ava-256 datasheet suggests); `ava eval --segment` measures them."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
 

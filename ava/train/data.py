@@ -20,6 +20,7 @@ from ava.data.calibration import read_calibration
 from ava.data.dataset import CaptureDataset, MultiCaptureDataset, NoUsableSamples
 from ava.data.ids import CaptureId
 from ava.data.layout import CaptureLayout
+from ava.data.splits import SubjectSplit, split_subjects
 from ava.synth.config import IDS_FILENAME
 from ava.errors import UserError
 
@@ -45,7 +46,8 @@ def ids_csv_path(dataset_dir: Path, data_csv: str) -> Path:
     )
 
 
-def select_captures(listed: Sequence[CaptureId], ids: Sequence[str], nids: int, source: str) -> list[CaptureId]:
+def select_captures(listed: Sequence[CaptureId], ids: Sequence[str], nids: int, source: str,
+                    flag: str = "--train.ids") -> list[CaptureId]:
     """`ids` (capture ids or subject ids, looked up in `listed`) if given, else the first `nids` rows."""
     if ids:
         by_folder = {capture.folder: capture for capture in listed}
@@ -66,13 +68,49 @@ def select_captures(listed: Sequence[CaptureId], ids: Sequence[str], nids: int, 
             known = ", ".join(capture.folder for capture in listed[:4])
             raise UserError(f"unknown capture ids {unknown} (not in {source}, which lists e.g. {known})")
         if len(set(chosen)) != len(chosen):
-            raise UserError("--train.ids names a capture twice")
+            raise UserError(f"{flag} names a capture twice")
         return chosen
     if nids < 1:
         raise UserError(f"--train.nids must be at least 1, got {nids}")
     if nids > len(listed):
         raise UserError(f"--train.nids is {nids} but {source} lists only {len(listed)} captures")
     return list(listed[:nids])
+
+
+def select_subjects(listed: Sequence[CaptureId], train, source: str) -> tuple[list[CaptureId], SubjectSplit]:
+    """(the captures to train on, the subject split) from `train` (an ava.train.config.TrainSection).
+
+    The selected captures (--train.ids, else the first --train.nids rows) lose the held-out
+    subjects: those named by --train.holdout-subjects (test) and --train.validation-subjects, which
+    may also be captures outside the selection, else --train.num-holdout-subjects chosen among the
+    selection by ava.data.splits.split_subjects. Every capture of a held-out subject stays out.
+    """
+    pool = select_captures(listed, train.ids, train.nids, source)
+    if train.holdout_subjects or train.validation_subjects:
+        test = select_captures(listed, train.holdout_subjects, 1, source, "--train.holdout-subjects") \
+            if train.holdout_subjects else []
+        validation = select_captures(listed, train.validation_subjects, 1, source, "--train.validation-subjects") \
+            if train.validation_subjects else []
+        both = sorted({capture.sid for capture in test} & {capture.sid for capture in validation})
+        if both:
+            raise UserError(f"subject(s) {', '.join(both)} are both validation and test subjects; name each once")
+        held = {capture.sid for capture in test + validation}
+        training = [capture for capture in pool if capture.sid not in held]
+        split = SubjectSplit(tuple(capture.folder for capture in training),
+                             tuple(capture.folder for capture in validation), tuple(capture.folder for capture in test))
+    elif train.num_holdout_subjects:
+        if not 0 <= train.num_validation_subjects <= train.num_holdout_subjects:
+            raise UserError(f"--train.num-validation-subjects ({train.num_validation_subjects}) must be between 0 and "
+                            f"--train.num-holdout-subjects ({train.num_holdout_subjects})")
+        split = split_subjects([capture.folder for capture in pool], train.num_validation_subjects,
+                               train.num_holdout_subjects - train.num_validation_subjects, train.split_seed)
+        training = [capture for capture in pool if capture.folder in set(split.train)]
+    else:
+        training, split = pool, SubjectSplit(tuple(capture.folder for capture in pool))
+    if not training:
+        raise UserError(f"holding out {len(split.held_out)} subjects leaves none of the {len(pool)} selected captures "
+                        "to train on; select more with --train.nids or --train.ids")
+    return training, split
 
 
 def capture_cameras(dataset_dir: Path, captures: Sequence[CaptureId]) -> list[list[str]]:
@@ -146,6 +184,12 @@ class TrainingData:
     holdout: ConcatDataset | None  # samples of the held-out cameras, same indices and statistics
     archive_problems: list[ArchiveProblem] = field(default_factory=list)
     """What construction found wrong, training and held-out datasets together."""
+    split: SubjectSplit | None = None
+    """The subjects: trained (`captures`), validation and test (never trained on)."""
+    holdout_segments: list[str] = field(default_factory=list)
+    """Segments left out of the training samples."""
+    dropped_samples: int = 0
+    """Training samples left out because their frame is in a held-out segment."""
 
     @property
     def stats(self):
@@ -173,13 +217,23 @@ class TrainingData:
         if unused:
             line += f", {len(unused)} without usable data ({', '.join(unused[:8])}{'...' if len(unused) > 8 else ''})"
         lines.append(line)
+        if self.split is not None and self.split.held_out:
+            lines.append("held-out subjects (never trained on): " + "; ".join(
+                f"{role} {', '.join(folder.split('--')[-1] for folder in getattr(self.split, role))}"
+                for role in ("validation", "test") if getattr(self.split, role)))
+        if self.holdout_segments:
+            lines.append(f"held-out segments (never trained on): {', '.join(self.holdout_segments)} "
+                         f"({self.dropped_samples} samples left out)")
         return lines
 
 
 def build_training_data(dataset_dir: Path, captures: list[CaptureId], downsample: int,
                         holdout: Sequence[str], holdout_count: int, progress: bool,
-                        cameras: Sequence[str] = ()) -> TrainingData:
-    """The training and held-out datasets; `cameras` restricts every capture to those ids."""
+                        cameras: Sequence[str] = (), split: SubjectSplit | None = None,
+                        holdout_segments: Sequence[str] = ()) -> TrainingData:
+    """The training and held-out datasets; `cameras` restricts every capture to those ids, and
+    frames of `holdout_segments` are left out of training. The normalisation statistics come from
+    `captures` alone (the subjects trained on), as the original computes them."""
     per_capture = select_cameras(capture_cameras(dataset_dir, captures), cameras, captures)
     holdout_cameras = choose_holdout_cameras(per_capture, holdout, holdout_count)
     all_cameras = sorted({camera for cameras in per_capture for camera in cameras})
@@ -187,6 +241,15 @@ def build_training_data(dataset_dir: Path, captures: list[CaptureId], downsample
     train = MultiCaptureDataset(dataset_dir, captures, downsample, cameras=training_cameras, progress=progress)
     _use_camera_order(train.datasets, all_cameras)
     train.camera_ids = all_cameras
+    segments = list(dict.fromkeys(holdout_segments))
+    dropped = 0
+    if segments:
+        known = {frame.segment for part in train.datasets for frame in part.reader.frames}
+        unknown = [segment for segment in segments if segment not in known]
+        if unknown:
+            raise UserError(f"--train.holdout-segments {', '.join(unknown)}: no capture has such a segment "
+                            f"(they have {', '.join(sorted(known))})")
+        dropped = train.drop_segments(segments)
     problems = list(train.archive_problems)
     holdout_parts = []
     for identity, (capture, cameras) in enumerate(zip(captures, per_capture)):
@@ -211,6 +274,9 @@ def build_training_data(dataset_dir: Path, captures: list[CaptureId], downsample
         train=train,
         holdout=ConcatDataset(holdout_parts) if holdout_parts else None,
         archive_problems=problems,
+        split=split,
+        holdout_segments=segments,
+        dropped_samples=dropped,
     )
 
 

@@ -18,7 +18,7 @@ from ava.runtime.datasets import demo_dataset_dir, ensure_demo_dataset
 from ava.runtime.device import use_threads
 from ava.train.config import TrainConfig, config_to_dict
 from ava.train.data import (EpochSampler, TrainingData, build_training_data, default_num_workers, ids_csv_path,
-                            make_loader, select_captures)
+                            make_loader, select_subjects)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
 from ava.train.resume import check_compatible, restore_rng, resume_path
@@ -86,6 +86,8 @@ def check_config(config: TrainConfig) -> None:
             problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
     if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
+    if train.num_holdout_subjects < 0 or train.num_validation_subjects < 0:
+        problems.append("--train.num-holdout-subjects and --train.num-validation-subjects cannot be negative")
     if not train.ddp_bucket_mb > 0:
         problems.append("--train.ddp-bucket-mb must be positive")
     if not train.init_learning_rate > 0 or not train.gamma > 0 or not train.clip > 0:
@@ -148,9 +150,10 @@ def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Call
 
     dataset_dir = resolve_dataset(config, ctx, console)
     csv = ids_csv_path(dataset_dir, config.train.data_csv)
-    captures = select_captures(read_ids_csv(csv), config.train.ids, config.train.nids, str(csv))
+    captures, split = select_subjects(read_ids_csv(csv), config.train, str(csv))
     data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
-                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras)
+                               config.train.num_holdout_cameras, progress=ctx.is_main, cameras=config.train.cameras,
+                               split=split, holdout_segments=config.train.holdout_segments)
     topology = resolve_topology(config.model.topology, dataset_dir)
     if topology.num_verts != data.stats.vertmean.shape[0]:
         raise UserError(f"the topology has {topology.num_verts} vertices but the dataset's meshes have "
@@ -284,7 +287,10 @@ def resolved_config(config: TrainConfig, ctx: Distributed, data: TrainingData, c
     resolved = config_to_dict(config)
     resolved["resolved"] = {"dataset_dir": str(data.dataset_dir), "ids_csv": str(csv),
                             "captures": [capture.folder for capture in data.captures], "cameras": data.cameras,
-                            "holdout_cameras": data.holdout_cameras, "world_size": ctx.world_size,
+                            "holdout_cameras": data.holdout_cameras,
+                            "holdout_subjects": {"validation": list(data.split.validation), "test": list(data.split.test),
+                                                 "split_seed": data.split.seed} if data.split is not None else None,
+                            "holdout_segments": data.holdout_segments, "world_size": ctx.world_size,
                             "global_batch": config.train.batchsize * ctx.world_size,
                             "device": str(ctx.device), "raymarch_backend": backend or "auto",
                             "num_workers": num_workers, "ddp": plan.to_dict() if plan is not None else None}

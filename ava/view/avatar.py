@@ -60,9 +60,11 @@ class HomeView:
 
 
 class Avatar:
-    """A checkpoint ready to render. identities: trained capture folders found in the dataset (the
-    identities that can be rendered); captures: every capture folder in the dataset (expression
-    sources, trained or not)."""
+    """A checkpoint ready to render. identities: the capture folders that can be rendered: the
+    trained ones found in the dataset, then the dataset's captures the checkpoint never trained on
+    (`unseen`: held-out subjects and others, rendered from their own neutral frame with the neutral
+    colour calibration, docs/evaluation.md); captures: every capture folder in the dataset
+    (expression sources, trained or not)."""
 
     def __init__(self, checkpoint, dataset_dir: Path, downsample: int, device: torch.device) -> None:
         from ava.runtime.cameras import frontal_cameras
@@ -74,11 +76,13 @@ class Avatar:
         self.device = device
         model = checkpoint.build_autoencoder(raymarch_backend="torch" if device.type == "cpu" else None)
         self.model = model.to(device).eval()
-        self.identities = [folder for folder in checkpoint.identities if (self.dataset_dir / folder / "decoder").is_dir()]
-        if not self.identities:
+        trained = [folder for folder in checkpoint.identities if (self.dataset_dir / folder / "decoder").is_dir()]
+        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder") if path.is_dir())
+        self.unseen = [folder for folder in self.captures if folder not in checkpoint.identities]
+        self.identities = trained + self.unseen
+        if not trained:
             raise UserError(f"none of the checkpoint's {len(checkpoint.identities)} identities "
                             f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir}; pass --dataset-dir")
-        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder") if path.is_dir())
         self.lock = threading.Lock()  # one render at a time: they share the model and the device
         self.cache_lock = threading.Lock()  # browsers' render threads share the expression cache
         self._parts: dict[str, tuple[object, dict[str, int]]] = {}  # folder -> (samples, frame id -> index)
@@ -142,10 +146,10 @@ class Avatar:
 
     @torch.no_grad()
     def identity(self, folder: str) -> dict:
-        """The identity encoder's output for a trained capture's neutral frame (cached)."""
+        """The identity encoder's output for a capture's neutral frame (cached)."""
         if folder not in self._identity:
             if folder not in self.identities:
-                raise UserError(f"{folder} is not a trained identity in {self.dataset_dir}")
+                raise UserError(f"{folder} is not a capture in {self.dataset_dir}")
             sample = self._part(folder)[0][0]
             neut_verts, neut_avgtex = self._inputs(sample, ("neut_verts", "neut_avgtex"))
             with self.lock:
@@ -175,14 +179,18 @@ class Avatar:
         return encoding
 
     def idindex(self, folder: str) -> int:
-        return self.checkpoint.identities.index(folder)
+        """The capture's row in the identity tables, UNSEEN_IDENTITY for one never trained on."""
+        from ava.nn.colorcal import UNSEEN_IDENTITY
+
+        identities = self.checkpoint.identities
+        return identities.index(folder) if folder in identities else UNSEEN_IDENTITY
 
     # --- rendering --------------------------------------------------------------------------------
 
     @torch.no_grad()
     def render(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
                background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-        """uint8 [H,W,3]: `identity` (a trained capture folder) making the expression `encoding`
+        """uint8 [H,W,3]: `identity` (a capture folder of `identities`) making the expression `encoding`
         [1,16,4,4], seen by `camera`, over a flat `background` colour (0..255)."""
         from ava.runtime.images import to_uint8
 
@@ -198,7 +206,8 @@ def render_view(model, camera: ViewCamera, id_cond: dict, encoding: torch.Tensor
                 background: tuple[float, float, float]) -> torch.Tensor:
     """[3,H,W] (0..255) on the model's device: the decoder and the raymarcher for one view of the
     identity `id_cond` (the identity encoder's output) making `encoding` [1,16,4,4], with colour
-    calibration row (camindex, idindex), over a flat `background` colour."""
+    calibration row (camindex, idindex; idindex < 0 for an identity never trained on), over a flat
+    `background` colour."""
     from ava.data.dataset import pixel_coordinates
 
     device = next(model.parameters()).device
@@ -210,7 +219,7 @@ def render_view(model, camera: ViewCamera, id_cond: dict, encoding: torch.Tensor
         # hit it lands on the background (which the background model learnt to absorb). Passing
         # colour - bias as the background gives alpha * bias + (1 - alpha) * colour: the head
         # exactly as trained over a clean flat colour.
-        colour = colour - (model.colorcal.bcam[camindex] + model.colorcal.bident[idindex])
+        colour = colour - model.colorcal.gain_and_bias(cameras, identities)[1][0]
     output = model(
         camera.camrot[None].to(device), camera.campos[None].to(device), camera.focal[None].to(device),
         camera.princpt[None].to(device), torch.eye(4, device=device)[None], None, None, None, None,

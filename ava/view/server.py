@@ -143,10 +143,12 @@ class ClientRenderer(threading.Thread):
         return image
 
 
-def _labels(folders: list[str]) -> dict[str, str]:
-    """Dropdown label -> capture folder: the subject id where it is unique, else the folder."""
+def _labels(folders: list[str], unseen: list[str] = ()) -> dict[str, str]:
+    """Dropdown label -> capture folder: the subject id where it is unique, else the folder; those
+    in `unseen` (never trained on) are marked."""
     subjects = [folder.split("--")[-1] for folder in folders]
-    return {(subject if subjects.count(subject) == 1 else folder): folder for subject, folder in zip(subjects, folders)}
+    return {(subject if subjects.count(subject) == 1 else folder) + (" (unseen)" if folder in unseen else ""): folder
+            for subject, folder in zip(subjects, folders)}
 
 
 class Viewer:
@@ -203,7 +205,7 @@ class Viewer:
     def _build_controls(self, height: int) -> None:
         gui = self.server.gui
         avatar = self.avatar
-        self.identity_labels = _labels(avatar.identities)
+        self.identity_labels = _labels(avatar.identities, avatar.unseen)
         self.capture_labels = _labels(avatar.captures)
         with gui.add_folder("Avatar"):
             self.identity = gui.add_dropdown("identity", list(self.identity_labels),
