@@ -13,6 +13,9 @@ Metadata (strings; JSON where structured):
 
 Writes are atomic: the file is written under a temporary name in the same folder, flushed and
 fsynced, then renamed over the destination, so a crash leaves the previous checkpoint intact.
+safetensors has no checksum, so the metadata also holds `digest`, the SHA-256 of everything else
+in the file (metadata and tensors), checked on every load: a damaged file is refused with
+`DamagedCheckpoint`. Files written before the digest existed load unchecked.
 
 A headset driver (`ava train-driver`) is saved in the same way as its own kind of file (format
 "ava-driver-checkpoint"): encoder.<key> weights, optimiser state and extra.<name> tensors, and in
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from ava.errors import UserError
+from ava.faults import crash_point
 from ava.files import fsync_directory, give_default_mode
 
 FORMAT_NAME = "ava-checkpoint"
@@ -41,6 +46,52 @@ DRIVER_FORMAT_NAME = "ava-driver-checkpoint"
 DRIVER_FORMAT_VERSION = 1
 _VERSIONS = {FORMAT_NAME: FORMAT_VERSION, DRIVER_FORMAT_NAME: DRIVER_FORMAT_VERSION}
 _LISTED = 8  # names shown per kind of mismatch before "... and N more"
+DIGEST_KEY = "digest"
+DIGEST_PREFIX = "sha256:"
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that is truncated, corrupt or fails its digest check (`path` names it)."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, no permission, ...); nothing was replaced."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write the checkpoint {path}: {reason}; nothing was replaced, earlier checkpoints "
+                         "are intact")
+        self.path = path
+        self.reason = reason
+
+
+def _hash_tensors(digest, tensors: dict[str, torch.Tensor]) -> None:
+    """Feeds names, dtypes, shapes and bytes of `tensors` (in name order) into `digest`."""
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """'sha256:<hex>' of a checkpoint's metadata (all but the digest itself) and tensors."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted((key, value) for key, value in metadata.items() if key != DIGEST_KEY)).encode())
+    _hash_tensors(digest, tensors)
+    return DIGEST_PREFIX + digest.hexdigest()
+
+
+def _os_reason(error: Exception) -> str:
+    """'No space left on device' for an OSError or a safetensors error that wraps one."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    match = re.search(r"os error (\d+)", str(error))
+    return os.strerror(int(match.group(1))) if match else str(error)
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -137,24 +188,31 @@ def _extra_tensors(extra_state: dict | None, tensors: dict[str, torch.Tensor]) -
 
 
 def _write_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     # safetensors refuses views and shared storage: give every tensor its own contiguous CPU copy.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+    metadata = {**metadata, DIGEST_KEY: content_digest(tensors, metadata)}
 
     # Streamed to a temporary file by safetensors (rather than ava.files.write_atomically, which
     # takes bytes) so that a large checkpoint is never held twice in memory.
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        give_default_mode(temporary)  # safetensors creates it 0600; a checkpoint is shared like any output
-        with open(temporary, "rb+") as handle:
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(temporary), metadata=metadata)
+            give_default_mode(temporary)  # safetensors creates it 0600; a checkpoint is shared like any output
+            with open(temporary, "rb+") as handle:
+                handle.flush()
+                os.fsync(handle.fileno())  # a full disk may only show here (delayed allocation)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointWriteError(path, _os_reason(error)) from None
+        crash_point("checkpoint-written", partial=temporary)
         os.replace(temporary, path)
         fsync_directory(path.parent)
+        crash_point("checkpoint-renamed")
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -279,12 +337,33 @@ def newest_checkpoint_in(folder: Path) -> Path | None:
     return None
 
 
+def follow_pointer(path: Path) -> Path:
+    """The checkpoint a run folder's `checkpoints/latest` names (a one-line text file holding the
+    newest checkpoint's file name, kept beside it); any other path unchanged. UserError when the
+    pointer names a checkpoint that is gone."""
+    try:
+        if path.suffix == ".safetensors" or not path.is_file() or path.stat().st_size > 4096:
+            return path
+        name = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return path
+    if "\n" in name or "/" in name or not name.endswith(".safetensors"):
+        return path
+    target = path.parent / name
+    if not target.is_file():
+        newest = newest_checkpoint_in(path.parent)
+        raise UserError(f"{path} is the run folder's pointer to its newest checkpoint, {name}, which does not exist; "
+                        "pass a checkpoint file" + (f", e.g. {newest}" if newest else ""))
+    return target
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`, checking its format and version."""
+    """Read a checkpoint written by `save_checkpoint`, checking its format and version. A run
+    folder's `checkpoints/latest` stands for the checkpoint it names."""
     from ava.data.stats import NormStats
     from ava.nn.uvmap import Topology
 
-    path = Path(path)
+    path = follow_pointer(Path(path))
     metadata, tensors, version = _read_file(path, map_location, FORMAT_NAME)
     try:
         scalars = json.loads(metadata["stats"])
@@ -311,7 +390,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             extra_state=extra_state,
         )
     except (KeyError, ValueError) as error:
-        raise UserError(f"checkpoint {path} is incomplete or damaged (missing or bad {error})") from None
+        raise DamagedCheckpoint(path, f"checkpoint {path} is incomplete or damaged (missing or bad {error})") from None
 
 
 def _group(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -329,7 +408,8 @@ def _optimizer_and_extra(metadata: dict, tensors: dict[str, torch.Tensor]) -> tu
 
 
 def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str, torch.Tensor], int]:
-    """(metadata, tensors, format version) of a checkpoint file of the `expected` format."""
+    """(metadata, tensors, format version) of a checkpoint file of the `expected` format; the
+    digest is checked first, so a damaged file is a DamagedCheckpoint whatever the damage hit."""
     from safetensors import SafetensorError, safe_open
 
     if path.is_dir():
@@ -346,31 +426,45 @@ def _read_file(path: Path, map_location, expected: str) -> tuple[dict, dict[str,
         raise UserError(f"{path} is a PyTorch file (torch.save), not an ava checkpoint; a state dict of the "
                         "original code is imported with `ava convert`")
     try:
-        with safe_open(str(path), framework="pt", device=str(map_location)) as reader:
+        # Read on the CPU (safetensors checks that the header's offsets cover the file exactly, so
+        # no header can make it allocate more than the file holds), checked, then moved.
+        with safe_open(str(path), framework="pt", device="cpu") as reader:
             metadata = reader.metadata() or {}
-            found = metadata.get("format")
-            if found != expected:
-                if found == DRIVER_FORMAT_NAME:
-                    raise UserError(f"{path} is a headset driver checkpoint, not a decoder; pass it as "
-                                    "--driver-checkpoint (and the decoder it was trained against as --checkpoint)")
-                if found == FORMAT_NAME:
-                    raise UserError(f"{path} is a decoder checkpoint, not a headset driver; pass it as --checkpoint "
-                                    "and a driver from `ava train-driver` as --driver-checkpoint")
-                raise UserError(
-                    f"{path} is not an ava checkpoint (a state dict of the original code? "
-                    "import it with `ava convert`)"
-                )
-            version = int(metadata.get("format_version", "0"))
-            if version > _VERSIONS[expected]:
-                raise UserError(
-                    f"{path} has checkpoint format version {version}, this ava reads up to "
-                    f"{_VERSIONS[expected]}; upgrade ava"
-                )
-            if version < 1:
-                raise UserError(f"{path} has an invalid checkpoint format version {version}")
             tensors = {key: reader.get_tensor(key) for key in reader.keys()}
     except SafetensorError as error:
-        raise UserError(f"cannot read checkpoint {path}: {error} (truncated or not a safetensors file?)") from None
+        raise DamagedCheckpoint(path, f"checkpoint {path} is damaged or not a safetensors file ({error}; truncated "
+                                      "by a full disk or an interrupted copy?)") from None
+    stored = metadata.get(DIGEST_KEY)
+    if stored is not None and content_digest(tensors, metadata) != stored:
+        raise DamagedCheckpoint(path, f"checkpoint {path} is damaged: its contents do not match the SHA-256 digest "
+                                      "stored when it was written (a disk or copy error?)")
+    found = metadata.get("format")
+    if found != expected:
+        if found == DRIVER_FORMAT_NAME:
+            raise UserError(f"{path} is a headset driver checkpoint (from `ava train-driver`), not a decoder; "
+                            f"`ava eval-driver --driver-checkpoint {path}` measures it and `ava render "
+                            f"--checkpoint DECODER --driver-checkpoint {path}` drives its decoder with it")
+        if found == FORMAT_NAME:
+            raise UserError(f"{path} is a decoder checkpoint (from `ava train`), not a headset driver; "
+                            f"`ava train-driver --checkpoint {path}` trains a driver for it")
+        raise UserError(
+            f"{path} is not an ava checkpoint (a state dict of the original code? "
+            "import it with `ava convert`)"
+        )
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError:
+        raise DamagedCheckpoint(path, f"checkpoint {path} is damaged (format_version "
+                                      f"{metadata.get('format_version')!r})") from None
+    if version > _VERSIONS[expected]:
+        raise UserError(
+            f"{path} has checkpoint format version {version}, this ava reads up to "
+            f"{_VERSIONS[expected]}; upgrade ava"
+        )
+    if version < 1:
+        raise UserError(f"{path} has an invalid checkpoint format version {version}")
+    if str(map_location) != "cpu":
+        tensors = {key: value.to(map_location) for key, value in tensors.items()}
     return metadata, tensors, version
 
 
@@ -386,10 +480,7 @@ def decoder_fingerprint(checkpoint: Checkpoint) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for key in sorted(checkpoint.model_state):
-        tensor = checkpoint.model_state[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    _hash_tensors(digest, checkpoint.model_state)
     return digest.hexdigest()
 
 
@@ -463,8 +554,9 @@ class DriverCheckpoint:
 
 
 def load_driver_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> DriverCheckpoint:
-    """Read a driver written by `save_driver_checkpoint`, checking its format and version."""
-    path = Path(path)
+    """Read a driver written by `save_driver_checkpoint`, checking its format and version. A run
+    folder's `checkpoints/latest` stands for the checkpoint it names."""
+    path = follow_pointer(Path(path))
     metadata, tensors, version = _read_file(path, map_location, DRIVER_FORMAT_NAME)
     try:
         optimizer_state, extra_state = _optimizer_and_extra(metadata, tensors)
@@ -480,4 +572,4 @@ def load_driver_checkpoint(path: str | Path, map_location: str | torch.device = 
             extra_state=extra_state,
         )
     except (KeyError, ValueError) as error:
-        raise UserError(f"driver checkpoint {path} is incomplete or damaged (missing or bad {error})") from None
+        raise DamagedCheckpoint(path, f"driver checkpoint {path} is incomplete or damaged (missing or bad {error})") from None

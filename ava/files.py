@@ -22,19 +22,69 @@ def cache_dir(*parts: str, create: bool = True) -> Path:
     return path
 
 
+PROBE_BYTES = 4096  # one block: a full disk refuses it, where an empty file would still be created
+
+
 def output_folder(path: str | Path, flag: str, create: bool = True) -> Path:
-    """Checks the output folder `path` given with `flag` and creates it (and its parents) if
-    missing and `create`; a UserError naming `flag` when it is a file or cannot be created."""
+    """Checks, before any work, that the output folder `path` (given with `flag`) can be written:
+    a file must not stand in its place or in its parents' place, and a probe file of one block is
+    written, flushed to disk and deleted in it (a read-only folder or file system, no permission,
+    a full disk or quota all fail there). Creates the folder and its missing parents when
+    `create`, else removes those it made for the probe. A UserError naming the folder, `flag`
+    and the reason otherwise."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; pass a folder (it is created if missing)")
-    if not create:
-        return path
+    missing = []
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write to output folder {path} ({flag}): {existing} is a file, not a folder")
+    created: list[Path] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # made by someone else meanwhile: theirs, not ours to remove
+            created.append(folder)
+        _probe_write(path)
     except OSError as error:
         raise UserError(f"cannot write to output folder {path} ({flag}): {error.strerror or error}") from None
+    finally:
+        if not create:
+            for folder in reversed(created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
     return path
+
+
+def _probe_write(folder: Path) -> None:
+    """Writes, fsyncs and deletes one block in `folder`; OSError when it cannot be written."""
+    probe = folder / f".ava-write-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        try:
+            probe.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def is_storage_error(error: OSError) -> bool:
+    """Whether `error` is the machine's storage refusing a write (a full disk or quota, a
+    read-only file system, a file too large, no permission) rather than a bug."""
+    import errno
+
+    names = ("ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EACCES", "EPERM")
+    return error.errno in {getattr(errno, name) for name in names if hasattr(errno, name)}
 
 
 def process_umask() -> int:
@@ -73,13 +123,33 @@ def fsync_directory(path: Path) -> None:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_INFLATED_BYTES = 256 << 20  # the largest text file of a capture (a calibration) is about 100 kB
+
+
+def inflate(data: bytes, wbits: int = 31, limit: int | None = None) -> bytes:
+    """`data` decompressed (gzip with the default `wbits`, any number of members; zlib or raw
+    deflate with zlib's other `wbits`), refusing to produce more than `limit` bytes (default
+    MAX_INFLATED_BYTES; a gzip bomb): ValueError then, zlib.error or EOFError for damaged or cut data."""
+    import zlib
+
+    limit = MAX_INFLATED_BYTES if limit is None else limit
+    out = bytearray()
+    while True:
+        stream = zlib.decompressobj(wbits=wbits)
+        out += stream.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise ValueError(f"it inflates to more than {limit} bytes (a decompression bomb?); refused")
+        if not stream.eof:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        data = stream.unused_data
+        if not data or wbits != 31:
+            return bytes(out)
 
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file of the data (JSON, CSV, a variance), gzip-compressed or not: `ava download`
     keeps an object that the server labels `Content-Encoding: gzip` as stored, since its size and
     MD5 refer to those bytes. UserError naming the file when it is not readable text."""
-    import gzip
     import zlib
 
     path = Path(path)
@@ -89,8 +159,8 @@ def read_text(path: str | Path) -> str:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
     if data[:2] == GZIP_MAGIC:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
+            data = inflate(data)
+        except (OSError, EOFError, ValueError, zlib.error) as error:
             raise UserError(f"{path} is damaged gzip data ({error}); download it again") from None
     try:
         return data.decode("utf-8")
@@ -103,15 +173,19 @@ def write_atomically(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one: a
     temporary file beside it, flushed and fsynced, renamed over it, and the rename made durable."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         fsync_directory(path.parent)
+    except OSError as error:
+        # Named by the file the caller asked for (a full disk fails in write() or fsync(), whose
+        # errors carry no file name), so that one line can say what could not be written.
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     finally:
         if temporary.exists():
             temporary.unlink()

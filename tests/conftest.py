@@ -43,6 +43,26 @@ def original_checkout() -> Path | None:
     return Path(value).expanduser() if value and Path(value).expanduser().is_dir() else None
 
 
+def require_original_checkout(modules=None) -> Path:
+    """The original checkout named by $AVA_ORIGINAL_CHECKOUT, where the Python modules its code
+    imports (`modules`; default: all that tools/original_checkout.py lists) are installed; else
+    skips the calling test, saying what to set or the pip command."""
+    import importlib.util
+
+    checkout = original_checkout()
+    if checkout is None:
+        pytest.skip(f"set {ORIGINAL_CHECKOUT_ENV} to a checkout of facebookresearch/ava-256 to run this test")
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    spec = importlib.util.spec_from_file_location("original_checkout", tools / "original_checkout.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    missing = helpers.missing_modules() if modules is None else helpers.missing_modules(modules)
+    if missing:
+        pytest.skip(f"the original code's dependencies are missing: {', '.join(missing)} "
+                    f"({helpers.install_hint(missing)})")
+    return checkout
+
+
 @pytest.fixture(scope="session")
 def original_topology(tmp_path_factory) -> Path:
     """A private copy of the Ava-256 face_topology.obj (checked by SHA-256): from the original
@@ -61,6 +81,70 @@ def original_topology(tmp_path_factory) -> Path:
             return copy
     pytest.skip(f"the Ava-256 face_topology.obj is not here: set {ORIGINAL_CHECKOUT_ENV} to an original "
                 "ava-256 checkout to run this test")
+
+
+# Top-level names the original's code defines; they are taken out of sys.modules again after use.
+_ORIGINAL_TOP_LEVEL = ("data", "extensions", "losses", "models", "utils")
+# What importing the original's model-building code (its utils.py and models/) needs: PyPI names in
+# tools/original_checkout.py.
+_ORIGINAL_MODEL_MODULES = ("einops", "igl", "pandas", "PIL", "plyfile", "trimesh", "zipp")
+
+
+def _original_extension_stubs():
+    """Stand-ins for the original's two compiled CUDA extensions, which cannot be built on a CPU:
+    `extensions.utils.utils.compute_raydirs` becomes ava's `compute_raydirs` and
+    `extensions.mvpraymarch.mvpraymarch.mvpraymarch` ava's `mvp_raymarch` on its PyTorch path.
+    Everything the original computes before the raymarcher stays its own code."""
+    import types
+
+    from ava.kernels import compute_raydirs, mvp_raymarch
+
+    def mvpraymarch(raypos, raydir, stepsize, tminmax, primtransf, template, warp, rayterm=None,
+                    fadescale=8.0, fadeexp=8.0):
+        primpos, primrot, primscale = (tensor.contiguous() for tensor in primtransf)
+        return mvp_raymarch(raypos, raydir, stepsize, tminmax, primpos, primrot, primscale, template.contiguous(),
+                            warp, fadescale=fadescale, fadeexp=fadeexp, backend="torch")
+
+    modules = {}
+    for name in ("extensions", "extensions.utils", "extensions.mvpraymarch"):
+        modules[name] = types.ModuleType(name)
+        modules[name].__path__ = []
+    modules["extensions.utils.utils"] = types.ModuleType("extensions.utils.utils")
+    modules["extensions.utils.utils"].compute_raydirs = compute_raydirs
+    modules["extensions.mvpraymarch.mvpraymarch"] = types.ModuleType("extensions.mvpraymarch.mvpraymarch")
+    modules["extensions.mvpraymarch.mvpraymarch"].mvpraymarch = mvpraymarch
+    return modules
+
+
+@pytest.fixture(scope="module")
+def original_code():
+    """The original ava-256 code of $AVA_ORIGINAL_CHECKOUT, imported on the CPU: a namespace with
+    `path` (the checkout) and `utils` (its top-level utils.py: get_autoencoder, create_uv_baridx;
+    `models.*` import from there too). Its CUDA extensions are replaced as
+    `_original_extension_stubs` says. Skips the test without a checkout or the modules its code
+    imports (the message gives the pip command). Afterwards sys.path and sys.modules are as before."""
+    import importlib
+    import sys
+    import types
+
+    checkout = require_original_checkout(_ORIGINAL_MODEL_MODULES)
+
+    def ours(name: str) -> bool:
+        return name.split(".")[0] in _ORIGINAL_TOP_LEVEL
+
+    saved_modules = {name: module for name, module in sys.modules.items() if ours(name)}
+    saved_path = list(sys.path)
+    for name in saved_modules:
+        del sys.modules[name]
+    sys.modules.update(_original_extension_stubs())
+    sys.path.insert(0, str(checkout))
+    try:
+        yield types.SimpleNamespace(path=checkout, utils=importlib.import_module("utils"))
+    finally:
+        sys.path[:] = saved_path
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved_modules)
 
 
 # --- a tiny capture set and checkpoint shared by the tests of ava show, view and eval -----------

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ava.data.ids import CaptureId
-from ava.data.release import ASSET_GROUPS, CALIBRATION_PATH, group_paths
+from ava.data.release import ASSET_GROUPS, CALIBRATION_PATH, RELEASE_WIDE, group_paths
 
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
@@ -47,6 +47,11 @@ class Faults:
     """Send `Content-Encoding: <value>` with these paths whatever the client's Accept-Encoding, as
     S3 does for objects uploaded with a content encoding. The stored bytes (and so Content-Length,
     Range offsets and the ETag) stay those in `files`: put gzip data there for 'gzip'."""
+    chunked: set[str] = field(default_factory=set)
+    """Send these paths without Content-Length, as chunked transfer (as some mirrors and caching
+    proxies do): no Content-Length in HEAD either; a 206 still carries its Content-Range."""
+    unknown_total: bool = False
+    """With `chunked`: a 206's Content-Range ends in `/*` (the total is not said either)."""
     seconds_per_request: float = 0.0
     """Latency added before every answer (benchmarks)."""
     seconds_per_chunk: float = 0.0
@@ -151,25 +156,31 @@ def _handler_for(server: DownloadServer) -> type[BaseHTTPRequestHandler]:
             payload = body[start:]
             if number == 0 and path in faults.corrupt_first and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+            chunked = path in faults.chunked
             self.send_response(status)
-            self.send_header("Content-Length", str(len(payload)))
+            if not chunked:
+                self.send_header("Content-Length", str(len(payload)))
+            elif send_body:
+                self.send_header("Transfer-Encoding", "chunked")
             self.send_header("ETag", etag)
             self.send_header("Accept-Ranges", "bytes")
             if path in faults.content_encoding:
                 self.send_header("Content-Encoding", faults.content_encoding[path])
             if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                total = "*" if chunked and faults.unknown_total else str(len(body))
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{total}")
             self.end_headers()
             server._record(self.command, path, range_header, status)
             if not send_body:
                 return
+            framed = _chunked(payload) if chunked else payload
             if number == 0 and path in faults.drop_first:
-                self.wfile.write(payload[: len(payload) // 2])
+                self.wfile.write(framed[: len(framed) // 2])  # a chunked body then lacks its last chunk
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
-            self._write_paced(payload)
+            self._write_paced(framed)
 
         def _write_paced(self, payload: bytes) -> None:
             chunk = 1 << 16
@@ -195,6 +206,12 @@ def _handler_for(server: DownloadServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _chunked(payload: bytes, size: int = 1 << 14) -> bytes:
+    """`payload` in HTTP/1.1 chunked transfer coding: sized chunks, then the empty last chunk."""
+    pieces = [payload[offset : offset + size] for offset in range(0, len(payload), size)]
+    return b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces) + b"0\r\n\r\n"
+
+
 def calibration_json(camera_ids: list[str]) -> bytes:
     """A camera_calibration.json with identity-ish cameras; only the ids matter to the downloader."""
     cameras = [
@@ -212,9 +229,11 @@ def calibration_json(camera_ids: list[str]) -> bytes:
 
 
 def remote_tree(
-    captures: list[CaptureId], camera_ids: list[str], size: str = "4TB", file_bytes: int = 20_000, seed: int = 0
+    captures: list[CaptureId], camera_ids: list[str], size: str = "4TB", file_bytes: int = 20_000, seed: int = 0,
+    groups=tuple(ASSET_GROUPS),
 ) -> dict[str, bytes]:
-    """Every file of every asset group for `captures`, as {URL path: random bytes}.
+    """Every file of `groups` (default: every asset group) for `captures`, and the release-wide
+    files among them, as {URL path: random bytes}.
 
     File sizes vary around `file_bytes` (and differ from file to file, so a mix-up shows).
     `camera_ids` go into the calibration in the given order; the downloader must sort them.
@@ -222,11 +241,17 @@ def remote_tree(
     generator = random.Random(seed)
     files = {}
     for capture in captures:
-        for group in ASSET_GROUPS:
+        for group in groups:
+            if group in RELEASE_WIDE:
+                continue
             for path in group_paths(group, camera_ids):
                 if path == CALIBRATION_PATH:
                     body = calibration_json(camera_ids)
                 else:
                     body = generator.randbytes(generator.randint(file_bytes // 2, file_bytes * 3 // 2))
                 files[f"/{size}/{capture.folder}/{path}"] = body
+    for group in groups:
+        if group in RELEASE_WIDE:
+            for path in group_paths(group):
+                files[f"/{size}/{path}"] = generator.randbytes(generator.randint(file_bytes // 2, file_bytes * 3 // 2))
     return files

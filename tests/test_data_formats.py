@@ -75,7 +75,8 @@ _BAD_PLY = [
      "lacks x/y/z"),
     (["format binary_little_endian 1.0", "element vertex 7", *_XYZ], _BODY, "truncated"),
     (["format binary_little_endian 1.0", "element vertex 99999999999999", *_XYZ], _BODY, "truncated"),
-    (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 5\n", "does not hold 2 vertices"),
+    (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 5\n", "truncated or its header lies"),
+    (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 5 6 7\n", "does not hold 2 vertices"),
     (["format ascii 1.0", "element vertex 2", *_XYZ], b"1 2 3\n4 five 6\n", "non-numeric"),
     # plyfile's path (vertex after another element, list properties): damaged bodies and counts
     (["format binary_little_endian 1.0", "element face 1", "property list uchar int vertex_indices",

@@ -19,6 +19,12 @@ from ava.cli import main as ava_main  # noqa: E402
 from ava.data.ids import CaptureId  # noqa: E402
 
 CAPTURE = CaptureId.parse("20230324--0820--AEY864")
+# `python -m ava` as a terminal starts it. Under `nohup` or `&` in a script SIGINT is ignored, an
+# ignored signal stays ignored across exec, and Python then never raises KeyboardInterrupt; so the
+# child puts Python's own SIGINT handler back itself (a preexec_fn would be unsafe beside the
+# server's threads).
+AVA_WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "runpy.run_module('ava', run_name='__main__', alter_sys=True)")
 
 
 def _wait_for_bytes(part: Path, process: subprocess.Popen, seconds: float) -> None:
@@ -41,7 +47,7 @@ def test_ctrl_c_keeps_partial_files_and_the_rerun_resumes_them(tmp_path, capsys)
         args = ["download", "-o", str(out), "--ids", CAPTURE.folder, "--assets", "uv_image", "--base-url", server.base_url]
         environment = dict(os.environ, COLUMNS="400")
         process = subprocess.Popen(
-            [sys.executable, "-m", "ava", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
+            [sys.executable, "-c", AVA_WITH_CTRL_C, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment
         )
         try:
             _wait_for_bytes(part, process, seconds=30)

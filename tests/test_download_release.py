@@ -29,7 +29,7 @@ BDF = CaptureId.parse("20230308--1352--BDF920")
 def test_all_expands_to_every_group_in_canonical_order():
     assert resolve_groups(["all"]) == list(ASSET_GROUPS)
     assert resolve_groups(["uv_image", "image", "uv_image"]) == ["image", "uv_image"]
-    assert len(ASSET_GROUPS) == 9
+    assert len(ASSET_GROUPS) == 15
 
 
 def test_unknown_group_names_the_valid_ones():

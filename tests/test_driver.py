@@ -153,7 +153,7 @@ def test_the_oracle_trains_on_true_codes_and_needs_the_truth(decoder, dataset, w
     assert not [r for r in read_metrics(run) if r.get("kind") == "align"]
     assert run_cli(driver_argv(decoder, dataset, tmp_path / "bad", 1, "--train.targets", "truth",
                                "--train.cross-fit-folds", "2")) == 2
-    assert "is for --train.targets align" in capsys.readouterr().err
+    assert "is for --train.targets aligned" in capsys.readouterr().err
 
 
 def test_eval_driver_reports_every_segment_and_writes_strips(driver_run, decoder, dataset, tmp_path):
@@ -398,3 +398,111 @@ def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
     assert summary["choice"]["chosen"].startswith("dtw") and summary["choice"]["decisions"]
     assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
     assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
+
+
+# --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----
+
+def test_ctrl_c_saves_a_checkpoint_and_the_resume_appends_to_the_log(decoder, without_truth, tmp_path, monkeypatch):
+    """SIGINT to the process group (a terminal's Ctrl-C, DataLoader workers included) after a few
+    steps: exit 130 with that step's checkpoint; --resume auto continues the same log."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.test_first_hour import _wait_for_steps, ava_process
+
+    run = tmp_path / "interrupted"
+    argv = driver_argv(decoder, without_truth, run, 1000, "--progress.checkpoint-freq", "1000", "--progress.eval-freq",
+                       "1000", "--progress.image-freq", "1000", "--train.align-every", "1000", "--train.num-workers",
+                       "1", "--threads", "1")
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at 80 columns without a terminal
+    process = ava_process(*argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_steps(process, run / "metrics.jsonl", 2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped by SIGINT" in stderr and "--resume auto" in stderr and "Traceback" not in stderr
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    stopped = int(latest[len("step_"):-len(".safetensors")])
+    before = (run / "metrics.jsonl").read_text()
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, stopped + 1))
+    argv[argv.index("--train.maxiter") + 1] = str(stopped + 2)
+    assert run_cli(argv + ["--resume", "auto"]) == 0
+    after = (run / "metrics.jsonl").read_text()
+    assert after.startswith(before)  # appended, not rewritten
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, stopped + 3))
+
+
+def test_sigterm_saves_and_a_damaged_checkpoint_is_skipped(decoder, without_truth, driver_run, tmp_path, capsys,
+                                                            monkeypatch):
+    """SIGTERM (a scheduler's) in the middle of step 3 of 4 is honoured after the step, in-process;
+    then the newest checkpoint is damaged and --resume auto falls back to the one before."""
+    import os
+    import signal
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at 80 columns without a terminal
+
+    from ava import faults
+    from ava.checkpoint import load_driver_checkpoint
+
+    run = tmp_path / "terminated"
+
+    def terminate_at_step_3(name, partial=None, step=None):
+        if name == "after-step" and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    faults.set_handler(terminate_at_step_3)
+    try:
+        assert run_cli(driver_argv(decoder, without_truth, run, 4)) == 130
+    finally:
+        faults.set_handler(None)
+    assert "stopped by SIGTERM at step 3" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000003.safetensors"
+    newest = run / "checkpoints" / "step_00000003.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10])
+    assert run_cli(driver_argv(decoder, without_truth, run, 4, "--resume", "auto")) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is damaged" in err and "resuming from" in err and "step_00000002" in err
+    straight = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
+    resumed = load_driver_checkpoint(run / "checkpoints" / "step_00000004.safetensors")
+    for key, value in straight.encoder_state.items():
+        torch.testing.assert_close(resumed.encoder_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_keeps_the_old_log(decoder, without_truth, driver_run, tmp_path, capsys):
+    run = tmp_path / "no-checkpoint"
+    shutil.copytree(driver_run, run)
+    shutil.rmtree(run / "checkpoints")
+    old = (run / "metrics.jsonl").read_text()
+    assert run_cli(driver_argv(decoder, without_truth, run, 2, "--resume", "auto")) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    assert (run / "metrics.replaced.jsonl").read_text() == old  # the lines of the steps run again
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [1, 2]
+
+
+def test_a_crash_at_any_named_point_of_a_driver_run_loses_at_most_checkpoint_freq_steps(decoder, without_truth,
+                                                                                      tmp_path):
+    """The kill points of ava train's test (tests/test_faults.py), for a 4-step driver run with a
+    checkpoint every 2 steps: at every named crash point, `latest` names a complete checkpoint and
+    --resume auto loses at most 2 steps."""
+    from ava import faults
+    from ava.checkpoint import load_driver_checkpoint
+    from ava.runtime.rundir import load_for_resume
+    from tests.test_faults import Snapshots
+
+    run = tmp_path / "run"
+    snapshots = Snapshots(run, tmp_path / "snapshots")
+    faults.set_handler(snapshots)
+    try:
+        assert run_cli(driver_argv(decoder, without_truth, run, 4)) == 0
+    finally:
+        faults.set_handler(None)
+    points = [name for _, name, _ in snapshots.taken]
+    assert points.count("after-step") == 4 and points.count("checkpoint-written") == 2 and "pruned" in points
+    for snapshot, name, completed in snapshots.taken:
+        latest = snapshot / "checkpoints" / "latest"
+        if latest.exists():
+            assert load_driver_checkpoint(snapshot / "checkpoints" / latest.read_text().strip()).step <= completed
+        resumed = load_for_resume("auto", snapshot, load_driver_checkpoint, lambda *args, **kwargs: None)
+        assert completed - (resumed.step if resumed is not None else 0) <= 2, (snapshot.name, completed)

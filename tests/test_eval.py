@@ -27,7 +27,7 @@ def test_eval_reproduces_training_held_out_psnr(tiny_checkpoints, tmp_path, caps
     out = tmp_path / "eval"
     # No --dataset-dir: the folder recorded in the checkpoint; --frames 0: every held-out frame but
     # each camera's first (its plate), exactly the frames training measured at step 4.
-    assert run_cli(["eval", str(checkpoint), "-o", str(out), "--frames", "0"]) == 0
+    assert run_cli(["eval", str(checkpoint), "-o", str(out), "--frames", "0", "--background", "plate"]) == 0
     captured = capsys.readouterr()
     run = checkpoint.parent.parent
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -207,3 +207,148 @@ def test_mismatched_devices_raise():
     scene["template"] = scene["template"].cuda()
     with pytest.raises(ValueError, match="device"):
         mvp_raymarch(**scene)
+
+
+# --- culling without host reads: list capacities, overflow fallback, scan block ---------------
+
+def _op_outputs(scene, capacities, cotangent):
+    """rayrgba, the tile lists and the gradients of the Triton op at the given list capacities."""
+    from ava.kernels import ops
+
+    # The op takes contiguous tensors (mvp_raymarch makes them so; random_scene's rotations are not).
+    inputs = {k: (v.detach().contiguous().requires_grad_(k in GRAD_NAMES) if isinstance(v, torch.Tensor) else v)
+              for k, v in scene.items()}
+    outputs = ops.mvp_raymarch_triton(
+        inputs["raypos"], inputs["raydir"], inputs["stepsize"], inputs["tminmax"], inputs["primpos"],
+        inputs["primrot"], inputs["primscale"], inputs["template"], inputs["warp"], 8.0, 8.0, True, *capacities)
+    (outputs[0] * cotangent).sum().backward()
+    return outputs[0].detach(), outputs[2:], {k: inputs[k].grad for k in GRAD_NAMES if inputs.get(k) is not None}
+
+
+def _assert_same_samples(out, grads, expected, expected_grads, label):
+    """Bit-equal on the CPU (the same samples added in the same order); on a GPU within the
+    tolerances, as the backward's atomic adds come in varying order."""
+    if DEVICE == "cpu":
+        assert torch.equal(out, expected), label
+        for name, grad in expected_grads.items():
+            assert torch.equal(grads[name], grad), (label, name)
+    else:
+        _assert_forward_close(out, expected, label)
+        _assert_grads_close(grads, expected_grads, label)
+
+
+def _overflowed(end, count, entries):
+    return bool(((count > 0) & (end > entries.shape[0])).any())
+
+
+def test_lists_that_overflow_their_capacity_give_the_same_samples():
+    """A tile whose list does not fit its buffer is marched from its super-tile's list (fine level
+    overflowed) or from every primitive (coarse level overflowed), testing the candidates on the
+    fly: outputs and gradients are those of lists that fit (bit-equal on the CPU, where the same
+    samples are added in the same order)."""
+    scene = _to_device(random_scene(21, n=1, h=9, w=9, num_prims=10, scale_range=(1.5, 4.0), spread=0.6,
+                                    stepsize=0.12))
+    cotangent = torch.randn(1, 9, 9, 4, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    expected, lists, expected_grads = _op_outputs(scene, (1000, 1000), cotangent)
+    coarse_end, coarse_count, coarse_prims, end, count, prims, _, _ = lists
+    assert not _overflowed(coarse_end, coarse_count, coarse_prims) and not _overflowed(end, count, prims)
+    assert int(end[-1]) > 6 and int(coarse_end[-1]) > 6  # the small capacities below do overflow
+    for capacities, coarse_overflows, fine_overflows in (((1000, 6), False, True), ((6, 1000), True, False),
+                                                         ((6, 6), True, True)):
+        out, lists, grads = _op_outputs(scene, capacities, cotangent)
+        coarse_end, coarse_count, coarse_prims, end, count, prims, _, _ = lists
+        assert _overflowed(coarse_end, coarse_count, coarse_prims) == coarse_overflows, capacities
+        assert _overflowed(end, count, prims) == fine_overflows, capacities
+        _assert_same_samples(out, grads, expected, expected_grads, f"capacities {capacities}")
+
+
+def test_list_capacity_grows_after_an_overflow(monkeypatch):
+    """The public call sizes the lists from the shapes times ListCapacity.scale; an overflow
+    (noticed without waiting for the device) doubles the scale for later calls, and the
+    overflowing call itself is still right."""
+    from ava.kernels import raymarch_triton
+
+    scene = _to_device(random_scene(3, n=1, h=7, w=7, num_prims=8, spread=0.5, stepsize=0.15))
+    with torch.no_grad():
+        expected = _triton(**scene)
+    capacity = raymarch_triton.ListCapacity()
+    capacity.scale = 0.02  # a few entries per level
+    monkeypatch.setattr(raymarch_triton, "CAPACITY", capacity)
+
+    def render_and_poll():
+        with torch.no_grad():
+            out = _triton(**scene)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+            raymarch_triton.list_capacities(1, 7, 7, 8)  # polls the finished read-back
+        return out
+
+    _assert_forward_close(render_and_poll(), expected, "overflowing call")
+    assert capacity.overflows == 1 and capacity.scale > 0.02
+    grown = capacity.scale
+    render_and_poll()
+    assert capacity.overflows == 1 and capacity.scale == grown
+
+
+def test_scan_block_does_not_change_the_samples(monkeypatch):
+    """The march tests SCAN_BLOCK list entries at a time, then samples the near ones in ascending
+    index: other block sizes give the same samples in the same order, down to one entry at a time."""
+    from ava.kernels import raymarch_triton
+
+    scene = _to_device(random_scene(8, n=1, h=6, w=6, num_prims=9, spread=0.4, stepsize=0.1))
+    cotangent = torch.randn(1, 6, 6, 4, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    expected, expected_grads = _render_with_grads(_triton, scene, cotangent)
+    for block in (1, 4):
+        monkeypatch.setattr(raymarch_triton, "SCAN_BLOCK", block)
+        out, grads = _render_with_grads(_triton, scene, cotangent)
+        _assert_same_samples(out, grads, expected, expected_grads, f"block {block}")
+
+
+def test_trilinear_corners_one_at_a_time_or_all_at_once(monkeypatch):
+    """The kernels fetch trilinear corners one after another when compiled (fewer registers) and
+    all at once under the interpreter (fewer numpy calls); both give the same samples. The sums
+    run in another order, so gradients agree to float32 rounding (the forward happens to be
+    bit-equal here)."""
+    from ava.kernels import raymarch_triton
+
+    scene = _to_device(random_scene(12, n=1, h=6, w=5, num_prims=4, warp_size=(2, 3, 2), stepsize=0.1))
+    cotangent = torch.randn(1, 6, 5, 4, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    results = []
+    for at_once in (True, False):
+        monkeypatch.setattr(raymarch_triton, "TRILINEAR_CORNERS_AT_ONCE", at_once)
+        results.append(_render_with_grads(_triton, scene, cotangent))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert out_a[..., 3].max() > 0.1
+    _assert_forward_close(out_b, out_a, "one corner at a time")
+    _assert_grads_close(grads_b, grads_a, "one corner at a time")
+
+
+def test_forward_and_backward_never_read_the_device(monkeypatch):
+    """Nothing in the Triton path converts a tensor to a Python value (the host would wait for the
+    device): on a GPU under torch's sync debug mode, on the CPU with those conversions made to fail."""
+    from ava.kernels import raymarch_triton
+
+    capacity = raymarch_triton.ListCapacity()
+    capacity.grow = False  # its CPU read-back is the one permitted conversion, and it is skipped here
+    monkeypatch.setattr(raymarch_triton, "CAPACITY", capacity)
+    scene = _to_device(random_scene(6, n=1, h=6, w=5, num_prims=4))
+    inputs = {k: (v.detach().clone().requires_grad_(True) if k in GRAD_NAMES and v is not None else v)
+              for k, v in scene.items()}
+    if DEVICE == "cuda":
+        _triton(**inputs).sum().backward()  # compiles the kernels outside the check
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _triton(**inputs).sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = _triton(**inputs)
+    out.backward(torch.ones_like(out))
+    monkeypatch.undo()
+    assert inputs["template"].grad.abs().sum() > 0

@@ -20,6 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ava"
 RANKS = {
     "errors": 0, "__init__": 0,
     "files": 0.5,  # may raise ava.errors.UserError; everything else may use it
+    "faults": 0.5,  # crash points for the fault tests; everything may call them
+    "console": 0.5,  # rich consoles for messages and progress; everything may use it
     "kernels": 1,
     "data": 2, "nn": 2,
     "checkpoint": 3, "synth": 3,

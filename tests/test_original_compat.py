@@ -11,7 +11,6 @@ conditioning, the cross-identity driver dataset on its four frontal cameras).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,29 +22,14 @@ from ava.data.dataset import MultiCaptureDataset
 from ava.data.ids import read_ids_csv
 from ava.synth import SynthConfig, generate
 from ava.synth.dome import FRONTAL_CAMERA_IDS
-from tests.conftest import ORIGINAL_CHECKOUT_ENV, original_checkout
+from tests.conftest import require_original_checkout
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
-def _tool_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def checkout() -> Path:
-    path = original_checkout()
-    if path is None:
-        pytest.skip(f"set {ORIGINAL_CHECKOUT_ENV} to a checkout of facebookresearch/ava-256 to run this test")
-    helpers = _tool_module("original_checkout")
-    missing = helpers.missing_modules()
-    if missing:
-        pytest.skip(f"the original code's dependencies are missing: {', '.join(missing)} "
-                    f"({helpers.install_hint(missing)})")
-    return path
+    return require_original_checkout()
 
 
 def test_the_original_builds_its_datasets_and_cross_identity_driver(checkout, tmp_path):

@@ -89,7 +89,8 @@ def test_show_writes_every_picture_of_a_real_layout_capture(tiny_capture_set, tm
     assert run_cli(["show", str(root), "--camera", camera, "--frame", str(frame), "-o", str(out)]) == 0
     subject = root.name.split("--")[-1]
     prefix = f"{subject}_{camera}_{frame:06d}"
-    expected = {f"{prefix}_{part}.png" for part in ("image", "mesh", "keypoints", "segmentation", "cameras")}
+    parts = ("image", "mesh", "keypoints", "segmentation", "cameras", "background", "mask")
+    expected = {f"{prefix}_{part}.png" for part in parts}
     expected.add(f"{subject}_headset_000100.png")  # the headset's own frame numbers: its first frame
     assert {path.name for path in out.iterdir()} == expected
     err = capsys.readouterr().err
@@ -97,7 +98,7 @@ def test_show_writes_every_picture_of_a_real_layout_capture(tiny_capture_set, tm
     # The image is the sample training loads, at the size it is stored (20x32 here).
     image = np.asarray(Image.open(out / f"{prefix}_image.png"))
     assert image.shape == (32, 20, 3)
-    for part in ("mesh", "keypoints", "segmentation", "cameras"):
+    for part in parts[1:]:
         picture = np.asarray(Image.open(out / f"{prefix}_{part}.png"))
         assert picture.shape[0] >= 400 and picture.std() > 10, part  # enlarged and not blank
     assert run_cli(["show", str(root), "--camera", camera, "--frame", str(frame), "-o", str(out),
@@ -144,7 +145,7 @@ def test_show_notes_absent_parts_and_errs_for_requested_ones(tiny_capture_set, t
     assert run_cli(["show", str(root), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "skipped segmentation" in err and "skipped headset" not in err and "error" not in err
-    assert len(list(out.glob("*.png"))) == 5 and len(list(out.glob("*_headset_*.png"))) == 1
+    assert len(list(out.glob("*.png"))) == 7 and len(list(out.glob("*_headset_*.png"))) == 1
     (root / "decoder" / "keypoints_3d" / "keypoints_3d.zip").unlink()
     shutil.rmtree(out)
     assert run_cli(["show", str(root), "-o", str(out), "--parts", "image", "keypoints", "cameras"]) == 1

@@ -156,7 +156,7 @@ def test_training_data_reports_skipped_cameras_and_what_it_trains_on(dataset_dir
     assert lines[3] == f"  {missing[0]}: archive is missing (4 of 4 frames lost; camera {d} skipped)"
     assert lines[4] == f"  {missing[1]}: archive is missing (4 of 4 frames lost; camera {d} skipped)"
     assert "--train.cameras" in lines[5]
-    assert lines[6] == ("data: 2 captures, 20 training samples at 64x41; training on 3 of 4 cameras, 0 held out "
+    assert lines[6] == ("data: 2 captures, 20 training samples at 41x64 (WxH); training on 3 of 4 cameras, 0 held out "
                         f"(none usable), 1 without usable data ({d})")
     assert data.holdout is None and len(data.train) == 4 * 2 + 4 * 3
     # Pictures are taken from cameras that have samples.

@@ -154,3 +154,135 @@ def test_two_nodes_meet_by_c10d_rendezvous_and_one_writes(tiny_dataset, single_p
     written = [node for node in range(2) if (tmp_path / f"node{node}" / "run").exists()]
     assert len(written) == 1, written
     check_same_training(tmp_path / f"node{written[0]}" / "run", single_process_run)
+
+
+# --- a process of the run dies or hangs (issue 24) ----------------------------------------------
+
+def test_the_watchdog_stops_the_others_when_a_process_hangs_fails_or_finishes():
+    """In-process, with a real rendezvous store: a process whose heartbeat stops (hung, or killed
+    with its agent) is declared lost after the timeout; one that fails is named at once; one that
+    finishes is not waited for."""
+    import datetime
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    from ava.train.watchdog import PEER_LOST, Watchdog
+
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False,
+                           timeout=datetime.timedelta(seconds=10))
+    for case in ("hangs", "fails", "finishes"):
+        exits, lines = [], []
+        stopped = threading.Event()
+
+        def exit_(status):
+            exits.append((status, time.monotonic()))
+            stopped.set()
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MASTER_ADDR", "127.0.0.1")
+            patch.setenv("MASTER_PORT", str(port))
+            patch.setenv("TORCHELASTIC_RUN_ID", case)
+            watching = Watchdog(0, 2, report=lines.append, timeout=3.0, exit=exit_).start()
+            watched = Watchdog(1, 2, report=lines.append, timeout=3.0, exit=lambda status: None).start()
+        time.sleep(1.5)  # both beating
+        began = time.monotonic()
+        if case == "hangs":
+            watched._stop.set()  # its heartbeat thread stops, as in a hung or killed process
+        elif case == "fails":
+            watched.failed(RuntimeError("CUDA out of memory on rank 1"))
+        else:
+            watched.done()
+        stopped.wait(8.0)
+        watching.done()
+        if case == "finishes":
+            assert not exits and not lines
+            continue
+        assert [status for status, _ in exits] == [PEER_LOST], case
+        waited = exits[0][1] - began
+        if case == "hangs":
+            # Lost `timeout` after the last beat seen, which came up to one interval (0.6 s) before
+            # the hang; noticed at the next look, up to one interval later (plus a busy machine's lag).
+            assert "rank 1 has sent no heartbeat for" in lines[0] and 3.0 - 0.6 <= waited <= 3.0 * 1.2 + 0.5, waited
+        else:
+            assert "rank 1 failed (CUDA out of memory on rank 1)" in lines[0] and waited <= 0.6 + 0.5, waited
+    del server
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_with_one_line(tiny_dataset, tmp_path):
+    """Two processes started by hand (no torchrun agent to clean up): kill -9 one in the middle of
+    training; the other stops within the documented time with one line and status PEER_LOST."""
+    import signal
+    import time
+
+    from ava.train.watchdog import PEER_LOST
+
+    run = tmp_path / "run"
+    argv = distributed_argv(tiny_dataset, run, PER_RANK_BATCH)
+    argv[argv.index("--train.maxiter") + 1] = "1000"
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = dict(torchrun_environment(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                   RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", AVA_PEER_TIMEOUT="10")
+        processes.append(subprocess.Popen([sys.executable, "-m", "ava", *argv, "--progress.checkpoint-freq", "2"],
+                                          stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "latest").is_file():
+            ended = [process for process in processes if process.poll() is not None]
+            assert not ended and time.monotonic() < deadline, ended[0].stderr.read()[-3000:] if ended else "too slow"
+            time.sleep(0.1)
+        processes[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = processes[0].communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert processes[0].returncode == PEER_LOST, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if "lost another process of the run" in line]
+    assert len(lines) == 1 and lines[0].startswith("rank 0: ") and "--resume auto" in lines[0], stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert waited < 10 * 1.2 + 5, waited
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_crashed_run_from_its_last_checkpoint(tiny_dataset, tmp_path):
+    """Rank 1 dies at step 3 (AVA_CRASH_AT, first attempt only); torchrun --max-restarts 1 starts
+    both again, they resume from step 2 and finish: the losses and weights of one process of the
+    global batch (latent noise off), as if nothing had happened."""
+    from ava.faults import CRASH_ENV
+    from ava.nn.bottleneck import VAEBottleneck
+
+    steps = 4
+    reference = tmp_path / "single"
+    argv = distributed_argv(tiny_dataset, reference, 2 * PER_RANK_BATCH)
+    argv[argv.index("--train.maxiter") + 1] = str(steps)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VAEBottleneck, "forward", noise_free(VAEBottleneck.forward))
+        assert run_cli(argv + ["--progress.checkpoint-freq", "2"]) == 0
+    run = tmp_path / "restarted"
+    argv = distributed_argv(tiny_dataset, run, PER_RANK_BATCH)
+    argv[argv.index("--train.maxiter") + 1] = str(steps)
+    command = torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1", str(WORKER),
+                       "--no-latent-noise", *argv, "--progress.checkpoint-freq", "2")
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                             env=dict(torchrun_environment(), **{CRASH_ENV: "after-step:3@1"}))
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "continuing with --resume auto" in process.stderr and "resuming from" in process.stderr
+    assert [r["step"] for r in read_metrics(run) if r.get("kind") != "eval"] == list(range(1, steps + 1))
+    from ava.checkpoint import load_checkpoint
+
+    reference_losses = [r["loss"] for r in read_metrics(reference) if r.get("kind") != "eval"]
+    assert [r["loss"] for r in read_metrics(run) if r.get("kind") != "eval"] == pytest.approx(reference_losses,
+                                                                                               rel=1e-4)
+    final = f"checkpoints/step_{steps:08d}.safetensors"
+    ours, theirs = load_checkpoint(run / final), load_checkpoint(reference / final)
+    for key, value in theirs.model_state.items():
+        torch.testing.assert_close(ours.model_state[key], value, rtol=1e-4, atol=1e-5, msg=key)

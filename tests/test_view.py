@@ -220,3 +220,64 @@ def test_view_in_headless_chromium(viewer, tmp_path):
     assert corner.mean() < 20 and centre.mean() > corner.mean() + 20
     for control in ("identity", "cross-identity", "segment", "strength", "reset camera"):
         assert control in text
+
+
+# --- beyond this machine: the token (issue 24) --------------------------------------------------
+
+def test_a_viewer_on_every_interface_admits_only_requests_with_its_token(tiny_checkpoints):
+    """The page with the printed URL's token sets a cookie; the page's files and viser's websocket
+    (which the browser opens without the URL's query) are admitted with that cookie; anything
+    without the token is refused, HTTP and websocket alike."""
+    import urllib.error
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from ava.view.config import ViewConfig
+    from ava.view.server import start_viewer, viser_pose
+
+    viewer = start_viewer(ViewConfig(checkpoint=tiny_checkpoints[1], host="0.0.0.0", port=0, height=32, device="cpu"))
+    try:
+        assert viewer.token and len(viewer.token) >= 32 and viewer.url.endswith(f"/?token={viewer.token}")
+        base = viewer.url.split("?")[0]
+        for url in (base, base + "?token=wrong", base + "index.html", base + "?token=" + viewer.token[:-1]):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=30)
+            assert refused.value.code == 403, url
+        with urllib.request.urlopen(viewer.url, timeout=30) as response:
+            assert response.status == 200 and b"<html" in response.read(2000).lower()
+            cookie = response.headers["Set-Cookie"].split(";")[0]
+        assert viewer.token in cookie
+        page = urllib.request.Request(base, headers={"Cookie": cookie})
+        with urllib.request.urlopen(page, timeout=30) as response:
+            assert response.status == 200
+        import viser
+
+        with pytest.raises(InvalidStatus) as refused:
+            connect(base.replace("http://", "ws://"), subprotocols=[f"viser-v{viser.__version__}"], open_timeout=30)
+        assert refused.value.response.status_code == 403
+        home = viewer.avatar.home
+        wxyz, position = viser_pose(home.camrot, home.campos)
+        image = receive_frame(viewer.url, camera_message(wxyz, position, home.fov, 300, 480, home.centre / 1000, home.up),
+                              headers={"Cookie": cookie}, until=lambda frame: frame.shape[0] == 32)[-1]
+        assert image.shape == (32, 20, 3)
+    finally:
+        viewer.stop()
+
+
+def test_the_token_is_printed_and_loopback_needs_none(tiny_checkpoints, monkeypatch, capsys):
+    import ava.view.server
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ava.view.server.time, "sleep", interrupt)
+    monkeypatch.setenv("COLUMNS", "400")
+    assert run_cli(["view", str(tiny_checkpoints[1]), "--host", "0.0.0.0", "--port", "0", "--height", "16",
+                    "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "/?token=" in err.split("open ", 1)[1].split()[0] and "from other machines: http://" in err
+    assert "requests without the token are refused" in err
+    assert run_cli(["view", str(tiny_checkpoints[1]), "--port", "0", "--height", "16", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "token" not in err

@@ -56,19 +56,20 @@ def camera_message(wxyz, position, fov: float, width: int, height: int, look_at,
 
 
 def receive_frame(url: str, camera: bytes, timeout: float = 60.0, frames: int = 1,
-                  until=None) -> list[np.ndarray]:
+                  until=None, headers: dict | None = None) -> list[np.ndarray]:
     """Connects to the viewer at `url` (http://host:port), sends `camera` and returns the first
     `frames` background images it sends back (uint8 [H,W,3]); with `until` (image -> bool), the
     images up to and including the first for which it holds (a viewer first sends a half-size
-    preview while the camera has just moved, then the full frame)."""
+    preview while the camera has just moved, then the full frame). `headers` go with the handshake
+    (a cookie, as a browser sends it)."""
     import viser
     from PIL import Image
     from websockets.sync.client import connect
 
     images: list[np.ndarray] = []
     deadline = time.monotonic() + timeout
-    with connect(url.replace("http://", "ws://"), subprotocols=[f"viser-v{viser.__version__}"],
-                 max_size=None, open_timeout=timeout) as socket:
+    with connect(url.split("?")[0].replace("http://", "ws://"), subprotocols=[f"viser-v{viser.__version__}"],
+                 max_size=None, open_timeout=timeout, additional_headers=headers) as socket:
         socket.send(camera)
         while (len(images) < frames) if until is None else not (images and until(images[-1])):
             data = socket.recv(timeout=max(0.1, deadline - time.monotonic()))

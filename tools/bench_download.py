@@ -44,7 +44,11 @@ def main() -> None:
     from rich.console import Console
 
     camera_ids = [str(400000 + 7 * index) for index in range(args.cameras)]
-    files = remote_tree(CAPTURES, camera_ids, file_bytes=args.file_kb * 1000)
+    from ava.data.release import ASSET_GROUPS, EXTRA_GROUPS, NAMED_ONLY
+
+    # The original's groups, as benchmarked in BENCHMARKS.md (the extra groups are a few small files).
+    groups = [group for group in ASSET_GROUPS if group not in EXTRA_GROUPS and group not in NAMED_ONLY]
+    files = remote_tree(CAPTURES, camera_ids, file_bytes=args.file_kb * 1000, groups=groups)
     total_bytes = sum(map(len, files.values()))
     quiet = Console(file=io.StringIO())
     print(
@@ -63,6 +67,7 @@ def main() -> None:
                 status = run_download(
                     output_dir=out,
                     ids=[capture.folder for capture in CAPTURES],
+                    assets=groups,
                     workers=workers,
                     base_url=server.base_url,
                     policy=RetryPolicy(base_delay=0.1),

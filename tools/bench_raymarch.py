@@ -1,17 +1,22 @@
 """Benchmark of the MVP raymarcher on the reference workload (see tools/head_scene.py).
 
     python tools/bench_raymarch.py [--original PATH] [--scenes head,mesh] [--reps 20]
-                                   [--vector-reps 5] [--no-vectorised]
-                                   [--against MODULE:FUNCTION] [--json OUT.json]
+                                   [--vector-reps 5] [--no-vectorised] [--scan-blocks 1,32,64] [--corners]
+                                   [--against MODULE:FUNCTION] [--json OUT.json] [--profile]
 
 Times forward (inputs requiring grad, as in training) and forward+backward (random cotangent)
 with CUDA events after warm-up, median over --reps, for the Triton path in decoder order and in
 random primitive order, on each scene: `head` (the synthetic head of head_scene.py, cameras
 0.7 m away) and `mesh` (the original repository's registered mesh assets/021924.bin on
-assets/face_topology.obj, cameras 1 m away; needs --original). Then torch.compile of the
-vectorised PyTorch path; and the original CUDA raymarcher in the same run, on the same inputs:
-`--original PATH` is a checkout of facebookresearch/ava-256 whose extensions/mvpraymarch was
-built in place (for Hopper: its own setup.py with the arch set to sm_90), or `--against` names
+assets/face_topology.obj, cameras 1 m away; needs --original). Per scene it also times the
+culling alone and prints the tile lists' lengths against their capacities. `--scan-blocks`
+times the march at other SCAN_BLOCK values (list entries tested per vector operation; 1 is the
+entry-at-a-time scan of the first kernels) on the decoder-order scenes and checks that the
+output does not change; `--corners` times the trilinear fetch of all 8 corners at once (the
+first kernels' form, more registers) against one at a time. Then torch.compile of the vectorised PyTorch path; and the original CUDA
+raymarcher in the same run, on the same inputs: `--original PATH` is a checkout of
+facebookresearch/ava-256 whose extensions/mvpraymarch was built in place (for Hopper: its own
+setup.py with the arch set to sm_90; tools/gpu_speed_suite.sh does this), or `--against` names
 any callable with the original's signature f(raypos, raydir, stepsize, tminmax, (primpos,
 primrot, primscale), template, warp). Prints agreement with ava's output, the ratio ava /
 original and peak memory.
@@ -31,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ava.kernels import mvp_raymarch  # noqa: E402
-from ava.kernels import vectorized  # noqa: E402
+from ava.kernels import raymarch_triton, vectorized  # noqa: E402
 
 GRAD_NAMES = ("primpos", "primrot", "primscale", "template")
 
@@ -128,7 +133,102 @@ def build_scene(name: str, order: str, args):
     return mesh_scene(args.original, random_order=order == "random", distance_mm=args.mesh_distance)
 
 
-def main() -> None:
+def list_statistics(key: str, scene, reps: int, results: dict) -> None:
+    """Culling alone (time), and the fine tile lists' lengths and totals against their capacities."""
+    args = (scene["raypos"], scene["raydir"], scene["tminmax"], scene["primpos"], scene["primscale"])
+    n, h, w, _ = scene["raypos"].shape
+    capacities = raymarch_triton.list_capacities(n, h, w, scene["primpos"].shape[1])
+    cull_ms = time_call(lambda: raymarch_triton.build_tile_lists(*args, capacities), reps)
+    lists = raymarch_triton.build_tile_lists(*args, capacities)
+    counts = lists.count.float()
+    busy = counts[counts > 0]
+    coarse_total, fine_total = (int(value) for value in lists.totals())
+    stats = {"cull_ms": cull_ms, "busy_tiles": int(busy.numel()), "mean_list": float(busy.mean()),
+             "max_list": int(busy.max()), "fine_total": fine_total, "fine_capacity": capacities[1],
+             "coarse_total": coarse_total, "coarse_capacity": capacities[0]}
+    results[f"{key}_lists"] = stats
+    print(f"[{key}] culling {cull_ms:.3f} ms; fine lists: {stats['busy_tiles']} busy tiles, mean {stats['mean_list']:.1f}"
+          f", max {stats['max_list']}; entries fine {fine_total} of {capacities[1]}, coarse {coarse_total} of "
+          f"{capacities[0]}", flush=True)
+
+
+def kernel_sweep(key: str, scene, setting: str, values: list, label: str, reps: int, results: dict, reference):
+    """The march with raymarch_triton.<setting> at each value; the largest output difference from
+    `reference` (the default's output)."""
+    default = getattr(raymarch_triton, setting)
+    worst = 0.0
+    try:
+        for value in values:
+            setattr(raymarch_triton, setting, value)
+            out = measure(f"ava triton ({key}, {label} {value})", lambda s: mvp_raymarch(**s), scene, reps, results)
+            worst = max(worst, float((out - reference).abs().max()))
+    finally:
+        setattr(raymarch_triton, setting, default)
+    results[f"{key}_{setting.lower()}_max_abs_difference"] = worst
+    print(f"[{key}] {setting} {values}: largest output difference from the default {worst:.2e}", flush=True)
+
+
+def measure_scene(scene_name: str, order: str, args, other, other_name, results: dict, summary: list):
+    """ava (and the other raymarcher) on one scene in one primitive order; returns ava's output."""
+    key = f"{scene_name}/{order}"
+    scene = build_scene(scene_name, order, args)
+    alpha_probe = mvp_raymarch(**scene)[..., 3]
+    results[f"{key}_coverage"] = float((alpha_probe > 0.01).float().mean())
+    results[f"{key}_saturated"] = float((alpha_probe >= 0.999).float().mean())
+    print(f"[{key}] covered {results[f'{key}_coverage']:.3f}  saturated {results[f'{key}_saturated']:.3f}")
+    ours = measure(f"ava triton ({key})", lambda s: mvp_raymarch(**s), scene, args.reps, results)
+    list_statistics(key, scene, args.reps, results)
+    if args.scan_blocks and order == "decoder":  # the same samples: 0 expected
+        kernel_sweep(key, scene, "SCAN_BLOCK", args.scan_blocks, "scan", args.reps, results, ours)
+    if args.corners and order == "decoder":  # sums in another order: float32 rounding expected
+        kernel_sweep(key, scene, "TRILINEAR_CORNERS_AT_ONCE", [True], "corners at once", args.reps, results, ours)
+    if other is not None:
+        def render_other(s):
+            return other(s["raypos"], s["raydir"], s["stepsize"], s["tminmax"],
+                         (s["primpos"], s["primrot"], s["primscale"]), s["template"], s["warp"])
+
+        other_out = measure(f"{other_name} ({key})", render_other, scene, args.reps, results)
+        diff = (other_out - ours).abs()
+        results[f"{key}_against_max_abs_alpha"] = float(diff[..., 3].max())
+        results[f"{key}_against_max_abs_rgb"] = float(diff[..., :3].max())
+        results[f"{key}_against_mean_abs_rgb"] = float(diff[..., :3].mean())
+        print(f"{other_name} vs ava ({key}): max |d alpha| {diff[..., 3].max():.2e}  "
+              f"max |d rgb| {diff[..., :3].max():.2e}  mean |d rgb| {diff[..., :3].mean():.2e}")
+        summary.append((key, results[f"ava triton ({key})"], results[f"{other_name} ({key})"]))
+    return ours
+
+
+def vectorised_comparison(scene_name: str, args, results: dict) -> None:
+    scene = build_scene(scene_name, "decoder", args)
+    reference_out = mvp_raymarch(**scene)
+    compiled = torch.compile(vectorized.mvp_raymarch)
+    vec_out = measure(f"vectorised torch eager ({scene_name})", lambda s: vectorized.mvp_raymarch(**s), scene,
+                      args.vector_reps, results, warmup=1)
+    diff = (vec_out - reference_out).abs()
+    results["triton_vs_vectorised_max_abs_alpha"] = float(diff[..., 3].max())
+    results["triton_vs_vectorised_max_abs_rgb"] = float(diff[..., :3].max())
+    print(f"triton vs vectorised: max |d alpha| {diff[..., 3].max():.2e}  max |d rgb| {diff[..., :3].max():.2e}")
+    try:
+        measure(f"vectorised torch.compile ({scene_name})", lambda s: compiled(**s), scene, args.vector_reps,
+                results, warmup=1)
+    except Exception as error:  # a compile failure is a result worth recording, not a crash
+        results["vectorised_compile_error"] = repr(error)[:500]
+        print(f"torch.compile of the vectorised path failed: {error!r}"[:500])
+
+
+def print_ratios(summary: list, other_name: str, results: dict) -> None:
+    print(f"\nava / {other_name} (lower is better; target <= 0.5)")
+    print(f"{'scene/order':16s} {'fwd ava':>9s} {'fwd orig':>9s} {'ratio':>6s} {'f+b ava':>9s} {'f+b orig':>9s} "
+          f"{'ratio':>6s}")
+    for key, ours, theirs in summary:
+        fwd = ours["forward_ms"] / theirs["forward_ms"]
+        both = ours["forward_backward_ms"] / theirs["forward_backward_ms"]
+        results[f"{key}_ratio_forward"], results[f"{key}_ratio_forward_backward"] = fwd, both
+        print(f"{key:16s} {ours['forward_ms']:9.3f} {theirs['forward_ms']:9.3f} {fwd:6.2f} "
+              f"{ours['forward_backward_ms']:9.3f} {theirs['forward_backward_ms']:9.3f} {both:6.2f}")
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median reported)")
     parser.add_argument("--vector-reps", type=int, default=5, help="repetitions for the vectorised path")
@@ -137,82 +237,47 @@ def main() -> None:
     parser.add_argument("--mesh-distance", type=float, default=1000.0, help="camera distance of the mesh scene, mm")
     parser.add_argument("--scenes", default=None, help="comma-separated: head, mesh (default: head, plus mesh "
                         "with --original)")
+    parser.add_argument("--orders", default="decoder,random", help="comma-separated: decoder, random")
+    parser.add_argument("--scan-blocks", default="", help="comma-separated SCAN_BLOCK values to compare "
+                        f"(default {raymarch_triton.SCAN_BLOCK} only)")
+    parser.add_argument("--corners", action="store_true", help="also time the trilinear fetch with all 8 corners at "
+                        "once (TRILINEAR_CORNERS_AT_ONCE=True; the default fetches one corner at a time)")
     parser.add_argument("--original", default=None, help="facebookresearch/ava-256 checkout with its raymarcher built")
     parser.add_argument("--against", default=None, help="MODULE:FUNCTION with the original's signature")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument("--profile", action="store_true", help="print a per-kernel GPU time table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.scan_blocks = [int(value) for value in args.scan_blocks.split(",") if value]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_raymarch needs a CUDA GPU")
+    import triton
+
     scenes = args.scenes.split(",") if args.scenes else (["head", "mesh"] if args.original else ["head"])
     other = original_raymarcher(args.original) if args.original else (load_against(args.against) if args.against else None)
     other_name = "original CUDA" if args.original else args.against
-
-    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    import triton
-
-    results["triton"] = triton.__version__
-
-    def render_other(s):
-        return other(s["raypos"], s["raydir"], s["stepsize"], s["tminmax"],
-                     (s["primpos"], s["primrot"], s["primscale"]), s["template"], s["warp"])
-
+    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                     "scan_block": raymarch_triton.SCAN_BLOCK, "corners_at_once": raymarch_triton.corners_at_once()}
     summary = []
     for scene_name in scenes:
-        outputs = {}
-        for order in ("decoder", "random"):
-            key = f"{scene_name}/{order}"
-            scene = build_scene(scene_name, order, args)
-            alpha_probe = mvp_raymarch(**scene)[..., 3]
-            results[f"{key}_coverage"] = float((alpha_probe > 0.01).float().mean())
-            results[f"{key}_saturated"] = float((alpha_probe >= 0.999).float().mean())
-            print(f"[{key}] covered {results[f'{key}_coverage']:.3f}  saturated {results[f'{key}_saturated']:.3f}")
-            outputs[order] = measure(f"ava triton ({key})", lambda s: mvp_raymarch(**s), scene, args.reps, results)
-            if other is not None:
-                other_out = measure(f"{other_name} ({key})", render_other, scene, args.reps, results)
-                diff = (other_out - outputs[order]).abs()
-                results[f"{key}_against_max_abs_alpha"] = float(diff[..., 3].max())
-                results[f"{key}_against_max_abs_rgb"] = float(diff[..., :3].max())
-                results[f"{key}_against_mean_abs_rgb"] = float(diff[..., :3].mean())
-                print(f"{other_name} vs ava ({key}): max |d alpha| {diff[..., 3].max():.2e}  "
-                      f"max |d rgb| {diff[..., :3].max():.2e}  mean |d rgb| {diff[..., :3].mean():.2e}")
-                ours, theirs = results[f"ava triton ({key})"], results[f"{other_name} ({key})"]
-                summary.append((key, ours, theirs))
-            del scene
-        diff_orders = (outputs["random"] - outputs["decoder"]).abs()
-        print(f"[{scene_name}] decoder vs random order: max |d alpha| {diff_orders[..., 3].max():.2e}  "
-              f"max |d rgb| {diff_orders[..., :3].max():.2e}")
-
-    scene = build_scene(scenes[0], "decoder", args)
+        outputs = {order: measure_scene(scene_name, order, args, other, other_name, results, summary)
+                   for order in args.orders.split(",")}
+        if len(outputs) == 2:
+            diff_orders = (outputs["random"] - outputs["decoder"]).abs()
+            print(f"[{scene_name}] decoder vs random order: max |d alpha| {diff_orders[..., 3].max():.2e}  "
+                  f"max |d rgb| {diff_orders[..., :3].max():.2e}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
     if args.profile:
-        profile_once(scene)
-    reference_out = mvp_raymarch(**scene)
+        profile_once(build_scene(scenes[0], "decoder", args))
     if not args.no_vectorised:
-        compiled = torch.compile(vectorized.mvp_raymarch)
-        vec_out = measure(
-            f"vectorised torch eager ({scenes[0]})", lambda s: vectorized.mvp_raymarch(**s), scene, args.vector_reps,
-            results, warmup=1,
-        )
-        diff = (vec_out - reference_out).abs()
-        results["triton_vs_vectorised_max_abs_alpha"] = float(diff[..., 3].max())
-        results["triton_vs_vectorised_max_abs_rgb"] = float(diff[..., :3].max())
-        print(f"triton vs vectorised: max |d alpha| {diff[..., 3].max():.2e}  max |d rgb| {diff[..., :3].max():.2e}")
-        try:
-            measure(f"vectorised torch.compile ({scenes[0]})", lambda s: compiled(**s), scene, args.vector_reps,
-                    results, warmup=1)
-        except Exception as error:  # a compile failure is a result worth recording, not a crash
-            results["vectorised_compile_error"] = repr(error)[:500]
-            print(f"torch.compile of the vectorised path failed: {error!r}"[:500])
-
+        vectorised_comparison(scenes[0], args, results)
     if summary:
-        print(f"\nava / {other_name} (lower is better; target <= 0.5)")
-        print(f"{'scene/order':16s} {'fwd ava':>9s} {'fwd orig':>9s} {'ratio':>6s} {'f+b ava':>9s} {'f+b orig':>9s} {'ratio':>6s}")
-        for key, ours, theirs in summary:
-            fwd = ours["forward_ms"] / theirs["forward_ms"]
-            both = ours["forward_backward_ms"] / theirs["forward_backward_ms"]
-            results[f"{key}_ratio_forward"], results[f"{key}_ratio_forward_backward"] = fwd, both
-            print(f"{key:16s} {ours['forward_ms']:9.3f} {theirs['forward_ms']:9.3f} {fwd:6.2f} "
-                  f"{ours['forward_backward_ms']:9.3f} {theirs['forward_backward_ms']:9.3f} {both:6.2f}")
+        print_ratios(summary, other_name, results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

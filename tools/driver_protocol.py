@@ -68,9 +68,9 @@ def _sizes(workers: int) -> dict[str, Size]:
                      "--compile", "off", "--train.num-holdout-cameras", "0", "--train.num-workers", "4",
                      "--progress.image-freq", "1500", "--progress.psnr-freq", "1500",
                      "--progress.checkpoint-freq", "500", "--progress.cross-id-n-subjects", "2"],
-            driver=["--train.maxiter", "2000", "--train.batchsize", "64", "--train.align-every", "100",
+            driver=["--train.maxiter", "1500", "--train.batchsize", "64", "--train.align-every", "100",
                     "--encoder.image-size", "128", "--encoder.channels", "16", "32", "64", "64", "64",
-                    "--progress.eval-freq", "2000", "--progress.image-freq", "2000",
+                    "--progress.eval-freq", "1500", "--progress.image-freq", "1500",
                     "--progress.checkpoint-freq", "500"],
             downsample=32,
         ),
@@ -254,6 +254,7 @@ def train_driver(protocol: Protocol, decoder: Path, split: dict, run: Path, flag
         _cli(["train-driver", "--checkpoint", str(decoder), "--train.dataset-dir", str(protocol.data),
               "--train.ids", *split["train"], *split["validation"], *split["test"],
               "--train.holdout-subjects", *split["validation"], *split["test"], "--progress.output-path", str(run),
+              "--train.downsample", str(protocol.size.downsample),
               "--resume", "auto", "--device", protocol.device, "--seed", str(seed), *protocol.size.driver, *flags])
         protocol.timed(f"train {run.name}", time.perf_counter() - started)
     return _latest(run)

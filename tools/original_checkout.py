@@ -8,6 +8,11 @@ its training script `ddp-train.py` by path so that its own functions can be call
     checkout = OriginalCheckout("/path/to/ava-256")
     checkout.require_modules()            # SystemExit with the pip command when some are missing
     train_script = checkout.train_script()  # the module: prepare(), FRONTAL_CAMERAS, ...
+
+As a script it prints the PyPI names of the original's dependencies that are missing here, on
+one line (nothing when all are there), for `pip install`; .ci/run uses it:
+
+    python tools/original_checkout.py
 """
 
 from __future__ import annotations
@@ -122,3 +127,7 @@ class OriginalCheckout:
         from fvcore.common.config import CfgNode
 
         return CfgNode(self.config(overrides))
+
+
+if __name__ == "__main__":
+    print(" ".join(MODULES[name] for name in missing_modules()))

@@ -55,7 +55,7 @@ def _flush_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     import tyro
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava import __version__
     from ava.errors import UserError
@@ -64,22 +64,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     if arguments[:1] in (["--version"], ["-V"]):
         print(f"ava {__version__}")
         sys.exit(0)
+    commands = _load_subcommands()
+    if arguments[:1] and arguments[0] in commands:
+        # Only the named command: tyro's "Perhaps you meant" for a mistyped flag searches every
+        # command it was given, so `ava train --train.maxiters` would also offer train-driver's flags.
+        commands = {arguments[0]: commands[arguments[0]]}
     try:
         result = tyro.extras.subcommand_cli_from_dict(
-            _load_subcommands(),
+            commands,
             prog="ava",  # not sys.argv[0]: '/venv/bin/ava' or '.../ava/__main__.py' under python -m
             args=arguments,
             description=f"ava {__version__}: Ava-256 face avatars with a Triton MVP raymarcher (ava --version "
             "prints the version; ava COMMAND --help explains a command).",
         )
     except UserError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        make_console().print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/]")
+        make_console().print("[yellow]interrupted[/]")
         sys.exit(130)
     except BrokenPipeError:
         _stdout_closed()
+    except OSError as error:
+        # A full disk, a quota, a read-only file system or a permission met in the middle of the
+        # work: the machine's state, not a bug, so one line naming the file (the commands check
+        # their output folders before the work, which catches most of these earlier).
+        from ava.files import is_storage_error
+
+        if not is_storage_error(error):
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        make_console().print(f"[bold red]error:[/] {where}{error.strerror or error}", highlight=False)
+        sys.exit(2)
     except SystemExit:  # tyro after --help or a usage error
         _flush_stdout()
         raise

@@ -23,9 +23,9 @@ class ConvertConfig:
     output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
     """Where to write the ava checkpoint (.safetensors)."""
     dataset_dir: Path | None = None
-    """The dataset the model was trained on: statistics, cameras and identities come from it."""
+    """The dataset the model was trained on: statistics and cameras come from each capture's camera_calibration.json and the means and variances of uv_image and kinematic_tracking (the statistics download group), nothing else."""
     ids_csv: Path | None = None
-    """Ids CSV of the training captures in training order (default: <dataset-dir>/256_ids.csv); the first N rows are used, N being the number of identities in the state dict."""
+    """Ids CSV of the training captures in training order (default: <dataset-dir>/256_ids.csv, else <dataset-dir>/ids.csv, else the release's 256_ids.csv as ava download fetches it); the first N rows are used, N being the number of identities in the state dict."""
     stats: Path | None = None
     """Instead of --dataset-dir: an .npz with texmean [3,T,T], texstd, vertmean [V,3], vertstd."""
     cameras: Path | None = None
@@ -44,37 +44,75 @@ def _step_from_name(path: Path) -> int:
     return int(numbers[-1]) if numbers else 0
 
 
-def _ids_csv(config: ConvertConfig):
+def _ids_csv(config: ConvertConfig, console):
     from ava.data.ids import read_ids_csv
     from ava.errors import UserError
 
     path = config.ids_csv
-    if path is None and config.dataset_dir is not None and (config.dataset_dir / "256_ids.csv").is_file():
-        path = config.dataset_dir / "256_ids.csv"
+    for name in ("256_ids.csv", "ids.csv"):
+        if path is None and config.dataset_dir is not None and (config.dataset_dir / name).is_file():
+            path = config.dataset_dir / name
+    if path is None and config.dataset_dir is not None:
+        import threading
+
+        import requests
+
+        from ava.data.http import RetryPolicy, fetch_bytes
+        from ava.data.release import default_captures
+
+        console.print("identities: the release's 256_ids.csv (checked by SHA-256; pass --ids-csv for another list)",
+                      highlight=False)
+        with requests.Session() as session:
+            return default_captures(lambda url: fetch_bytes(session, url, RetryPolicy(retries=2), threading.Event()))
     if path is None:
         raise UserError("pass --ids-csv with the training captures in training order")
     return read_ids_csv(path)
 
 
-def _training_data(config: ConvertConfig, num_identities: int):
+def _from_capture_files(dataset_dir: Path, captures):
+    """(stats, per-capture camera orders) from each capture's calibration and statistics files only
+    (what training computes from them: ava.data.stats), so that a model trained on all 256 captures
+    converts without their images, meshes or textures."""
+    from rich.progress import track
+
+    from ava.console import make_console
+    from ava.data.calibration import read_calibration
+    from ava.data.layout import CaptureLayout
+    from ava.data.stats import combine_capture_stats, read_capture_stats
+    from ava.errors import UserError
+
+    layouts = [CaptureLayout(Path(dataset_dir) / capture.folder) for capture in captures]
+    lacking = [layout.root.name for layout in layouts if not all(path.is_file() for path in (
+        layout.calibration, layout.texture_mean, layout.texture_variance, layout.vertices_mean, layout.vertices_variance))]
+    if lacking:
+        raise UserError(f"{len(lacking)} of the {len(captures)} training captures lack their calibration or statistics "
+                        f"files in {dataset_dir} (e.g. {lacking[0]}); fetch them with: ava download -o {dataset_dir} "
+                        f"-n {len(captures)} --assets camera_calibration statistics")
+    per_capture = [[camera.camera_id for camera in read_calibration(layout.calibration, in_front_of=None)]
+                   for layout in layouts]
+    console = make_console()  # a transient bar shows nothing in a log file, but would leave a blank line
+    stats = combine_capture_stats(read_capture_stats(layout) for layout in
+                                  track(layouts, description="normalisation statistics", transient=True,
+                                        console=console, disable=not console.is_interactive))
+    return stats, per_capture
+
+
+def _training_data(config: ConvertConfig, num_identities: int, console):
     """(stats, capture ids, union of cameras sorted, per-capture camera orders)."""
     import numpy as np
 
     from ava.data.stats import NormStats
     from ava.errors import UserError
 
-    captures = _ids_csv(config)
+    captures = _ids_csv(config, console)
     if len(captures) < num_identities:
         raise UserError(
             f"the state dict has {num_identities} identities but the ids CSV lists only {len(captures)} captures"
         )
     captures = captures[:num_identities]
     if config.dataset_dir is not None:
-        from ava.data.dataset import MultiCaptureDataset
-
-        dataset = MultiCaptureDataset(config.dataset_dir, captures, progress=True)
-        per_capture = [list(part.reader.camera_ids) for part in dataset.datasets]
-        return dataset.stats, captures, list(dataset.camera_ids), per_capture
+        stats, per_capture = _from_capture_files(config.dataset_dir, captures)
+        return stats, captures, sorted(set().union(*per_capture)), per_capture
     if config.stats is None or config.cameras is None:
         raise UserError("pass --dataset-dir, or --stats FILE.npz together with --cameras FILE")
     try:
@@ -99,7 +137,7 @@ def _training_data(config: ConvertConfig, num_identities: int):
 def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     """Import a state dict saved by the original ava-256 code (aeparams*.pt) into an ava checkpoint."""
     import torch
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.checkpoint import compare_state, save_checkpoint
     from ava.errors import UserError
@@ -110,12 +148,12 @@ def main(config: Annotated[ConvertConfig, tyro.conf.arg(name="")]) -> int:
     from ava.runtime.device import use_threads
 
     use_threads(config.threads)
-    console = Console(stderr=True)
+    console = make_console()
     if config.output.exists() and not config.overwrite:
         raise UserError(f"{config.output} exists; pass --overwrite to replace it")
     state = load_original_state(config.original)
     model_config, num_cameras, num_identities = infer_model_config(state)
-    stats, captures, cameras, per_capture = _training_data(config, num_identities)
+    stats, captures, cameras, per_capture = _training_data(config, num_identities, console)
     if len(cameras) != num_cameras:
         raise UserError(
             f"the state dict has {num_cameras} cameras but the training data has {len(cameras)}; "

@@ -29,7 +29,7 @@ class DownloadConfig:
     captures_file: Annotated[Path | None, tyro.conf.arg(metavar="CSV")] = None
     """Capture list CSV (header mcd,sid,mct). Default: the original 256_ids.csv, fetched once into ~/.cache/ava (or $AVA_CACHE_DIR) from GitHub (or $AVA_IDS_CSV_URL) and checked by SHA-256."""
     assets: Annotated[tuple[str, ...], tyro.conf.arg(metavar="GROUP")] = ("all",)
-    """Asset groups: all, camera_calibration, frame_list, head_pose, image, keypoints_3d, kinematic_tracking, segmentation_parts, uv_image, encoder."""
+    """Asset groups: all, camera_calibration, frame_list, head_pose, image, keypoints_3d, kinematic_tracking, segmentation_parts, uv_image, encoder; and, described only by unmerged branches of the original (the server may lack them): foreground_masks (4TB only; one zip per camera, not in all), background_image (4TB only), expression_codes (4TB only), encodings (headset ground-truth codes), checkpoints (the released decoder, into OUT/checkpoints/). At other tiers all leaves out the 4TB-only groups; name them to try anyway. statistics (not in all): only the per-capture means and variances of uv_image and kinematic_tracking, what ava convert needs of each capture."""
     workers: Annotated[int, tyro.conf.arg(aliases=("-j",))] = 8
     """Parallel transfers."""
     size: Annotated[str, tyro.conf.arg(aliases=("-s",), metavar="SIZE")] = "4TB"

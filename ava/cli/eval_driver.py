@@ -10,16 +10,17 @@ from ava.driver.config import EvalDriverConfig
 
 
 def main(config: Annotated[EvalDriverConfig, tyro.conf.arg(name="")]) -> int:
-    """Evaluate a headset driver on synthetic headset sessions against their ground truth: expression-code error and PSNR per segment, beside the mean-code baseline."""
+    """Evaluate a headset driver against ground truth (synthetic headset sessions, or the release's encodings of real headset frames): expression-code error and PSNR per segment, beside the mean-code baseline."""
     from rich.console import Console
 
+    from ava.console import make_console
     from ava.driver.evaluate import evaluate_driver, print_table
     from ava.files import output_folder
     from ava.runtime.device import use_threads
 
     use_threads(config.threads)
     output_folder(config.output, "-o/--output", create=False)  # created when the first file is written
-    console = Console(stderr=True)
+    console = make_console()
     result = evaluate_driver(config, console)
     print_table(result["rows"], Console(width=max(Console().width, 160)))
     summary = result["summary"]

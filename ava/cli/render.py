@@ -11,7 +11,7 @@ from ava.render.config import RenderConfig
 
 def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
     """Render a cross-identity video (one identity's expressions on another) and PNG strips from a checkpoint."""
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.errors import UserError
     from ava.files import output_folder
@@ -25,7 +25,7 @@ def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
         raise UserError("; ".join(problems))
     use_threads(config.threads)
     output_folder(config.output, "-o/--output", create=False)  # created when the first frame is written
-    console = Console(stderr=True)
+    console = make_console()
     if config.driver_checkpoint is not None or config.headset is not None:
         from ava.render.headset import render_headset
 

@@ -11,11 +11,13 @@ from ava.show.config import ShowConfig
 
 def main(config: Annotated[ShowConfig, tyro.conf.arg(name="")]) -> int:
     """Draw one capture's data as PNGs: the image, the tracked mesh and keypoints projected onto it, the part segmentation, the camera rig from above and the headset's IR views."""
-    from rich.console import Console
+    from ava.console import make_console
 
+    from ava.files import output_folder
     from ava.show.run import show
 
-    console = Console(stderr=True)
+    output_folder(config.output, "-o/--output", create=False)
+    console = make_console()
     shown = show(config)
     for part, path in shown.written.items():
         console.print(f"wrote {path} ({part})", highlight=False)

@@ -28,13 +28,13 @@ class SynthCommand:
 
 def main(config: Annotated[SynthCommand, tyro.conf.arg(name="")]) -> int:
     """Generate synthetic captures in the Ava-256 layout (for tests, demos and trying ava without the dataset)."""
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.files import output_folder
     from ava.runtime.device import use_threads
     from ava.synth.pipeline import generate, is_generated, worker_count
 
-    console = Console(stderr=True)
+    console = make_console()
     # Frames are rendered by worker processes; the flag sets the threads of each.
     threads = use_threads(config.threads, processes=worker_count(config.settings))
     output_folder(config.output_dir, "-o/--output-dir", create=False)  # generate() creates it

@@ -11,8 +11,8 @@ from ava.view.config import ViewConfig
 
 def main(config: Annotated[ViewConfig, tyro.conf.arg(name="")]) -> int:
     """Open a trained avatar in an interactive web viewer (orbit camera, identity, expression playback, cross-identity driving)."""
-    from rich.console import Console
+    from ava.console import make_console
 
     from ava.view.server import serve
 
-    return serve(config, Console(stderr=True))
+    return serve(config, make_console())

@@ -106,9 +106,9 @@ class BadDataReport:
 
     def _print(self, message: str) -> None:
         if self.console is None:
-            from rich.console import Console
+            from ava.console import make_console
 
-            self.console = Console(stderr=True)
+            self.console = make_console()
         self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def add(self, problems: list[Problem]) -> list[Problem]:

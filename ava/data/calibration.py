@@ -144,6 +144,8 @@ def parse_calibration(text: str, source: str = "camera_calibration.json",
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise UserError(f"{source} is not valid JSON ({error}); re-download it") from None
+    except RecursionError:  # a hostile file nests arrays deeper than the parser goes
+        raise UserError(f"{source} is nested too deeply to be a calibration; re-download it") from None
     if not isinstance(document, dict) or not isinstance(document.get("KRT"), list):
         raise UserError(f"{source} has no 'KRT' list of cameras")
     cameras = [_parse_camera(entry, source, i) for i, entry in enumerate(document["KRT"])]

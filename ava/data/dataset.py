@@ -378,4 +378,8 @@ def _progress(items, description: str, enabled: bool, total: int | None = None):
         return
     from rich.progress import track
 
-    yield from track(items, description=description, total=total, transient=True)
+    from ava.console import make_console
+
+    console = make_console()  # a transient bar shows nothing in a log file, but would leave a blank line
+    yield from track(items, description=description, total=total, transient=True, console=console,
+                     disable=not console.is_interactive)

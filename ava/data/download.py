@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 from ava.data.http import (
     FileResult,
     Outcome,
+    RemoteInfo,
     RetryPolicy,
     Stopped,
     TransferError,
+    already_here,
     fetch_bytes,
     fetch_file,
     head,
@@ -34,6 +36,8 @@ from ava.data.release import (
     ALL_GROUPS,
     CALIBRATION_PATH,
     ENV_BASE_URL,
+    EXTRA_GROUPS,
+    RELEASE_WIDE,
     PlanFailure,
     PlannedFile,
     default_captures,
@@ -42,8 +46,8 @@ from ava.data.release import (
     parse_camera_ids,
     remote_root,
     resolve_base_url,
-    resolve_groups,
     select_captures,
+    select_groups,
     check_output_dir,
 )
 from ava.errors import UserError
@@ -119,6 +123,14 @@ class GroupTally:
     """Remote bytes of the group's available files (dry run)."""
     reasons: Counter = field(default_factory=Counter)
     first_failure: str | None = None
+    unverified: int = 0
+    """Downloaded files the server gave neither a size nor an MD5 for, accepted as they came."""
+    first_unverified: str | None = None
+    absent: int = 0
+    """Failures that were 403/404: the server does not have the file."""
+    lenient: bool = False
+    """A group the server may lack (EXTRA_GROUPS, through `all`): if it lacks every file, that is
+    one summary line and not a failure of the download."""
 
     def record(self, name: str, result: FileResult) -> None:
         self.received_bytes += result.received_bytes
@@ -128,11 +140,26 @@ class GroupTally:
             self.skipped += 1
         else:
             self.downloaded += 1
+            if not result.verified:
+                self.unverified += 1
+                self.first_unverified = self.first_unverified or name
 
     def fail(self, name: str, reason: str) -> None:
         self.failed += 1
+        self.absent += reason.startswith(("403 ", "404 "))
         self.reasons[reason] += 1
         self.first_failure = self.first_failure or name
+
+    @property
+    def not_on_server(self) -> bool:
+        """Every file of a lenient group was refused with 403/404: the server lacks the group."""
+        return self.lenient and self.failed > 0 and self.absent == self.failed and not self.downloaded \
+            and not self.skipped
+
+    @property
+    def failures(self) -> int:
+        """Failed files that make the download fail (all but those of a group the server lacks)."""
+        return 0 if self.not_on_server else self.failed
 
     def reason_text(self) -> str:
         if not self.reasons:
@@ -207,13 +234,22 @@ def plan_files(
 
         cameras = dict(parallel_map(cameras_of, captures, workers, stop))
     files, failures = [], []
+    planned: set[tuple[CaptureId, str]] = set()  # groups may share files (statistics is part of two)
     for capture in captures:
         camera_ids, camera_failure = cameras.get(capture, ([], None))
         for group in groups:
+            if group in RELEASE_WIDE:
+                continue
             if is_per_camera(group) and camera_failure:
                 failures.append(PlanFailure(capture, group, camera_failure))
                 continue
-            files += [PlannedFile(capture, group, path) for path in group_paths(group, camera_ids)]
+            for path in group_paths(group, camera_ids):
+                if (capture, path) not in planned:
+                    planned.add((capture, path))
+                    files.append(PlannedFile(capture, group, path))
+    for group in groups:
+        if group in RELEASE_WIDE:
+            files += [PlannedFile(None, group, path) for path in group_paths(group)]
     return files, failures
 
 
@@ -291,10 +327,11 @@ def run_download(
     """Downloads (or, with `dry_run`, sizes up) the selected captures; returns the exit status:
     0 when every file is in place, 1 when any failed. Bad input raises UserError; Ctrl-C raises
     KeyboardInterrupt after the workers stopped, with `.part` files kept for the next run."""
-    from rich.console import Console
+    from ava.console import make_console
 
-    console = console or Console()
-    groups = resolve_groups(assets)
+    console = console or make_console(stderr=False)
+    selection = select_groups(assets, size)
+    groups = selection.groups
     root = remote_root(resolve_base_url(base_url), size)
     if workers < 1:
         raise UserError(f"-j/--workers must be at least 1, got {workers}")
@@ -317,7 +354,10 @@ def run_download(
             highlight=False,
             soft_wrap=True,
         )
-        job = _Job(root, output_dir, groups, workers, sessions, policy, stop, console)
+        for note in selection.notes:
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        lenient = {group for group in groups if group in EXTRA_GROUPS and group not in selection.named}
+        job = _Job(root, output_dir, groups, workers, sessions, policy, stop, console, lenient)
         return job.dry_run(files, plan_failures) if dry_run else job.download(files, plan_failures)
     finally:
         sessions.close()
@@ -333,6 +373,7 @@ class _Job:
     policy: RetryPolicy
     stop: threading.Event
     console: Console
+    lenient: set[str] = field(default_factory=set)
 
     def download(self, files: list[PlannedFile], plan_failures: list[PlanFailure]) -> int:
         tallies = self._tallies(plan_failures)
@@ -354,48 +395,53 @@ class _Job:
                 )
                 raise
         self._report(tallies, time.monotonic() - started)
-        return 1 if any(tally.failed for tally in tallies.values()) else 0
+        return 1 if any(tally.failures for tally in tallies.values()) else 0
 
     def dry_run(self, files: list[PlannedFile], plan_failures: list[PlanFailure]) -> int:
         from rich.filesize import decimal
 
-        def probe(planned: PlannedFile) -> tuple[int | None, str | None]:
+        def probe(planned: PlannedFile) -> tuple[RemoteInfo | None, str | None]:
             try:
-                return head(self.sessions.get(), planned.url(self.root), self.policy, self.stop).size, None
+                return head(self.sessions.get(), planned.url(self.root), self.policy, self.stop), None
             except TransferError as error:
                 return None, error.reason
 
         probes = dict(parallel_map(probe, files, self.workers, self.stop))
         tallies = self._tallies(plan_failures)
         total = to_fetch = available = 0
+        unknown = 0
         for planned in files:
-            size, reason = probes[planned]
+            info, reason = probes[planned]
             tally = tallies[planned.group]
-            if size is None:
+            if info is None:
                 tally.fail(planned.name, reason)
                 self.console.print(f"{'-':>10}  {planned.name}  (unavailable: {reason})", highlight=False, soft_wrap=True)
                 continue
             local = planned.local(self.output_dir)
-            present = local.is_file() and local.stat().st_size == size
+            present = local.is_file() and already_here(local, info)
             available += 1
+            size = info.size or 0
+            unknown += info.size is None
             total += size
             to_fetch += 0 if present else size
             tally.expected_bytes += size
             tally.skipped += present
             tally.downloaded += not present
             note = "  (already here)" if present else ""
-            self.console.print(f"{decimal(size):>10}  {planned.name}{note}", highlight=False, soft_wrap=True)
+            shown = decimal(size) if info.size is not None else "size ?"
+            self.console.print(f"{shown:>10}  {planned.name}{note}", highlight=False, soft_wrap=True)
         self._report(tallies, None)
         self.console.print(
             f"dry run: {available} of {len(files)} files available, "
-            f"{decimal(total)} in total, {decimal(to_fetch)} to fetch",
+            f"{decimal(total)} in total, {decimal(to_fetch)} to fetch"
+            + (f" (and {unknown} files whose size the server does not say)" if unknown else ""),
             highlight=False,
             soft_wrap=True,
         )
-        return 1 if any(tally.failed for tally in tallies.values()) else 0
+        return 1 if any(tally.failures for tally in tallies.values()) else 0
 
     def _tallies(self, plan_failures: list[PlanFailure]) -> dict[str, GroupTally]:
-        tallies = {group: GroupTally() for group in self.groups}
+        tallies = {group: GroupTally(lenient=group in self.lenient) for group in self.groups}
         for failure in plan_failures:
             tallies[failure.group].fail(failure.name, failure.reason)
         return tallies
@@ -413,23 +459,39 @@ class _Job:
         table.add_column("size" if dry else "received", justify="right")
         for group, tally in tallies.items():
             nbytes = tally.expected_bytes if dry else tally.received_bytes
-            table.add_row(group, str(tally.downloaded), str(tally.skipped), str(tally.failed), decimal(nbytes))
+            failed = "not on server" if tally.not_on_server else str(tally.failed)
+            table.add_row(group, str(tally.downloaded), str(tally.skipped), failed, decimal(nbytes))
         self.console.print(table)
         for group, tally in tallies.items():
-            if tally.failed:
+            if tally.not_on_server:
+                self.console.print(
+                    f"{group}: not on the server ({tally.reason_text()}); only the original's unmerged branches "
+                    "describe this group, so the rest of the download is unaffected", highlight=False, soft_wrap=True
+                )
+            elif tally.failed:
                 self.console.print(
                     f"{group}: {tally.failed} failed: {tally.reason_text()}", highlight=False, soft_wrap=True
+                )
+            if tally.unverified:
+                self.console.print(
+                    f"{group}: {tally.unverified} accepted unverified: the server sent neither their size "
+                    f"(Content-Length) nor an MD5 (ETag) (e.g. {tally.first_unverified})", highlight=False,
+                    soft_wrap=True,
                 )
         if dry:
             return
         downloaded = sum(tally.downloaded for tally in tallies.values())
         skipped = sum(tally.skipped for tally in tallies.values())
-        failed = sum(tally.failed for tally in tallies.values())
+        failed = sum(tally.failures for tally in tallies.values())
+        unverified = sum(tally.unverified for tally in tallies.values())
+        absent = [group for group, tally in tallies.items() if tally.not_on_server]
         received = sum(tally.received_bytes for tally in tallies.values())
         speed = decimal(int(received / seconds)) if seconds > 0 else "-"
         self.console.print(
-            f"downloaded {downloaded}, skipped {skipped}, failed {failed} files; "
-            f"received {decimal(received)} in {seconds:.1f} s ({speed}/s)",
+            f"downloaded {downloaded}, skipped {skipped}, failed {failed} files"
+            + (f" ({unverified} of the downloaded unverified)" if unverified else "")
+            + f"; received {decimal(received)} in {seconds:.1f} s ({speed}/s)"
+            + (f"; not on the server: {', '.join(absent)}" if absent else ""),
             highlight=False,
             soft_wrap=True,
         )

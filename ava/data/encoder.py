@@ -13,7 +13,6 @@ other training code may.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ava.data.bad_data import SKIPPED_KEY, Problem, encode_problems
-from ava.data.formats import BadMember, decode_image, member_frame, parse_frame_list
+from ava.data.formats import BadMember, decode_image, member_frame, open_image, parse_frame_list
 from ava.data.layout import ENCODER_CAMERAS, CaptureLayout, UnknownNaming, detect_naming
 from ava.data.zips import ZipPool
 from ava.errors import UserError
@@ -72,11 +70,8 @@ class EncoderCapture:
         if camera not in self.naming:
             raise UserError(f"unknown headset camera {camera!r}; expected one of {', '.join(self.cameras)}")
         data = self.zips.read(self.layout.encoder_zip(camera), self.member(camera, frame_id))
-        try:
-            with Image.open(io.BytesIO(data)) as probe:
-                mode = "L" if probe.mode in ("L", "I;16", "I") else "RGB"
-        except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for bytes it cannot identify
-            raise BadMember(f"image cannot be decoded: {error}") from None
+        with open_image(data) as probe:
+            mode = "L" if probe.mode in ("L", "I;16", "I") else "RGB"
         return decode_image(data, mode=mode)
 
 
@@ -272,6 +267,6 @@ def read_encoder_truth(capture_root: str | Path) -> EncoderTruth:
             rig=dict(document.get("rig", {})),
             infrared=dict(document.get("infrared", {})),
         )
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise UserError(f"{path} is not a headset ground truth file this ava reads ({error}); regenerate the "
                         "synthetic set") from None

@@ -1,14 +1,22 @@
 """Decoders and encoders for the member formats of a capture (docs/data-layout.md).
 
 Every decoder takes the raw bytes of one zip member and raises `BadMember` when they cannot be
-what the format promises, so the dataset can skip that one sample and say why.
+what the format promises, so the dataset can skip that one sample and say why. Files come from the
+internet, so no decoder believes a header's sizes before the bytes are there: a PLY's element
+counts and an `.npy`'s shape must fit the body that follows them, an image may not claim more
+pixels than Pillow's decompression-bomb limit (an error here, not Pillow's warning), and an
+`.npy` holding Python objects (a pickle) is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import re
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -85,8 +93,29 @@ def parse_ply_vertices(data: bytes) -> np.ndarray:
         return _parse_ply_vertices(data)
 
 
+def _smallest_record(ply_format: str, properties: list[list[str]]) -> int:
+    """The fewest bytes one record of these properties can take: binary, every scalar's size and
+    every list's count; ascii, one digit and one separator per value (an empty list's count too)."""
+    if ply_format == "ascii":
+        return 2 * len(properties)
+    return sum(np.dtype(_PLY_TYPES[prop[1] if prop[0] == "list" else prop[0]]).itemsize for prop in properties)
+
+
+def _check_counts(ply_format: str, elements: list[tuple[str, int, list[list[str]]]], body: int) -> None:
+    """BadMember when the header's element counts cannot fit in `body` bytes: nothing is allocated
+    for records that are not there (a header may claim 10^12 vertices)."""
+    needed = sum(count * _smallest_record(ply_format, properties) for _, count, properties in elements)
+    if ply_format == "ascii":
+        needed -= 1  # the last value needs no separator after it
+    if needed > body:
+        claims = ", ".join(f"{count} {name}" for name, count, _ in elements)
+        raise BadMember(f"PLY body is truncated or its header lies: the header declares {claims} (at least {needed} "
+                        f"bytes), but only {body} bytes follow it")
+
+
 def _parse_ply_vertices(data: bytes) -> np.ndarray:
     ply_format, elements, body = _ply_header(data)
+    _check_counts(ply_format, elements, len(data) - body)
     vertex = [element for element in elements if element[0] == "vertex"]
     if not vertex:
         raise BadMember("PLY has no vertex element")
@@ -138,6 +167,23 @@ def format_ply_vertices(vertices: np.ndarray) -> bytes:
 # --- images -----------------------------------------------------------------------------------
 
 
+@contextmanager
+def open_image(data: bytes) -> Iterator[Image.Image]:
+    """The Pillow image of `data`, not yet decoded; BadMember for bytes Pillow cannot identify and
+    for an image that claims more pixels than Image.MAX_IMAGE_PIXELS (about 89 million; the
+    largest Ava-256 image has 11 million): Pillow only warns below twice that limit and would
+    then allocate for the claimed size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                yield image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise BadMember(f"image refused as a decompression bomb: {error}") from None
+    except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for corrupt/truncated data
+        raise BadMember(f"image cannot be decoded: {error}") from None
+
+
 def decode_image(data: bytes, size: tuple[int, int] | None = None, mode: str = "RGB",
                  resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
     """Decodes an image (AVIF, PNG, ...) to uint8 [H,W,C] (or [H,W] for mode "L"), resized to `size`=(W,H).
@@ -145,16 +191,13 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None, mode: str = "
     Pillow's BICUBIC resize widens its kernel when shrinking, so it is an antialiased filter, and it
     is the filter the original used, which keeps images comparable.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode != mode:
-                image = image.convert(mode)
-            if size is not None and image.size != tuple(size):
-                image = image.resize(tuple(size), resample=resample)
-            return np.asarray(image)
-    except (OSError, ValueError, SyntaxError) as error:  # PIL raises these for corrupt/truncated data
-        raise BadMember(f"image cannot be decoded: {error}") from None
+    with open_image(data) as image:
+        image.load()
+        if image.mode != mode:
+            image = image.convert(mode)
+        if size is not None and image.size != tuple(size):
+            image = image.resize(tuple(size), resample=resample)
+        return np.asarray(image)
 
 
 def encode_avif(pixels: np.ndarray, quality: int = 90, speed: int = 10) -> bytes:
@@ -193,7 +236,22 @@ def format_head_pose(pose: np.ndarray) -> bytes:
 
 
 def parse_npy(data: bytes) -> np.ndarray:
-    """A `.npy` member as an array (no pickles)."""
+    """A `.npy` member as an array. Its header is read first: an object dtype (the array would be
+    a pickle, which can run code) and a shape whose data is not all in `data` (a header can claim
+    terabytes) are BadMember before anything is allocated."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as error:
+        raise BadMember(f"npy cannot be read: {error}") from None
+    if dtype.hasobject:
+        raise BadMember(f"npy holds Python objects (dtype {dtype}), which only a pickle can load; refused")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > len(data) - stream.tell():
+        raise BadMember(f"npy header claims an array of shape {list(shape)} and dtype {dtype} ({needed} bytes), "
+                        f"but only {len(data) - stream.tell()} bytes follow it")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -222,9 +280,18 @@ def parse_variance(text: str, source: str) -> float:
 FRAME_LIST_HEADER = ("seg_id", "frame_id")
 
 
+def csv_rows(text: str, source: str) -> list[list[str]]:
+    """The rows of a CSV text that hold anything; UserError naming `source` for text the csv module
+    refuses (a field over its 128 kB limit, a quote left open)."""
+    try:
+        return [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    except csv.Error as error:
+        raise UserError(f"{source} is not a readable CSV file ({error}); download it again") from None
+
+
 def parse_frame_list(text: str, source: str) -> list[tuple[str, str]]:
     """`frame_list.csv` rows as (seg_id, frame_id) strings, in file order (docs/data-layout.md)."""
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    rows = csv_rows(text, source)
     if not rows:
         raise UserError(f"{source} is empty; expected a header seg_id,frame_id")
     header = tuple(cell.strip() for cell in rows[0])

@@ -8,6 +8,12 @@ MD5 (S3 objects uploaded in one part), its MD5 matches too. A `.part` file is al
 the object because bytes are only ever appended in order, so a crash or Ctrl-C at any moment leaves
 something the next run can resume.
 
+Some mirrors and caching proxies send no Content-Length (chunked transfer). The file is then
+complete when the body ends as its transfer encoding says it ends (a chunked body's last chunk),
+its size is checked against a Content-Range total where a 206 carries one, and its MD5 against a
+plain-MD5 ETag; a file for which the server gave neither size nor MD5 is accepted unverified
+(`FileResult.verified` False), which the summary reports.
+
 Files are saved byte for byte as the server stores them: a `Content-Encoding` (S3 sends one for
 objects uploaded with it, whatever the client asks) is not undone, because the server's sizes,
 Range offsets and MD5 all refer to the stored bytes. Only `fetch_bytes`, whose callers parse what
@@ -21,7 +27,6 @@ from several threads as long as each thread has its own `requests.Session`.
 from __future__ import annotations
 
 import enum
-import gzip
 import hashlib
 import os
 import random
@@ -35,7 +40,7 @@ from typing import Callable, Iterator, Protocol, TypeVar
 
 import requests
 
-from ava.files import fsync_directory
+from ava.files import fsync_directory, inflate
 
 CHUNK_BYTES = 1 << 16
 _PLAIN_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
@@ -101,11 +106,14 @@ class FileResult:
     """Bytes that came over the network for this file in this call."""
     reason: str | None = None
     """Why it failed (None unless `outcome` is FAILED)."""
+    verified: bool = True
+    """False for a file accepted without a size or MD5 to check it against (the server sent neither)."""
 
 
 @dataclass(frozen=True)
 class RemoteInfo:
-    size: int
+    size: int | None
+    """The object's size in bytes; None when the server did not say (no Content-Length)."""
     md5: str | None
     """The object's MD5 as lower-case hex when its ETag is a plain MD5, else None."""
 
@@ -189,12 +197,12 @@ def with_retries(
         retry_number += 1
 
 
-def remote_info(response: requests.Response) -> RemoteInfo | None:
-    """Size and MD5 of the whole object from a 200 or HEAD response; None without Content-Length."""
+def remote_info(response: requests.Response) -> RemoteInfo:
+    """Size and MD5 of the whole object from a 200 or HEAD response (size None without a
+    Content-Length, as a chunked answer has)."""
     length = response.headers.get("Content-Length")
-    if length is None or not length.isdigit():
-        return None
-    return RemoteInfo(size=int(length), md5=plain_md5(response.headers.get("ETag")))
+    size = int(length) if length is not None and length.isdigit() else None
+    return RemoteInfo(size=size, md5=plain_md5(response.headers.get("ETag")))
 
 
 def plain_md5(etag: str | None) -> str | None:
@@ -206,17 +214,14 @@ def plain_md5(etag: str | None) -> str | None:
 
 
 def head(session: requests.Session, url: str, policy: RetryPolicy, stop: threading.Event) -> RemoteInfo:
-    """Size (and MD5 where known) of a remote object, with retries."""
+    """Size and MD5 of a remote object where the server says them, with retries."""
 
     def attempt() -> RemoteInfo:
         with session.head(url, timeout=policy.timeout, allow_redirects=True) as response:
             failure = error_for_status(response)
             if failure:
                 raise failure
-            info = remote_info(response)
-        if info is None:
-            raise TransferError("server sent no Content-Length", retryable=False)
-        return info
+            return remote_info(response)
 
     return with_retries(attempt, policy, stop)
 
@@ -247,12 +252,12 @@ def decode_content(body: bytes, encoding: str | None) -> bytes:
     for coding in reversed(codings):  # the last coding listed was applied last
         try:
             if coding in ("gzip", "x-gzip"):
-                body = gzip.decompress(body)
+                body = inflate(body)
             elif coding == "deflate":
-                body = zlib.decompress(body) if body[:1] == b"\x78" else zlib.decompress(body, -zlib.MAX_WBITS)
+                body = inflate(body, wbits=zlib.MAX_WBITS if body[:1] == b"\x78" else -zlib.MAX_WBITS)
             elif coding != "identity":
                 raise TransferError(f"server sent Content-Encoding {coding!r}, which ava cannot undo", retryable=False)
-        except (OSError, EOFError, zlib.error) as error:
+        except (OSError, EOFError, ValueError, zlib.error) as error:
             raise TransferError(f"body is not valid {coding} data although the server sent Content-Encoding "
                                 f"{coding} ({error})", retryable=False) from None
     return body
@@ -303,7 +308,7 @@ def fetch_file(
     try:
         if transfer.destination.exists():
             info = head(session, url, policy, stop)
-            if transfer.destination.stat().st_size == info.size:
+            if already_here(transfer.destination, info):
                 transfer.part.unlink(missing_ok=True)
                 return FileResult(Outcome.SKIPPED)
         with_retries(transfer.attempt, policy, stop)
@@ -317,7 +322,16 @@ def fetch_file(
     except Stopped:
         transfer.give_up()
         raise
-    return FileResult(Outcome.DOWNLOADED, transfer.received)
+    return FileResult(Outcome.DOWNLOADED, transfer.received, verified=transfer.verified)
+
+
+def already_here(local: Path, info: RemoteInfo) -> bool:
+    """Whether the file in place at `local` is the remote object: its size matches the server's,
+    or, where the server gives no size, its MD5 matches the ETag's (with neither, it is kept: it
+    was complete when it was renamed into place)."""
+    if info.size is not None:
+        return local.stat().st_size == info.size
+    return info.md5 is None or file_md5(local) == info.md5
 
 
 class _Transfer:
@@ -333,6 +347,7 @@ class _Transfer:
         self.progress = progress
         self.received = 0
         self.expected = 0  # bytes this file has announced to the progress sink so far
+        self.verified = True
 
     def _expect_total(self, total_to_receive: int) -> None:
         self.progress.add_expected(total_to_receive - self.expected)
@@ -349,8 +364,8 @@ class _Transfer:
         with self.session.get(self.url, headers=headers, stream=True, timeout=self.policy.timeout) as response:
             if response.status_code == 416:
                 # The .part is at least as long as the object: complete, or stale and too long.
-                info = head(self.session, self.url, self.policy, self.stop)
-                if offset != info.size:
+                info = self._size_from_416(response)
+                if info.size is not None and offset != info.size:
                     self._discard("partial file longer than the remote file")
                 self._finish(info)
                 return
@@ -358,25 +373,33 @@ class _Transfer:
             if failure:
                 raise failure
             info, offset = self._start(response, offset)
-            self._expect_total(self.received + info.size - offset)
-            self._receive(response, offset)
+            if info.size is not None:
+                self._expect_total(self.received + info.size - offset)
+            self._receive(response, offset, announce=info.size is None)
         self._finish(info)
 
+    def _size_from_416(self, response: requests.Response) -> RemoteInfo:
+        """The object's size from a 416's `Content-Range: bytes */SIZE`, else from a HEAD."""
+        match = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+        if match:
+            return RemoteInfo(size=int(match.group(1)), md5=plain_md5(response.headers.get("ETag")))
+        return head(self.session, self.url, self.policy, self.stop)
+
     def _start(self, response: requests.Response, offset: int) -> tuple[RemoteInfo, int]:
-        """The object's size and MD5 and where the body starts; truncates the .part on a 200."""
+        """The object's size (None if the server does not say) and MD5 and where the body starts;
+        truncates the .part on a 200."""
         if response.status_code == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-            if not match or int(match.group(1)) != offset or match.group(3) == "*":
+            if not match or int(match.group(1)) != offset:
                 self._discard("server answered a different range")
-            size = int(match.group(3))
+            size = None if match.group(3) == "*" else int(match.group(3))
             return RemoteInfo(size=size, md5=plain_md5(response.headers.get("ETag"))), offset
-        info = remote_info(response)
-        if info is None:
-            raise TransferError("server sent no Content-Length", retryable=False)
         # A 200 to a Range request carries the whole object: start the .part over.
-        return info, 0
+        return remote_info(response), 0
 
-    def _receive(self, response: requests.Response, offset: int) -> None:
+    def _receive(self, response: requests.Response, offset: int, announce: bool) -> None:
+        """Appends the body to the .part; `announce`: the size is unknown, so the progress total
+        grows with what arrives."""
         with open(self.part, "r+b" if offset else "wb") as part_file:
             part_file.truncate(offset)
             part_file.seek(offset)
@@ -385,18 +408,23 @@ class _Transfer:
                     raise Stopped()
                 part_file.write(chunk)
                 self.received += len(chunk)
+                if announce:
+                    self._expect_total(self.received)
                 self.progress.add_received(len(chunk))
             part_file.flush()
             os.fsync(part_file.fileno())
 
     def _finish(self, info: RemoteInfo) -> None:
         size = self.part.stat().st_size
-        if size < info.size:
+        if info.size is not None and size < info.size:
             raise TransferError(f"got {size} of {info.size} bytes", retryable=True)
-        if size > info.size:
+        if info.size is not None and size > info.size:
             self._discard(f"got {size} bytes, more than the server's {info.size}")
         if info.md5 is not None and file_md5(self.part) != info.md5:
             self._discard("MD5 does not match the server's ETag")
+        # Without a size, the body ended as its transfer encoding says it ends (urllib3 raises
+        # for a chunked body cut short); without an MD5 either, nothing more can be checked.
+        self.verified = info.size is not None or info.md5 is not None
         os.replace(self.part, self.destination)
         fsync_directory(self.destination.parent)
 

@@ -8,12 +8,11 @@ order), one row per subject.
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ava.data.formats import csv_rows
 from ava.errors import UserError
 from ava.files import read_text
 
@@ -70,8 +69,7 @@ def is_subject_id(text: str) -> bool:
 
 def parse_ids_csv(text: str, source: str = "ids CSV") -> list[CaptureId]:
     """Parses the text of an ids CSV (header `mcd,sid,mct`), keeping the row order."""
-    reader = csv.reader(io.StringIO(text))
-    rows = [row for row in reader if any(cell.strip() for cell in row)]
+    rows = csv_rows(text, source)
     if not rows:
         raise UserError(f"{source} is empty; expected a header `mcd,sid,mct` and one row per capture")
     header = tuple(cell.strip() for cell in rows[0])

@@ -94,6 +94,26 @@ class CaptureLayout:
     def encoder_zip(self, camera: str) -> Path:
         return self.encoder / "image" / f"{camera}.zip"
 
+    # Described only by unmerged branches of the original (docs/data-layout.md#beyond-the-original-code).
+    def foreground_mask_zip(self, camera_id: str) -> Path:
+        return self.decoder / "foreground_masks" / f"cam{camera_id}.zip"
+
+    @property
+    def background_zip(self) -> Path:
+        return self.decoder / "background_image" / "background_image.zip"
+
+    @property
+    def expression_codes(self) -> Path:
+        return self.decoder / "expression_codes" / "aeparams_1440000.pkl"
+
+    @property
+    def encodings(self) -> Path:
+        return self.encoder / "encodings_gt.pt"
+
+    @property
+    def encodings_frame_list(self) -> Path:
+        return self.encoder / "encodings_framelist.csv"
+
     def required_files(self) -> list[Path]:
         """Files a decoder dataset cannot work without (the per-camera image zips come on top)."""
         return [
@@ -169,6 +189,17 @@ TEXTURE_NAMING = MemberNaming("color/", "avif")
 VERTICES_NAMING = MemberNaming("", "ply")
 HEAD_POSE_NAMING = MemberNaming("", "txt")
 KEYPOINTS_NAMING = MemberNaming("", "npy")
+
+
+def foreground_mask_naming(camera_id: str) -> MemberNaming:
+    """Assumed like the image zips (the datasheet names no member); readers detect the prefix."""
+    return MemberNaming(f"cam{camera_id}/", "avif")
+
+
+def background_member(camera_id: str) -> str:
+    """A camera's empty backdrop in background_image.zip: `{camera}.avif` (the datasheet's name;
+    readers also accept `cam{camera}.avif` and any folder)."""
+    return f"{camera_id}.avif"
 
 
 def image_member(camera_id: str, frame: str) -> str:

@@ -1,10 +1,16 @@
 """What the Ava-256 release holds and where (docs/data-layout.md): asset groups, URLs, capture lists.
 
 The release lives under `<base URL>/<SIZE>/<mcd>--<mct>--<sid>/{decoder,encoder}/...`; locally the
-size tier is dropped: `OUT/<capture>/decoder/...`. Files come in asset groups; two of them
-(`image`, `segmentation_parts`) hold one zip per camera, and a capture's cameras are the sorted
-`cameraId`s of its remote `camera_calibration.json`. `ava.data.download` fetches what this module
-describes.
+size tier is dropped: `OUT/<capture>/decoder/...`. Files come in asset groups; three of them
+(`image`, `segmentation_parts`, `foreground_masks`) hold one zip per camera, and a capture's cameras
+are the sorted `cameraId`s of its remote `camera_calibration.json`. One group (`checkpoints`) is
+release-wide: `<base URL>/<SIZE>/checkpoints/...`, locally `OUT/checkpoints/...`.
+
+The groups after `encoder` (`EXTRA_GROUPS`) are described only by two unmerged branches of the
+original repository (their DATASHEET.md and download.py); nobody here could check that the public
+server holds them. Three are for the 4TB tier only (`ONLY_4TB`), and `foreground_masks`, as large as
+the images, is fetched only when named (`NAMED_ONLY`). `ava.data.download` fetches what this
+module describes.
 """
 
 from __future__ import annotations
@@ -67,8 +73,34 @@ ASSET_GROUPS: dict[str, tuple[str, ...]] = {
         "encoder/image/cam-right-eye-atl-temporal.zip",
         "encoder/image/cam-right-mouth.zip",
     ),
+    # Beyond the original's main branch (unverified on the server; docs/data-layout.md).
+    "foreground_masks": ("decoder/foreground_masks/cam{camera}.zip",),
+    "background_image": ("decoder/background_image/background_image.zip",),
+    "expression_codes": ("decoder/expression_codes/aeparams_1440000.pkl",),
+    "encodings": ("encoder/encodings_gt.pt", "encoder/encodings_framelist.csv"),
+    "checkpoints": ("checkpoints/decoder/aeparams_1440000.pt",),
+    # The small per-capture files of uv_image and kinematic_tracking that the normalisation
+    # statistics are made of: what `ava convert --dataset-dir` reads of each capture.
+    "statistics": (
+        "decoder/uv_image/color_mean.png",
+        "decoder/uv_image/color_variance.txt",
+        "decoder/kinematic_tracking/registration_vertices_mean.npy",
+        "decoder/kinematic_tracking/registration_vertices_variance.txt",
+    ),
 }
 ALL_GROUPS = "all"
+EXTRA_GROUPS = ("foreground_masks", "background_image", "expression_codes", "encodings", "checkpoints")
+"""Groups only the original's unmerged branches describe: a server without them is not an error
+when they come from `all` (each gets one summary line instead)."""
+ONLY_4TB = ("foreground_masks", "background_image", "expression_codes")
+"""Groups the datasheet says only the 4TB tier holds; `all` leaves them out at other tiers."""
+NAMED_ONLY = ("foreground_masks", "statistics")
+"""Groups `all` leaves out: foreground_masks (one zip per camera, as large as the images) and
+statistics (a subset of uv_image and kinematic_tracking); name them to fetch them."""
+RELEASE_WIDE = ("checkpoints",)
+"""Groups whose paths are relative to the tier's root, not to a capture folder."""
+RELEASED_DECODER = "checkpoints/decoder/aeparams_1440000.pt"
+"""The decoder trained on all 256 captures for 1.44M iterations, relative to the dataset folder."""
 
 
 def resolve_groups(names: Sequence[str]) -> list[str]:
@@ -83,6 +115,36 @@ def resolve_groups(names: Sequence[str]) -> list[str]:
         raise UserError(f"--assets needs at least one group; choose from {ALL_GROUPS}, {', '.join(ASSET_GROUPS)}")
     wanted = set(ASSET_GROUPS) if ALL_GROUPS in names else set(names)
     return [group for group in ASSET_GROUPS if group in wanted]
+
+
+@dataclass(frozen=True)
+class GroupSelection:
+    """The groups to fetch, in canonical order; `named` are those asked for by name (not through
+    `all`); `notes` say what `all` left out and why."""
+
+    groups: list[str]
+    named: frozenset[str]
+    notes: list[str]
+
+
+def select_groups(names: Sequence[str], size: str) -> GroupSelection:
+    """`--assets` at tier `size`: `all` is every group except `NAMED_ONLY` and, at tiers other than
+    4TB, `ONLY_4TB`; groups named explicitly are always fetched (the datasheet may be out of date)."""
+    groups = resolve_groups(names)
+    named = frozenset(name for name in names if name != ALL_GROUPS)
+    notes = []
+    if ALL_GROUPS in names:
+        skipped = [group for group in groups if group not in named and group in NAMED_ONLY and group != "statistics"]
+        left_out = [group for group in groups
+                    if group not in named and group not in skipped and group in ONLY_4TB and size != "4TB"]
+        if left_out:
+            notes.append(f"left out at {size}: {', '.join(left_out)} (the 4TB tier only; name them to try anyway)")
+        if skipped:
+            notes.append(f"left out of all: {', '.join(skipped)} (one zip per camera, as large as the images; "
+                         "name it to fetch it)")
+        groups = [group for group in groups if group not in left_out and group not in skipped
+                  and (group != "statistics" or group in named)]
+    return GroupSelection(groups, named, notes)
 
 
 def is_per_camera(group: str) -> bool:
@@ -105,7 +167,7 @@ def parse_camera_ids(calibration_json: bytes) -> list[str]:
     try:
         cameras = json.loads(calibration_json)["KRT"]
         ids = sorted({str(camera["cameraId"]) for camera in cameras})
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:  # a hostile file may nest deeply
         raise ValueError(f"camera_calibration.json has no readable KRT camera list ({error})") from None
     if not ids:
         raise ValueError("camera_calibration.json lists no cameras")
@@ -114,22 +176,23 @@ def parse_camera_ids(calibration_json: bytes) -> list[str]:
 
 @dataclass(frozen=True)
 class PlannedFile:
-    """One file of the release: `path` is relative to the capture folder."""
+    """One file of the release: `path` is relative to the capture folder, or to the tier's root
+    for a release-wide group (`capture` None)."""
 
-    capture: CaptureId
+    capture: CaptureId | None
     group: str
     path: str
 
     @property
     def name(self) -> str:
-        """`capture/path`: the file's path under the output folder and under the remote root."""
-        return f"{self.capture.folder}/{self.path}"
+        """`capture/path` (or `path`): the file's path under the output folder and the remote root."""
+        return self.path if self.capture is None else f"{self.capture.folder}/{self.path}"
 
     def url(self, root: str) -> str:
         return root + self.name
 
     def local(self, output_dir: Path) -> Path:
-        return output_dir / self.capture.folder / self.path
+        return output_dir / self.name
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ava.data.formats import BadMember, decode_image, parse_variance
+from ava.data.formats import BadMember, decode_image, parse_npy, parse_variance
 from ava.data.layout import CaptureLayout
 from ava.errors import UserError
 from ava.files import read_text
@@ -53,10 +53,10 @@ def read_capture_stats(layout: CaptureLayout) -> CaptureStats:
     if texture.shape[0] != texture.shape[1]:
         raise UserError(f"{layout.texture_mean} is {texture.shape[1]}x{texture.shape[0]}; textures must be square")
     try:
-        vertmean = np.load(layout.vertices_mean, allow_pickle=False)
+        vertmean = parse_npy(layout.vertices_mean.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{layout.vertices_mean} does not exist; download the kinematic_tracking asset") from None
-    except (ValueError, OSError) as error:
+    except (BadMember, OSError) as error:
         raise UserError(f"{layout.vertices_mean} cannot be read ({error}); re-download it") from None
     if vertmean.ndim != 2 or vertmean.shape[1] != 3:
         raise UserError(f"{layout.vertices_mean} has shape {list(vertmean.shape)}; expected [V,3]")

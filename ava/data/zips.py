@@ -4,6 +4,11 @@ A `zipfile.ZipFile` holds an OS file handle and a parsed central directory; reop
 member (as the original does) costs more than reading a small member. Handles cannot cross a
 fork or a pickle safely, so the pool remembers the process id that opened them and starts afresh
 in a new DataLoader worker.
+
+Archives come from the internet: a member is read only if the size its header declares is at most
+MAX_MEMBER_BYTES and, for members over a mebibyte, at most MAX_COMPRESSION_RATIO times its
+compressed size (a zip bomb inflates a little data into gigabytes; zipfile itself never inflates a
+member past its declared size, and then fails its CRC check).
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ import zlib
 from pathlib import Path
 
 from ava.data.formats import BadMember
+
+# The largest member of an Ava-256 capture is a full-size camera image (a few MB); a mesh PLY is
+# about 100 kB. Members are stored, or deflated text and meshes (a few times smaller at most).
+MAX_MEMBER_BYTES = 1 << 30
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FROM_BYTES = 1 << 20
 
 
 class ZipPool:
@@ -50,7 +61,17 @@ class ZipPool:
         """The bytes of `member` in the archive at `path` (CRC checked by zipfile)."""
         archive = self.archive(path)
         try:
-            return archive.read(member)
+            info = archive.getinfo(member)
+        except KeyError:
+            raise BadMember("member is missing") from None
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise BadMember(f"member claims {info.file_size} bytes uncompressed, more than any capture file "
+                            f"({MAX_MEMBER_BYTES}); refused")
+        if info.file_size > _RATIO_FROM_BYTES and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size:
+            raise BadMember(f"member would inflate {info.compress_size} bytes to {info.file_size} (a zip bomb); "
+                            "refused")
+        try:
+            return archive.read(info)
         except KeyError:
             raise BadMember("member is missing") from None
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as error:

@@ -38,10 +38,10 @@ class DriverTrainSection:
     """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
-    targets: Literal["align", "stretch", "truth"] = "align"
-    """Where each headset frame's regression target comes from. align: a linear time stretch of its segment, then DTW re-alignment every --train.align-every steps (needs only subject and segment names); stretch: the linear stretch only, never re-aligned (a baseline); truth: the code of the frame's true expression from the synthetic ground truth (encoder_truth.json), an oracle that bounds what the headset views allow (synthetic data only)."""
+    targets: Literal["aligned", "stretch", "truth", "expression-codes", "encodings"] = "aligned"
+    """What the driver regresses. aligned: the decoder's codes of the dome frames, matched to the headset frames by a linear time stretch of each segment, then by DTW re-alignment every --train.align-every steps (needs only subject and segment names); stretch: the linear stretch only, never re-aligned (a baseline); truth: the code of each headset frame's true expression from the synthetic ground truth (encoder_truth.json), an oracle that bounds what the views allow (synthetic data only); expression-codes: aligned, onto the release's decoder/expression_codes/aeparams_1440000.pkl instead of the decoder's own codes; encodings: the release's encoder/encodings_gt.pt, a code per headset frame (supervised, no alignment). The release's codes belong to its decoder: use them with the converted aeparams_1440000.pt."""
     cross_fit_folds: int = 0
-    """With --train.targets align: split the training subjects into this many folds and train one extra driver per fold on the other folds; each subject is re-aligned by the driver that never trained on it (0 or 1: by the driver being trained). Costs one extra forward and backward pass per fold and step."""
+    """With re-aligned targets (aligned, expression-codes): split the training subjects into this many folds and train one extra driver per fold on the other folds; each subject is re-aligned by the driver that never trained on it (0 or 1: by the driver being trained). Costs one extra forward and backward pass per fold and step."""
     align_every: int = 100
     """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3
@@ -127,11 +127,13 @@ PRESET_HELP = {
 
 @dataclass
 class EvalDriverConfig:
-    """Evaluate a headset driver on subjects with known truth (synthetic captures): per segment, the
-    expression-code error against the decoder's codes of the dome frames the headset frames show,
-    and the PSNR of the headset-driven render against the render of that true code, beside a
-    baseline that always outputs the training subjects' mean code. Writes OUT/eval.json, a table
-    OUT/eval.md and strips OUT/<subject>.png [5 IR views | truth | driver | mean code]."""
+    """Evaluate a headset driver on subjects with known truth: synthetic captures (the decoder's codes
+    of the dome frames the headset frames show) or real ones with the release's ground-truth
+    encodings (encodings_gt.pt, the only real-data measure of a driver). Per segment: the
+    expression-code error, and the PSNR of the headset-driven render against the render of the true
+    code, beside a baseline that always outputs the training subjects' mean code. Writes
+    OUT/eval.json, a table OUT/eval.md and strips OUT/<subject>.png [5 IR views | truth | driver |
+    mean code]."""
 
     driver_checkpoint: Path
     """A driver from `ava train-driver`."""
@@ -147,6 +149,8 @@ class EvalDriverConfig:
     """Dome camera of the renders (default: each subject's most frontal camera)."""
     downsample: int | None = None
     """Render size as sensor size / downsample (default: the driver's)."""
+    truth: Literal["auto", "synthetic", "encodings"] = "auto"
+    """What the driver is measured against: synthetic (the ground truth `ava synth` writes beside a capture, encoder_truth.json), encodings (the release's encoder/encodings_gt.pt: real headset frames, the only real-data measure of a driver), or auto (synthetic where the file exists, else encodings)."""
     strip_frames: int = 6
     """Frames shown in each subject's strip (the most expressive ones, spread over the segments)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

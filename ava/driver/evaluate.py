@@ -235,11 +235,13 @@ def table_rows(results: list[SubjectResult], driver: str, baseline: str = "mean 
 
 
 def _row(subject: str, segment: str, driver: Tally, mean: Tally) -> dict:
-    judged = max(driver.aligned_frames, 1)
+    judged = driver.aligned_frames
     return {"subject": subject, "segment": segment, "frames": driver.frames, "code_mse_driver": driver.code_mse(),
             "code_mse_mean": mean.code_mse(), "psnr_driver": driver.psnr(), "psnr_mean": mean.psnr(),
-            "psnr_gain": driver.psnr() - mean.psnr(), "aligned_within_1": driver.aligned_within / judged,
-            "stretch_within_1": driver.stretch_within / judged}
+            "psnr_gain": driver.psnr() - mean.psnr(),
+            # None where no frame could be judged (real headset frames: no dome truth to align to)
+            "aligned_within_1": driver.aligned_within / judged if judged else None,
+            "stretch_within_1": driver.stretch_within / judged if judged else None}
 
 
 def totals(results: list[SubjectResult], source: str) -> Tally:
@@ -251,33 +253,35 @@ def totals(results: list[SubjectResult], source: str) -> Tally:
     return total
 
 
-@torch.no_grad()
-def _strip(subject, result: SubjectResult, sources: dict[str, torch.Tensor], true: torch.Tensor, model, device,
-           count: int) -> np.ndarray | None:
-    """Rows [5 IR views | true-code render | driver | mean code] of the `count` frames whose truth
-    is farthest from the mean code, one per segment at most; renders cropped to the head."""
-    from ava.driver.pictures import head_box
-    from ava.runtime.headset import headset_panel, neutral_sample_index
-    from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
+def _percent(value: float | None) -> str:
+    """A share as a percentage; '-' where it does not apply (no alignment against encodings)."""
+    return "-" if value is None else f"{100 * value:.0f}%"
 
-    mean = sources["mean code"]
+
+@torch.no_grad()
+def _strip(subject, frames: list[int], true: torch.Tensor, driver: torch.Tensor, mean: torch.Tensor, model, device,
+           count: int) -> np.ndarray | None:
+    """Rows [5 IR views | true-code render | driver | mean code] of the `count` headset frames (of
+    `frames`, whose true and driver codes are `true`, `driver` [n,16,4,4]) whose truth is farthest
+    from the mean code, one per segment at most; renders in the neutral dome view, cropped to the
+    head (ava.driver.pictures.head_strip)."""
+    from ava.driver.pictures import head_strip
+    from ava.runtime.headset import neutral_sample_index
+
     deviation = ((true - mean) ** 2).mean(dim=(1, 2, 3))
     best: dict[str, int] = {}
-    for number, (segment, _) in enumerate(subject.headset.frames):
-        if segment not in best or deviation[number] > deviation[best[segment]]:
-            best[segment] = number
-    chosen = sorted(sorted(best.values(), key=lambda n: -float(deviation[n]))[:count])
+    for position, frame in enumerate(frames):
+        segment = subject.headset.frames[frame][0]
+        if segment not in best or deviation[position] > deviation[best[segment]]:
+            best[segment] = position
+    chosen = sorted(sorted(best.values(), key=lambda p: -float(deviation[p]))[:count])
     dome_index = neutral_sample_index(subject.dome)
     rows = []
-    for number in chosen:
-        views = subject.headset.views(number)
-        codes = torch.stack([true[number], sources["driver"][number], mean[number]])
-        images, alphas, _ = decode(model, subject, dome_index, codes, device)
-        top, bottom, left, right = head_box(alphas[0])
-        factor = viewing_scale(bottom - top, target=views.shape[-1])
-        crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
-        rows.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
-    return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0])) if rows else None
+    for position in chosen:
+        images, alphas, _ = decode(model, subject, dome_index, torch.stack([true[position], driver[position], mean]),
+                                   device)
+        rows.append((subject.headset.views(frames[position]), list(images), alphas[0]))
+    return head_strip(rows) if rows else None
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -288,8 +292,8 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         lines.append(f"| {row['subject']} | {row['segment']} | {row['frames']} | {row['code_mse_driver']:.3g} | "
                      f"{row['code_mse_mean']:.3g} | {row['psnr_driver']:.2f} | {row['psnr_mean']:.2f} | "
-                     f"{row['psnr_gain']:+.2f} | {100 * row['aligned_within_1']:.0f}% "
-                     f"| {100 * row['stretch_within_1']:.0f}% |")
+                     f"{row['psnr_gain']:+.2f} | {_percent(row['aligned_within_1'])} "
+                     f"| {_percent(row['stretch_within_1'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -310,6 +314,7 @@ def evaluate_driver(request, console) -> dict:
     from ava.checkpoint import load_driver_checkpoint
     from ava.data.encoder import read_encoder_truth
     from ava.driver.data import load_subject
+    from ava.driver.release_eval import evaluate_against_encodings, truth_source
     from ava.driver.truth import headset_true_codes
     from ava.files import write_atomically
     from ava.runtime.device import select_device
@@ -338,29 +343,37 @@ def evaluate_driver(request, console) -> dict:
     seen = sorted(trained_on & set(folders))
     if seen:
         console.print(f"[yellow]note:[/] the driver was trained on {', '.join(seen)}; those rows are not held-out results")
-    truths = {folder: read_encoder_truth(dataset_dir / folder) for folder in folders}  # fails early without truth
+    sources = {folder: truth_source(request.truth, dataset_dir / folder) for folder in folders}
+    # Fails early where the synthetic truth is missing or unreadable.
+    truths = {folder: read_encoder_truth(dataset_dir / folder) for folder in folders if sources[folder] == "synthetic"}
     geometry = TruthGeometry(dataset_dir)
 
     output = Path(request.output)
     results: list[SubjectResult] = []
     files: dict[str, Path] = {}
-    for folder in track(folders, description="evaluating", console=console, transient=True):
+    for folder in track(folders, description="evaluating", console=console, transient=True,
+                        disable=not console.is_interactive):
         subject = load_subject(dataset_dir, folder, decoder, model, downsample, encoder.config.image_size, device,
                                camera=request.camera)
-        true = headset_true_codes(subject, truths[folder], geometry, model, device)
-        sources = {"driver": driver_codes(encoder, subject, device),
-                   "mean code": encoder.code_mean.cpu().expand(len(true), -1, -1, -1).clone()}
-        result = evaluate_subject(subject, truths[folder], geometry, sources, model, device,
-                                  encoder.code_scale.cpu(), true=true)
+        predicted = driver_codes(encoder, subject, device)
+        mean = encoder.code_mean.cpu()
+        if sources[folder] == "encodings":
+            result, frames, true = evaluate_against_encodings(subject, predicted, mean, model, device)
+        else:
+            true = headset_true_codes(subject, truths[folder], geometry, model, device)
+            frames = list(range(len(true)))
+            result = evaluate_subject(subject, truths[folder], geometry,
+                                      {"driver": predicted, "mean code": mean.expand(len(true), -1, -1, -1).clone()},
+                                      model, device, encoder.code_scale.cpu(), true=true)
         results.append(result)
         if request.strip_frames:
-            strip = _strip(subject, result, sources, true, model, device, request.strip_frames)
+            strip = _strip(subject, frames, true, predicted[frames], mean, model, device, request.strip_frames)
             if strip is not None:
                 files[folder] = save_png(output / f"{folder}.png", strip)
     rows = table_rows(results, "driver")
     summary = rows[-1]
     document = {"driver": str(driver.path), "decoder": str(decoder.path), "dataset_dir": str(dataset_dir),
-                "subjects": folders, "held_out": not seen, "rows": rows,
+                "subjects": folders, "held_out": not seen, "truth": sources, "rows": rows,
                 "frames": {result.folder: result.frames for result in results}}
     write_atomically(output / "eval.json", (json.dumps(document, indent=1) + "\n").encode())
     write_atomically(output / "eval.md", markdown_table(rows).encode())
@@ -378,7 +391,7 @@ def print_table(rows: list[dict], console) -> None:
     for row in rows:
         table.add_row(row["subject"].split("--")[-1], row["segment"], str(row["frames"]), f"{row['code_mse_driver']:.3g}",
                       f"{row['code_mse_mean']:.3g}", f"{row['psnr_driver']:.2f}", f"{row['psnr_mean']:.2f}",
-                      f"{row['psnr_gain']:+.2f}", f"{100 * row['aligned_within_1']:.0f}%",
-                      f"{100 * row['stretch_within_1']:.0f}%",
+                      f"{row['psnr_gain']:+.2f}", _percent(row["aligned_within_1"]),
+                      _percent(row["stretch_within_1"]),
                       style="bold" if row["segment"] == SEGMENT_TOTAL else None)
     console.print(table)

@@ -19,10 +19,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from ava.console import make_console
 from ava.driver.config import DriverConfig
+from ava.driver.release_targets import apply_targets
 from ava.driver.setup import check_config, check_resumable, learning_rate, prepare
 from ava.driver.state import DriverState
 from ava.errors import UserError
+
+# The targets that re-alignment revises (the others are fixed: a stretch, the truth, encodings).
+REALIGNED = ("aligned", "expression-codes")
 
 
 def train_driver(config: DriverConfig) -> int:
@@ -31,7 +36,7 @@ def train_driver(config: DriverConfig) -> int:
     from ava.runtime.rundir import refuse_earlier_run
 
     check_config(config)
-    console = Console(stderr=True)
+    console = make_console()
     device = select_device(config.device)
     use_threads(config.threads)
     refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite)
@@ -44,24 +49,32 @@ def train_driver(config: DriverConfig) -> int:
 
 
 def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
-    from ava.runtime.rundir import RunDir, resume_checkpoint
+    from ava.checkpoint import load_driver_checkpoint
+    from ava.faults import crash_point
+    from ava.runtime.interrupt import INTERRUPTED, StopRequest
+    from ava.runtime.rundir import RunDir, load_for_resume
 
     started = time.perf_counter()
     setup = prepare(config, device, console)
+    targets = apply_targets(config.train.targets, setup, console)
     pool = setup.train_pool
     if len(pool) == 0:
         raise UserError("the training subjects have no headset frame in a segment their dome session also has")
-    state = DriverState(config, setup, device, _resolved_config(config, setup, device))
+    state = DriverState(config, setup, device, _resolved_config(config, setup, device, targets))
 
-    resume_from = resume_checkpoint(config.resume, config.progress.output_path, console.print)
-    if resume_from is not None:
-        _restore(state, resume_from, console)
+    checkpoint = load_for_resume(config.resume, config.progress.output_path, load_driver_checkpoint, console.print)
+    resume_from = checkpoint.path if checkpoint is not None else None
+    if checkpoint is not None:
+        _restore(state, checkpoint, console)
 
     run = state.run = RunDir(config.progress.output_path)
-    if config.progress.overwrite and resume_from is None:
+    # A resume without a checkpoint (--resume auto in a run stopped before its first one) still
+    # appends to the run's log, from step 0.
+    resume_step = state.step if resume_from is not None else (0 if config.resume else None)
+    if config.progress.overwrite and not resume_step:
         run.clear("log", pictures=("driven",))
     run.write_config(state.resolved)
-    run.open_metrics(state.step if resume_from is not None else None)
+    run.open_metrics(resume_step)
     last = config.train.maxiter
     console.print(f"training the headset driver {last - state.step} steps (to step {last}) on {device}: "
                   f"{len(pool)} headset frames of {len(pool.subjects)} subjects, batch {config.train.batchsize}"
@@ -78,12 +91,15 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
     for encoder in state.encoders():
         encoder.train()
     progress.start()
+    stop = StopRequest().install()  # Ctrl-C and SIGTERM finish the step and save (ava.runtime.interrupt)
+    stopped = False
     try:
         fetch_started = time.perf_counter()
         for views, indices in loader:
             lr = learning_rate(config, state.step)
             value, grad_norm = _optimiser_step(state, views, indices, lr)
             state.step += 1
+            crash_point("after-step", step=state.step)
             step_time = time.perf_counter() - fetch_started
             run.log({"step": state.step, "loss": value, "lr": lr, "grad_norm": grad_norm, "step_time": step_time,
                      "samples_per_s": len(indices) / step_time})
@@ -92,18 +108,31 @@ def _train(config: DriverConfig, device: torch.device, console: Console) -> int:
                 console.print(f"step {state.step}/{last} loss {value:.3f} ({step_time:.2f} s/step)", highlight=False)
             final = state.step >= last
             _periodic(state, final, console)
-            if state.step % config.progress.checkpoint_freq == 0 or final:
+            saved = state.step % config.progress.checkpoint_freq == 0 or final
+            if saved:
                 state.save()
+            if stop.requested and not final:
+                # Ctrl-C or SIGTERM: the step is done; its checkpoint makes --resume auto continue here.
+                if not saved:
+                    state.save()
+                stopped = True
+                break
             fetch_started = time.perf_counter()
     finally:
+        stop.uninstall()
         progress.stop()
         run.close()
+    if stopped:
+        console.print(f"stopped by {stop.name()} at step {state.step} after {time.perf_counter() - started:.0f} s; "
+                      f"checkpoint in {Path(config.progress.output_path) / 'checkpoints'}; continue with the same "
+                      "command and --resume auto", highlight=False, soft_wrap=True)
+        return INTERRUPTED
     console.print(f"done: step {state.step} in {time.perf_counter() - started:.0f} s; driver checkpoints in "
                   f"{Path(config.progress.output_path) / 'checkpoints'}", highlight=False)
     return 0
 
 
-def _resolved_config(config: DriverConfig, setup, device: torch.device) -> dict:
+def _resolved_config(config: DriverConfig, setup, device: torch.device, targets: dict) -> dict:
     """The config as run.json and every checkpoint record it, with what was resolved at start."""
     from ava.runtime.rundir import json_ready
 
@@ -115,15 +144,12 @@ def _resolved_config(config: DriverConfig, setup, device: torch.device) -> dict:
         "holdout_subjects": [s.folder for s in setup.holdout_pool.subjects],
         "cameras": {s.folder: s.camera for s in pool.subjects + setup.holdout_pool.subjects},
         "downsample": setup.downsample, "device": str(device), "train_frames": len(pool),
-        "holdout_frames": len(setup.holdout_pool)}
+        "holdout_frames": len(setup.holdout_pool), "targets": targets}
     return resolved
 
 
-def _restore(state: DriverState, path: Path, console: Console) -> None:
+def _restore(state: DriverState, checkpoint, console: Console) -> None:
     """Encoders, optimiser, alignment, step and RNG from a checkpoint of this run."""
-    from ava.checkpoint import load_driver_checkpoint
-
-    checkpoint = load_driver_checkpoint(path)
     pool = state.setup.train_pool
     check_resumable(checkpoint, state.setup, state.config, [subject.folder for subject in pool.subjects])
     state.encoder.load_state_dict({k: v.to(state.device) for k, v in checkpoint.encoder_state.items()})
@@ -134,7 +160,7 @@ def _restore(state: DriverState, path: Path, console: Console) -> None:
     state.step = checkpoint.step
     if "rng.cpu" in checkpoint.extra_state:
         torch.set_rng_state(checkpoint.extra_state["rng.cpu"].to(torch.uint8).cpu())
-    console.print(f"resuming from {path} at step {state.step}", highlight=False)
+    console.print(f"resuming from {checkpoint.path} at step {state.step}", highlight=False)
 
 
 def _loader(config: DriverConfig, state: DriverState):
@@ -142,6 +168,7 @@ def _loader(config: DriverConfig, state: DriverState):
     from torch.utils.data import DataLoader
 
     from ava.driver.data import StepBatches
+    from ava.runtime.interrupt import ignore_stop_signals
 
     pool = state.setup.train_pool
     batches = StepBatches(len(pool), config.train.batchsize, config.seed, state.step, config.train.maxiter)
@@ -149,7 +176,7 @@ def _loader(config: DriverConfig, state: DriverState):
     # Its own generator: creating the loader's iterator draws a seed, which must not come from the
     # global RNG that dropout uses (a resumed run creates its iterator at another point).
     return DataLoader(pool, batch_sampler=batches, num_workers=workers, pin_memory=state.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(config.seed))
+                      generator=torch.Generator().manual_seed(config.seed), worker_init_fn=ignore_stop_signals)
 
 
 def _optimiser_step(state: DriverState, views: torch.Tensor, indices: torch.Tensor, lr: float) -> tuple[float, float]:
@@ -201,7 +228,7 @@ def _periodic(state: DriverState, final: bool, console: Console) -> None:
 
     config, run = state.config, state.run
     # Also at the last step, so a checkpoint holds the alignment a longer run would continue with.
-    if config.train.targets == "align" and state.step % config.train.align_every == 0:
+    if config.train.targets in REALIGNED and state.step % config.train.align_every == 0:
         record = state.realign()
         run.log(record)
         console.print(f"step {state.step}: re-aligned the headset takes ({100 * record['align_changed']:.0f}% "

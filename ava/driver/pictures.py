@@ -35,6 +35,25 @@ def head_box(alpha: torch.Tensor, margin: float = 0.1) -> tuple[int, int, int, i
             max(int(columns[0]) - pad_columns, 0), min(int(columns[-1]) + 1 + pad_columns, width))
 
 
+def head_strip(rows: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]) -> np.ndarray:
+    """uint8 [H,W,3] of `rows`, each (IR views [5,S,S], renders [3,H,W] of one view, the head's
+    coverage [1,H,W]): per row [5 views | the renders cropped to the head], enlarged by whole pixels.
+    Every row is cropped to one box (the union of the rows' head boxes) and enlarged by one factor,
+    so all rows have the same height and width and their panels line up."""
+    from ava.runtime.headset import headset_panel
+    from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
+
+    boxes = [head_box(alpha) for _, _, alpha in rows]
+    top, bottom = min(box[0] for box in boxes), max(box[1] for box in boxes)
+    left, right = min(box[2] for box in boxes), max(box[3] for box in boxes)
+    factor = viewing_scale(bottom - top, target=rows[0][0].shape[-1])
+    lines = []
+    for views, images, _ in rows:
+        crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
+        lines.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
+    return upscale_nearest(vstack(lines, gap=4), viewing_scale(lines[0].shape[0]))
+
+
 @torch.no_grad()
 def driven_row(model, subject, views: torch.Tensor, code: torch.Tensor, dome_index: int,
                device: torch.device, reference_code: torch.Tensor | None = None) -> np.ndarray:

@@ -38,8 +38,9 @@ def check_config(config: DriverConfig) -> None:
         problems.append("--train.decay-steps cannot be negative")
     if train.cross_fit_folds < 0:
         problems.append("--train.cross-fit-folds cannot be negative")
-    elif train.cross_fit_folds > 1 and train.targets != "align":
-        problems.append("--train.cross-fit-folds is for --train.targets align (the other targets are never re-aligned)")
+    elif train.cross_fit_folds > 1 and train.targets not in ("aligned", "expression-codes"):
+        problems.append("--train.cross-fit-folds is for --train.targets aligned or expression-codes (the other "
+                        "targets are never re-aligned)")
     if train.downsample is not None and train.downsample < 1:
         problems.append("--train.downsample must be at least 1")
     if problems:
@@ -81,7 +82,8 @@ def load_subjects(folders: list[str], dataset_dir: Path, decoder, model, downsam
     from rich.progress import track
 
     return [load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device)
-            for folder in track(folders, description=description, console=console, transient=True)]
+            for folder in track(folders, description=description, console=console, transient=True,
+                                  disable=not console.is_interactive)]
 
 
 def prepare(config: DriverConfig, device: torch.device, console: Console) -> Setup:
@@ -111,7 +113,7 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
         from rich.progress import Progress
 
         total = sum(len(subject.headset) for subject in train_subjects + holdout_subjects)
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=console, transient=True, disable=not console.is_interactive) as progress:
             task = progress.add_task("decoding headset frames", total=total)
             for subject in train_subjects + holdout_subjects:
                 subject.headset.preload(lambda count: progress.advance(task, count))

@@ -57,7 +57,7 @@ class DriverState:
         parameters = [parameter for encoder in self.encoders() for parameter in encoder.parameters()]
         self.optimizer = torch.optim.AdamW(parameters, lr=config.train.learning_rate,
                                            weight_decay=config.train.weight_decay)
-        if config.train.targets != "truth":
+        if config.train.targets not in ("truth", "encodings"):  # those targets are each frame's own
             pool.targets = torch.from_numpy(stretch_segments(segment_pairs(pool), len(pool)))
         self.holdout_targets = torch.from_numpy(stretch_segments(segment_pairs(setup.holdout_pool),
                                                                  len(setup.holdout_pool)))
@@ -98,10 +98,13 @@ class DriverState:
         decoded by DataLoader workers unless preloaded."""
         from torch.utils.data import DataLoader, Subset
 
+        from ava.runtime.interrupt import ignore_stop_signals
+
         encoder = self.encoder if encoder is None else encoder
         chosen = pool if indices is None else Subset(pool, [int(index) for index in indices])
         workers = 0 if self.config.train.preload else self.config.train.num_workers
-        loader = DataLoader(chosen, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False)
+        loader = DataLoader(chosen, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False,
+                            worker_init_fn=ignore_stop_signals)
         codes = [self.predictions_for(views, self.neutral_for(pool, numbers), encoder) for views, numbers in loader]
         return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
 

@@ -54,6 +54,8 @@ class EvalConfig:
     """A second checkpoint (same identities and cameras) to measure on the same images."""
     downsample: int | None = None
     """Image size as sensor size / downsample (default: the first checkpoint's training downsample)."""
+    background: Literal["auto", "plate"] = "auto"
+    """What renders are composited over: auto: the camera's recorded background (the release's background_image group) where the capture has one, else a plate fitted to the camera's first frame; plate: always the fitted plate."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to render."""
     threads: ThreadsFlag = 0

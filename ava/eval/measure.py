@@ -58,6 +58,8 @@ class ViewResult:
     ssim: float
     ssim_head: float | None
     lpips: float | None
+    background: str = "plate"  # what the render was composited over: "real" (recorded) or "plate" (ava.eval.extras)
+    mask_errors: object = None  # ava.eval.extras.MaskErrors inside the frame's foreground mask, if it has one
 
 
 @dataclass
@@ -195,7 +197,7 @@ def methods_of(identity: str, checkpoint, baselines: bool) -> tuple[str, ...]:
 @torch.no_grad()
 def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: int, device,
             lpips, examples: set[tuple[str, str, str]], progress=None, baselines: bool = False,
-            colour_fits: dict[str, tuple[tuple[str, str], ...]] | None = None) -> Measured:
+            colour_fits: dict[str, tuple[tuple[str, str], ...]] | None = None, release_images=None) -> Measured:
     """Renders and measures every planned frame with `checkpoint` (a loaded ava.checkpoint.Checkpoint).
 
     lpips: an ava.runtime.metrics.Lpips or None. examples: (identity, camera, frame) keys whose
@@ -203,9 +205,11 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
     callable advanced by one per measured image. baselines: also measure unseen subjects with the
     nearest and the mean trained identity (needs trained captures in the dataset). colour_fits:
     unseen identity -> (camera, frame) samples to fit its colour calibration on (plan_colour_fits);
-    None keeps the neutral calibration.
+    None keeps the neutral calibration. release_images: an ava.eval.extras.ReleaseImages, whose
+    recorded backgrounds replace the fitted plate and whose masks give `psnr_mask`, where they exist.
     """
     from ava.data.capture import MemberError
+    from ava.eval.extras import PLATE, REAL, MaskErrors
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.metrics import camera_plate, fit_identity_colour, held_out_view, structural_similarity
 
@@ -245,14 +249,17 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
                                   identity=index)
         methods = renderers_of(plan.identity, part)
         frame_index = _frame_index(part)
+        real = release_images.background(plan.identity, plan.camera, part.height, part.width) \
+            if release_images is not None else None
         try:
-            plate_sample = part.load_sample(frame_index[plan.plate_frame])
+            plate_sample = None if real is not None else part.load_sample(frame_index[plan.plate_frame])
         except MemberError as error:
             result.skipped.append(f"{error} (the plate frame of camera {plan.camera}; camera skipped)")
             if progress:
                 progress(len(plan.frames) * len(methods))
             continue
-        plates = {method: camera_plate(model, plate_sample, device, target, colour)
+        # The recorded empty background where the capture has one, else a plate fitted per method.
+        plates = {method: real if real is not None else camera_plate(model, plate_sample, device, target, colour)
                   for method, (target, colour) in methods.items()}
         for frame, segment in zip(plan.frames, plan.segments):
             try:
@@ -270,6 +277,10 @@ def measure(checkpoint, plans: list[CameraPlan], dataset_dir: Path, downsample: 
                     identity=plan.identity, group=plan.group, method=method, camera=plan.camera, frame=frame,
                     segment=segment, errors=SquaredErrors.of(view), ssim=ssim, ssim_head=ssim_head,
                     lpips=lpips(view.with_plate, view.image) if lpips is not None else None,
+                    background=REAL if real is not None else PLATE,
+                    mask_errors=MaskErrors.of(view.with_plate, view.image, release_images.mask(
+                        plan.identity, plan.camera, frame, part.height, part.width))
+                    if release_images is not None else None,
                 ))
                 if key in examples:
                     result.examples.setdefault(key, {"photo": view.image.cpu()})[method] = view.with_plate.cpu()

@@ -17,10 +17,10 @@ from pathlib import Path
 from ava.eval.measure import GROUPS, METHOD_NAMES, METHODS, MODEL, Measured, ViewResult
 from ava.runtime.metrics import SquaredErrors
 
-METRICS = ("psnr", "psnr_head", "psnr_model_bg", "ssim", "ssim_head", "lpips")
+METRICS = ("psnr", "psnr_head", "psnr_mask", "psnr_model_bg", "ssim", "ssim_head", "lpips")
 # Higher is better for every metric but LPIPS.
 LOWER_IS_BETTER = {"lpips"}
-HEADINGS = {"psnr": "PSNR", "psnr_head": "PSNR head", "psnr_model_bg": "PSNR model bg", "ssim": "SSIM",
+HEADINGS = {"psnr": "PSNR", "psnr_head": "PSNR head", "psnr_model_bg": "PSNR model bg", "psnr_mask": "PSNR mask", "ssim": "SSIM",
             "ssim_head": "SSIM head", "lpips": "LPIPS"}
 ALL = "all"
 
@@ -31,12 +31,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def summarise(views: list[ViewResult]) -> dict:
-    """{"views": N, "psnr", "psnr_head", "psnr_model_bg" (dB, pooled), "ssim", "ssim_head",
-    "lpips" (means; None when not measured)} of a group of views."""
+    """{"views": N, "psnr", "psnr_head", "psnr_model_bg", "psnr_mask" (dB, pooled; the last over
+    the views with a foreground mask), "ssim", "ssim_head", "lpips" (means; None when not
+    measured)} of a group of views."""
+    from ava.eval import extras
+
     errors = sum((view.errors for view in views), SquaredErrors())
     return {
         "views": len(views),
         **(errors.psnr() if views else dict.fromkeys(("psnr", "psnr_head", "psnr_model_bg"))),
+        **extras.summarise(views),
         "ssim": _mean([view.ssim for view in views]),
         "ssim_head": _mean([view.ssim_head for view in views]),
         "lpips": _mean([view.lpips for view in views]),
@@ -95,7 +99,9 @@ def sample_rows(label: str, measured: Measured) -> list[dict]:
     """CSV rows, one per measured image and method."""
     return [{"checkpoint": label, "group": view.group, "identity": view.identity, "method": view.method,
              "camera": view.camera, "frame": view.frame, "segment": view.segment, **view.errors.psnr(),
-             "ssim": view.ssim, "ssim_head": view.ssim_head, "lpips": view.lpips} for view in measured.views]
+             "ssim": view.ssim, "ssim_head": view.ssim_head, "lpips": view.lpips, "background": view.background,
+             "psnr_mask": view.mask_errors.psnr() if view.mask_errors is not None else None}
+            for view in measured.views]
 
 
 def _csv(rows: list[dict]) -> bytes:
@@ -154,7 +160,8 @@ def table(results: list[tuple[str, Measured]], lpips_measured: bool):
     one row per method and checkpoint and, with two checkpoints, a row B-A (green where B is better)."""
     from rich.table import Table
 
-    metrics = [metric for metric in METRICS if metric != "lpips" or lpips_measured]
+    metrics = [metric for metric in METRICS if (metric != "lpips" or lpips_measured)
+               and (metric != "psnr_mask" or any(view.mask_errors is not None for _, m in results for view in m.views))]
     groups = [grouped(measured) for _, measured in results]
     caption = "; ".join(f"{label} = {measured.checkpoint} (step {measured.step})" for label, measured in results)
     view = Table(caption=caption + ". PSNR in dB. Validation, test and unseen subjects were never trained on; "

@@ -124,22 +124,28 @@ def evaluate(config, console) -> dict:
     lpips, lpips_reason = Lpips.load(device)
     if lpips is None:
         console.print(f"[yellow]LPIPS skipped:[/] {lpips_reason}", highlight=False)
+    from ava.eval.extras import ReleaseImages, background_note, background_summary
+
+    release_images = ReleaseImages(dataset_dir, device, use_backgrounds=config.background == "auto")
     examples = example_views(plans)
     labels = ["A", "B"][: len(checkpoints)]
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_interactive) as bar:
         for label, checkpoint, fits in zip(labels, checkpoints, colour_fits):
             total = sum(len(plan.frames) * len(methods_of(plan.identity, checkpoint, baselines)) for plan in plans)
             task = bar.add_task(f"measuring {label} ({checkpoint.path.name})", total=total)
             measured = measure(checkpoint, plans, dataset_dir, downsample, device, lpips, examples,
                                progress=lambda count, task=task: bar.advance(task, count), baselines=baselines,
-                               colour_fits=fits)
+                               colour_fits=fits, release_images=release_images)
             results.append((label, measured))
             for problem in measured.skipped:
                 console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
     if not results[0][1].views:
         raise UserError("no frame could be measured (see the skipped files above)")
+    for problem in release_images.problems():
+        console.print(f"[yellow]mask skipped:[/] {problem}", highlight=False)
+    console.print(background_note(results[0][1].views), highlight=False)
     settings = {"dataset_dir": str(dataset_dir), "cameras": cameras, "held_out_cameras": held_out,
                 "segment": config.segment, "frames_per_camera": config.frames, "downsample": downsample,
                 "subjects": dict(subjects), "baselines": baselines,
@@ -147,11 +153,14 @@ def evaluate(config, console) -> dict:
                                        if config.colorcal == "fit" else None},
                 "device": str(device),
                 "lpips": {"measured": lpips is not None, "reason": lpips_reason or None},
-                "notes": "PSNR in dB pooled over pixels (whole image over a background plate fitted to each "
-                         "camera's first frame; head: inside the tracked mesh's silhouette; model_bg: over the "
-                         "model's background row); SSIM and LPIPS are means over images. Groups: trained "
-                         "identities; validation, test and unseen subjects were never trained on, rendered from "
-                         "their own neutral frame (model) and by two baselines (nearest_identity, mean_identity)"}
+                "backgrounds": background_summary(results[0][1].views),
+                "notes": "PSNR in dB pooled over pixels (whole image over the camera's recorded background where "
+                         "the capture has one, else over a background plate fitted to each camera's first frame; "
+                         "head: inside the tracked mesh's silhouette; mask: inside the foreground masks, where "
+                         "the capture has them; model_bg: over the model's background row); SSIM and LPIPS are "
+                         "means over images. Groups: trained identities; validation, test and unseen subjects "
+                         "were never trained on, rendered from their own neutral frame (model) and by two "
+                         "baselines (nearest_identity, mean_identity)"}
     output = Path(config.output)
     written = write_reports(output, results, settings)
     picture = examples_picture(results)

@@ -82,8 +82,12 @@ def mvp_raymarch(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (primpos, primrot, primscale, template, warp)
     )
+    # The list buffers' sizes come from the shapes (nothing is read back from the device), so the
+    # call can be captured in a CUDA graph; see raymarch_triton.ListCapacity.
+    from ava.kernels.raymarch_triton import list_capacities
+
     rayrgba, *_ = ops.mvp_raymarch_triton(
         raypos, raydir, scalars["stepsize"], tminmax, primpos, primrot, primscale, template, warp,
-        scalars["fadescale"], scalars["fadeexp"], needs_grad,
+        scalars["fadescale"], scalars["fadeexp"], needs_grad, *list_capacities(n, h, w, primpos.shape[1]),
     )
     return rayrgba

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ava.errors import UserError
@@ -56,7 +57,7 @@ class Raymarcher(nn.Module):
             None,
             **options,
         )
-        rayrgba = rayrgba.permute(0, 3, 1, 2)
+        rayrgba = rearrange(rayrgba, "n h w rgba -> n rgba h w")
         return rayrgba[:, :3].contiguous(), rayrgba[:, 3:4].contiguous()
 
 
@@ -66,6 +67,13 @@ def _requested_outputs(output_set) -> set[str]:
     if unknown:
         raise ValueError(f"unknown model outputs {unknown}; available: {sorted(ALWAYS_RETURNED + ON_REQUEST)}")
     return requested
+
+
+def _sample_coords(pixelcoords: torch.Tensor) -> torch.Tensor:
+    """Pixel positions [N,H,W,2] (x, y) -> [-1, 1], align-corners style (the original's), as the
+    background model reads them."""
+    height, width = pixelcoords.shape[-3], pixelcoords.shape[-2]
+    return torch.cat([pixelcoords[..., :1] * 2 / (width - 1) - 1, pixelcoords[..., 1:] * 2 / (height - 1) - 1], dim=-1)
 
 
 def _keep_primitives(decout: dict, alpha_mask: torch.Tensor, per_side: int) -> dict:
@@ -156,49 +164,20 @@ class Autoencoder(nn.Module):
             raise TypeError("Autoencoder.forward needs pixelcoords [N,H,W,2]")
         requested = _requested_outputs(output_set)
         if id_cond is None:
-            target_verts = neut_verts if target_neut_verts is None else target_neut_verts
-            target_tex = neut_avgtex if target_neut_avgtex is None else target_neut_avgtex
-            with autocast(verts, self.precision):
-                id_cond = to_float(self.id_encoder(target_verts, target_tex))
+            id_cond = self.encode_identity(
+                neut_verts if target_neut_verts is None else target_neut_verts,
+                neut_avgtex if target_neut_avgtex is None else target_neut_avgtex,
+            )
         if expr_encoding is not None:
             encoding, expr_mu, expr_logstd = expr_encoding, expr_encoding, torch.zeros_like(expr_encoding)
         else:
-            with autocast(verts, self.precision):
-                code = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
-            if force_neutral:
-                # The original zeroes the features before the bottleneck, so mu is still the conv bias
-                # times 0.1 rather than 0; kept for parity.
-                code = torch.zeros_like(code)
-            encoding, expr_mu, expr_logstd = self.bottleneck(code)
-
-        viewpos = torch.bmm((campos - modelmatrix[:, :3, 3])[:, None, :], modelmatrix[:, :3, :3])[:, 0, :]
-        decout = self.decoder_assembler(id_cond, encoding, viewpos, running_avg_scale, gt_geo, residuals_weight)
-        if alpha_mask is not None:
-            decout = _keep_primitives(decout, alpha_mask, self.decoder_assembler.prims_per_side)
-
-        height, width = pixelcoords.shape[-3], pixelcoords.shape[-2]
-        # Align-corners style normalisation of pixel positions to [-1, 1] (the original's).
-        samplecoords = torch.cat(
-            [pixelcoords[..., :1] * 2 / (width - 1) - 1, pixelcoords[..., 1:] * 2 / (height - 1) - 1], dim=-1
+            encoding, expr_mu, expr_logstd = self.encode_expression(verts, avgtex, neut_verts, neut_avgtex, force_neutral)
+        decout = self.decode_primitives(
+            id_cond, encoding, campos, modelmatrix, running_avg_scale, gt_geo, residuals_weight, alpha_mask
         )
-        from ava.kernels import compute_raydirs
-
-        raypos, raydir, tminmax = compute_raydirs(
-            campos.contiguous(),
-            camrot.contiguous(),
-            focal.contiguous(),
-            princpt.contiguous(),
-            pixelcoords.contiguous(),
-            self.raymarcher.volume_radius,
-        )
-        rgb, alpha = self.raymarcher(raypos, raydir, tminmax, decout)
-        if self.colorcal is not None and camindex is not None and idindex is not None:
-            rgb = self.colorcal(rgb, camindex, idindex)
-        if bg is None and self.bgmodel is not None and camindex is not None and idindex is not None:
-            with autocast(samplecoords, self.precision):
-                bg = to_float(self.bgmodel(camindex, idindex, samplecoords))
-        # Without a background the original composites over black.
-        irgbrec = rgb + (1.0 - alpha) * bg if bg is not None else rgb
+        samplecoords = _sample_coords(pixelcoords)
+        rgb, alpha = self.render_primitives(decout, campos, camrot, focal, princpt, pixelcoords)
+        irgbrec, bg = self.composite(rgb, alpha, camindex, idindex, samplecoords, bg)
 
         result = {
             "encoding": encoding,
@@ -217,6 +196,94 @@ class Autoencoder(nn.Module):
         for name in requested - set(ALWAYS_RETURNED):
             result[name] = available[name]
         return result
+
+    def encode_identity(self, neut_verts: torch.Tensor, neut_avgtex: torch.Tensor) -> dict:
+        """The identity conditioning (id_cond: z_geo, z_tex [N,16,4,4] and the skips b_geo, b_tex)
+        of a neutral mesh [N,V,3] and texture [N,3,S,S] (normalised), in fp32."""
+        with autocast(neut_verts, self.precision):
+            return to_float(self.id_encoder(neut_verts, neut_avgtex))
+
+    def encode_expression(
+        self,
+        verts: torch.Tensor,
+        avgtex: torch.Tensor,
+        neut_verts: torch.Tensor,
+        neut_avgtex: torch.Tensor,
+        force_neutral: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(encoding, mu, logstd) [N,16,4,4] of a frame's mesh and texture relative to the neutral
+        ones (all normalised); the encoding is sampled around mu while training."""
+        with autocast(verts, self.precision):
+            features = to_float(self.expr_encoder(verts, avgtex, neut_verts, neut_avgtex))
+        if force_neutral:
+            # The original zeroes the features before the bottleneck, so mu is still the conv bias
+            # times 0.1 rather than 0; kept for parity.
+            features = torch.zeros_like(features)
+        return self.bottleneck(features)
+
+    def decode_primitives(
+        self,
+        id_cond: dict,
+        encoding: torch.Tensor,
+        campos: torch.Tensor,
+        modelmatrix: torch.Tensor,
+        running_avg_scale: bool = False,
+        gt_geo: torch.Tensor | None = None,
+        residuals_weight: float = 1.0,
+        alpha_mask: torch.Tensor | None = None,
+    ) -> dict:
+        """The decoder assembler's output (verts, template, primpos, primrot, primscale; see
+        `DecoderAssembler.forward`) for a camera at campos [N,3] (mm) and the head pose
+        modelmatrix [N,4,4]; primitives whose cell of `alpha_mask` [U,V] is zero are dropped."""
+        # The camera position in the head's frame: what the colour decoder is conditioned on.
+        viewpos = torch.bmm((campos - modelmatrix[:, :3, 3])[:, None, :], modelmatrix[:, :3, :3])[:, 0, :]
+        decout = self.decoder_assembler(id_cond, encoding, viewpos, running_avg_scale, gt_geo, residuals_weight)
+        if alpha_mask is not None:
+            decout = _keep_primitives(decout, alpha_mask, self.decoder_assembler.prims_per_side)
+        return decout
+
+    def render_primitives(
+        self,
+        decout: dict,
+        campos: torch.Tensor,
+        camrot: torch.Tensor,
+        focal: torch.Tensor,
+        princpt: torch.Tensor,
+        pixelcoords: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raymarches the decoded primitives through the pixels pixelcoords [N,H,W,2] of a camera
+        (campos [N,3], camrot [N,3,3], focal, princpt [N,2]) -> (rgb [N,3,H,W], alpha [N,1,H,W])."""
+        from ava.kernels import compute_raydirs
+
+        raypos, raydir, tminmax = compute_raydirs(
+            campos.contiguous(),
+            camrot.contiguous(),
+            focal.contiguous(),
+            princpt.contiguous(),
+            pixelcoords.contiguous(),
+            self.raymarcher.volume_radius,
+        )
+        return self.raymarcher(raypos, raydir, tminmax, decout)
+
+    def composite(
+        self,
+        rgb: torch.Tensor,
+        alpha: torch.Tensor,
+        camindex: torch.Tensor | None,
+        idindex: torch.Tensor | None,
+        samplecoords: torch.Tensor,
+        bg: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rendered rgb [N,3,H,W] colour-calibrated for the camera and identity, over the
+        background bg [N,3,H,W] (default: the background model's, at samplecoords [N,H,W,2])
+        by its alpha [N,1,H,W] -> (image [N,3,H,W], the background used or None)."""
+        if self.colorcal is not None and camindex is not None and idindex is not None:
+            rgb = self.colorcal(rgb, camindex, idindex)
+        if bg is None and self.bgmodel is not None and camindex is not None and idindex is not None:
+            with autocast(samplecoords, self.precision):
+                bg = to_float(self.bgmodel(camindex, idindex, samplecoords))
+        # Without a background the original composites over black.
+        return (rgb + (1.0 - alpha) * bg if bg is not None else rgb), bg
 
 
 def build_autoencoder(
@@ -254,5 +321,5 @@ def build_autoencoder(
         decoder_assembler=DecoderAssembler(config, topology, uvmaps, vertmean, vertstd),
         raymarcher=Raymarcher(config.volradius, config.raymarch_step, raymarch_backend),
         colorcal=Colorcal(num_cameras, num_identities),
-        bgmodel=BackgroundModelSimple(num_cameras, num_identities),
+        bgmodel=BackgroundModelSimple(num_cameras, num_identities, config.background_width),
     )

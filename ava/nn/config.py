@@ -52,6 +52,8 @@ class ModelConfig:
     """Half-extent of the rendered volume in millimetres (world units per volume unit)."""
     raymarch_step: float = 1.0
     """Raymarching step in millimetres; the kernel's step is raymarch_step / volradius."""
+    background_width: int = 256
+    """Channels of the background model's per-pixel layers (the original's 256); they run at every pixel of every image."""
     topology: str | None = None
     """OBJ file with the mesh topology (UVs and faces). Default: <dataset>/face_topology.obj if present, else the original Ava-256 topology (downloaded once and checked)."""
 
@@ -71,6 +73,8 @@ class ModelConfig:
             raise UserError(f"--model.prims-per-side must be a power of two, got {per_side}")
         if self.warp_size < 2:
             raise UserError(f"--model.warp-size must be at least 2, got {self.warp_size}")
+        if self.background_width < 1:
+            raise UserError(f"--model.background-width must be at least 1, got {self.background_width}")
 
     @property
     def num_prims(self) -> int:

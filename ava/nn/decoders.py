@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ava.nn.config import LATENT_CHANNELS, VIEW_CHANNELS, ModelConfig
@@ -58,10 +59,8 @@ def _add_skip(x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
 
 def _slab_to_primitives(slab: torch.Tensor, per_side: int, voxels: int, channels: int) -> torch.Tensor:
     """[N, D*C, S, S] with channel index d*C + c -> [N, P*P, D, D, D, C] (k = r*P + col)."""
-    batch = slab.shape[0]
-    grid = slab.view(batch, voxels, channels, per_side, voxels, per_side, voxels)
-    grid = grid.permute(0, 3, 5, 1, 4, 6, 2)  # (N, r, col, d, h, w, C)
-    return grid.reshape(batch, per_side * per_side, voxels, voxels, voxels, channels)
+    return rearrange(slab, "n (d c) (r h) (col w) -> n (r col) d h w c", d=voxels, c=channels, r=per_side,
+                     col=per_side)
 
 
 class GeometryDecoder(nn.Module):
@@ -121,7 +120,7 @@ class GeometryDecoder(nn.Module):
         scale = torch.exp(MOTION_SCALE * motion[:, :, 6:9])
         coords = self.coords.expand(geometry.shape[0], -1, -1, -1)
         verts = F.grid_sample(geometry, coords, mode="bilinear", padding_mode="zeros", align_corners=False)
-        verts = verts.mean(dim=3).permute(0, 2, 1)
+        verts = rearrange(verts, "n c v 1 -> n v c")  # the original averages over this axis of size 1
         return opacity, verts, position, rotation, scale
 
 
@@ -149,7 +148,7 @@ class RGBDecoder(nn.Module):
     ) -> torch.Tensor:
         """expression, identity [N,16,4,4]; skips coarse to fine; viewdir [N,3] -> [N,K,D,D,D,3]."""
         code = self.encmod(expression).view(-1, LATENT_CHANNELS, 4, 4)
-        view = self.viewmod(viewdir).view(-1, VIEW_CHANNELS, 4, 4)
+        view = rearrange(self.viewmod(viewdir), "n (c h w) -> n c h w", c=VIEW_CHANNELS, h=4, w=4)
         x = torch.cat([view, code, identity], dim=1)
         for index in range(len(self.layers)):
             x = _add_skip(self.layers[f"t{index}"](x), skips[index] if index < len(skips) else None)

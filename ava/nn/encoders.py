@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import nn
 
 from ava.errors import UserError
@@ -129,7 +130,7 @@ class IdentityEncoder(nn.Module):
         for geo_skip, tex_skip in zip(b_geo, b_tex):
             batch, _, height, width = geo_skip.shape
             grid = F.interpolate(warp, size=(height, width), mode="bilinear", align_corners=False)
-            grid = grid.permute(0, 2, 3, 1).expand(batch, -1, -1, -1)
+            grid = repeat(grid, "1 xy h w -> n h w xy", n=batch)
             warped_geo.append(F.grid_sample(geo_skip, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
             warped_tex.append(F.grid_sample(tex_skip, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
         return {"z_geo": z_geo, "z_tex": z_tex, "b_geo": warped_geo, "b_tex": warped_tex}

@@ -8,6 +8,8 @@ calibration and background tables.
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -41,8 +43,9 @@ def load_original_state(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         # torch's message is several lines of advice on weights_only=False, which would run code
         # from the file: not something to suggest for a state dict, which needs none of it.
-        kind = "it holds Python objects besides tensors" if "Unsupported global" in str(error) else \
-            "torch.load cannot read it"
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))  # the callable a hostile pickle asks for
+        kind = f"it holds Python objects besides tensors: it asks for {found.group(1)}, which could run code" \
+            if found else "torch.load cannot read it"
         raise UserError(f"{path} is not a PyTorch state dict ({kind}); pass the aeparams*.pt that the "
                         "original code saved") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -105,6 +108,7 @@ def infer_model_config(state: dict[str, torch.Tensor]) -> tuple[ModelConfig, int
         prims_per_side=per_side,
         voxels_per_prim=voxels,
         warp_size=state["id_encoder.warpidentity"].shape[-1],
+        background_width=state["bgmodel.mlp.0.weight"].shape[0] if "bgmodel.mlp.0.weight" in state else 256,
     )
     return config, state["colorcal.wcam"].shape[0], state["colorcal.wident"].shape[0]
 

@@ -8,6 +8,7 @@ are written here for a P x P grid on an S x S position image: primitive (r, c) s
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 
 def _stride(postex: torch.Tensor, prims_per_side: int) -> int:
@@ -34,17 +35,15 @@ def place_primitives(postex: torch.Tensor, prims_per_side: int) -> tuple[torch.T
     """
     stride = _stride(postex, prims_per_side)
     offset = stride // 2
-    batch = postex.shape[0]
-    count = prims_per_side * prims_per_side
     centres = postex[:, :, offset::stride, offset::stride]
-    primpos = centres.permute(0, 2, 3, 1).reshape(batch, count, 3)
+    primpos = rearrange(centres, "n xyz r col -> n (r col) xyz")
     # One-texel differences at the centre texel, towards +column and +row.
-    du = (postex[:, :, offset::stride, offset + 1 :: stride] - centres).permute(0, 2, 3, 1)
-    dv = (postex[:, :, offset + 1 :: stride, offset::stride] - centres).permute(0, 2, 3, 1)
+    du = rearrange(postex[:, :, offset::stride, offset + 1 :: stride] - centres, "n xyz r col -> n r col xyz")
+    dv = rearrange(postex[:, :, offset + 1 :: stride, offset::stride] - centres, "n xyz r col -> n r col xyz")
     tangent = _unit(du)
     normal = _unit(torch.cross(tangent, dv, dim=-1))
     bitangent = _unit(torch.cross(normal, tangent, dim=-1))
-    primrot = torch.stack((tangent, bitangent, normal), dim=-1).reshape(batch, count, 3, 3)
+    primrot = rearrange(torch.stack((tangent, bitangent, normal), dim=-1), "n r col i j -> n (r col) i j")
     return primpos, primrot
 
 
@@ -63,4 +62,4 @@ def primitive_spacing(postex: torch.Tensor, prims_per_side: int) -> torch.Tensor
     along_row = torch.cat((along_row, along_row[:, :, :, -1:]), dim=3).norm(dim=1)
     along_column = centres[:, :, 1:, :] - centres[:, :, :-1, :]
     along_column = torch.cat((along_column, along_column[:, :, -1:, :]), dim=2).norm(dim=1)
-    return torch.maximum(along_row, along_column).reshape(postex.shape[0], -1)
+    return rearrange(torch.maximum(along_row, along_column), "n r col -> n (r col)")

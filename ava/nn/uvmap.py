@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from ava.errors import UserError
 from ava.files import cache_dir, write_atomically
@@ -331,10 +332,10 @@ def _compute_uv_maps(topology: Topology, size: int) -> UVMaps:
     if outside.size:
         points = np.stack([outside % size, outside // size], axis=1).astype(np.float64)
         face[outside], bary[outside] = _nearest_edge(points, corners, face_uvs)
-    vertex_index = topology.faces.numpy()[face].T.reshape(3, size, size)
+    vertex_index = rearrange(topology.faces.numpy()[face], "(h w) corner -> corner h w", w=size)
     return UVMaps(
         vertex_index=torch.from_numpy(np.ascontiguousarray(vertex_index)).long(),
-        bary=torch.from_numpy(np.ascontiguousarray(bary.T.reshape(3, size, size))).float(),
+        bary=torch.from_numpy(np.ascontiguousarray(rearrange(bary, "(h w) corner -> corner h w", w=size))).float(),
     )
 
 
@@ -389,12 +390,11 @@ def geometry_image(
         vertex_index = uvmaps
         if bary is None:
             raise TypeError("geometry_image needs bary when given a vertex_index tensor")
-    batch, _, channels = verts.shape
-    size_h, size_w = vertex_index.shape[-2:]
-    per_channel = verts.transpose(1, 2)  # [N,C,V]
+    size_w = vertex_index.shape[-1]
+    per_channel = rearrange(verts, "n v c -> n c v")
     image = None
     for corner in range(3):
         gathered = per_channel.index_select(2, vertex_index[corner].reshape(-1))
-        term = gathered.view(batch, channels, size_h, size_w) * bary[corner]
+        term = rearrange(gathered, "n c (h w) -> n c h w", w=size_w) * bary[corner]
         image = term if image is None else image + term
     return image

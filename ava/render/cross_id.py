@@ -111,7 +111,8 @@ def render(request, console) -> dict:
     from rich.progress import track
 
     with VideoWriter(output / f"{name}.mp4", fps=request.fps) as video:
-        for position, index in enumerate(track(frames, description="rendering", console=console, transient=True)):
+        for position, index in enumerate(track(frames, description="rendering", console=console, transient=True,
+                                               disable=not console.is_interactive)):
             batch = to_device(collate([driver_part[index]]), device)
             own = run_model(model, batch)["irgbrec"][0]
             other = run_model(model, batch, target=target)["irgbrec"][0]
@@ -128,7 +129,7 @@ def render(request, console) -> dict:
         written["orbit_frames"] = []
         with VideoWriter(output / f"{name}_orbit.mp4", fps=request.fps) as video:
             for position, (camrot, campos) in enumerate(track(views, description="orbit", console=console,
-                                                              transient=True)):
+                                                              transient=True, disable=not console.is_interactive)):
                 moved = dict(batch, camrot=camrot[None], campos=campos[None])
                 own = run_model(model, moved)["irgbrec"][0]
                 other = run_model(model, moved, target=target)["irgbrec"][0]

@@ -85,7 +85,7 @@ def render_headset(request, console) -> dict:
     output = Path(request.output)
     written: dict = {"frames": [], "camera": camera, "headset": headset_folder, "driven": driven}
     with VideoWriter(output / f"{name}.mp4", fps=request.fps) as video, \
-            Progress(console=console, transient=True) as progress:
+            Progress(console=console, transient=True, disable=not console.is_interactive) as progress:
         task = progress.add_task("rendering headset frames", total=len(frames))
         for start in range(0, len(frames), FRAMES_PER_CALL):
             chunk = frames[start : start + FRAMES_PER_CALL]

@@ -8,18 +8,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 
 # Absolute error (0..255 units) is multiplied by this in error images, so an error of 64 is white.
 ERROR_GAIN = 4.0
 SEPARATOR = 2  # pixels of black between the panels of a strip
-# Training pictures are enlarged until a panel is this many pixels high: the demo renders 64x41
+# Training pictures are enlarged until a panel is this many pixels high: the demo renders 41x64 (WxH)
 # images, too small to judge in an image viewer.
 VIEW_HEIGHT = 256
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """[3,H,W] float 0..255 -> uint8 [H,W,3] (rounded, clipped)."""
-    return image.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return rearrange(image.detach().float().clamp(0, 255).round().to(torch.uint8), "c h w -> h w c").cpu().numpy()
 
 
 def error_image(target: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:

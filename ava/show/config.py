@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-PARTS = ("image", "mesh", "keypoints", "segmentation", "cameras", "headset")
+PARTS = ("image", "mesh", "keypoints", "segmentation", "cameras", "headset", "background", "mask")
 ALL_PARTS = "all"
 
 
@@ -18,7 +18,8 @@ class ShowConfig:
     mesh projected onto it through the head pose and calibration exactly as training uses them (a
     wrong calibration shows at once); the 3D keypoints projected with their validity; the part
     segmentation over the image with a legend; the rig's cameras around the head seen from above;
-    and the headset's IR views. PNGs go to OUT/<subject>_<camera>_<frame>_<part>.png.
+    the headset's IR views; the camera's recorded empty background beside the photo; and the
+    foreground mask over the photo. PNGs go to OUT/<subject>_<camera>_<frame>_<part>.png.
 
     With --parts all (the default) parts whose files the capture lacks are skipped with a note; a
     part named explicitly but missing, or a part that fails, is an error (exit status 1) and the
@@ -32,8 +33,8 @@ class ShowConfig:
     """Frame number as in frame_list.csv (default: the capture's neutral frame)."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("show")
     """Output folder."""
-    parts: tuple[Literal["all", "image", "mesh", "keypoints", "segmentation", "cameras", "headset"], ...] = (
-        ALL_PARTS,)
+    parts: tuple[Literal["all", "image", "mesh", "keypoints", "segmentation", "cameras", "headset", "background",
+                         "mask"], ...] = (ALL_PARTS,)
     """Pictures to write."""
     downsample: int | None = None
     """Load images at sensor size / downsample (default: the size they are stored at)."""

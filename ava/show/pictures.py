@@ -173,3 +173,45 @@ def headset_strip(views: list[tuple[str, np.ndarray]], title: str):
     from ava.runtime.figures import image_grid
 
     return image_grid([[(image, name) for name, image in views]], title=title)
+
+
+
+def _panel_row(panels: list[tuple[np.ndarray, str]], title: str):
+    """A Figure of images side by side at the show's panel size, each titled; returns it and its axes."""
+    height, width = panels[0][0].shape[:2]
+    scale = panel_scale(height)
+    result = figure(max(len(panels) * (width * scale + 20), MIN_WIDTH), height * scale + 80)
+    axes = result.subplots(1, len(panels))
+    for axis, (image, label) in zip(axes, panels):
+        show_image(axis, image, label)
+    result.suptitle(title, fontsize=9)
+    return result, axes
+
+
+def background_figure(image: np.ndarray, background: np.ndarray, title: str):
+    """[photo | the camera's recorded empty background | |photo - background| x4]: whatever differs
+    from the empty backdrop (the person, hair and shoulders included) stands out in the third panel.
+    image, background uint8 [H,W,3]."""
+    from ava.runtime.images import ERROR_GAIN
+
+    difference = np.abs(image.astype(np.float32) - background.astype(np.float32)).mean(axis=-1) * ERROR_GAIN
+    return _panel_row([(image, "photo"), (background, "recorded background"),
+                       (np.clip(difference, 0, 255).astype(np.uint8), f"|photo - background| x{ERROR_GAIN:g}")],
+                      title)[0]
+
+
+def mask_figure(image: np.ndarray, mask: np.ndarray, background: np.ndarray | None, title: str):
+    """[the foreground mask | the photo, dimmed outside the mask, its 0.5 contour in orange | with a
+    recorded background: the person alone, image - (1 - mask) * background, as the datasheet
+    describes]. image, background uint8 [H,W,3]; mask f32 [H,W] in 0..1."""
+    height, width = image.shape[:2]
+    dimmed = np.clip(image.astype(np.float32) * (0.35 + 0.65 * mask[..., None]), 0, 255).astype(np.uint8)
+    panels = [(np.clip(np.rint(255 * mask), 0, 255).astype(np.uint8), "foreground mask"),
+              (dimmed, f"photo; mask >= 0.5: {100 * np.mean(mask >= 0.5):.1f}%")]
+    if background is not None:
+        person = image.astype(np.float32) - (1.0 - mask[..., None]) * background.astype(np.float32)
+        panels.append((np.clip(person, 0, 255).astype(np.uint8), "photo - (1 - mask) x background"))
+    result, axes = _panel_row(panels, title)
+    if mask.min() < 0.5 < mask.max():  # a contour needs both sides
+        axes[1].contour(np.arange(width), np.arange(height), mask, levels=[0.5], colors=["orange"], linewidths=1.0)
+    return result

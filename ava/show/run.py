@@ -9,7 +9,6 @@ head frame with the frame's head pose first, so a wrong head pose shows as well.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,8 @@ ABSENT_ADVICE = {
     "keypoints": "keypoints_3d",
     "segmentation": "segmentation_parts",
     "headset": "encoder",
+    "background": "background_image",
+    "mask": "foreground_masks",
 }
 
 
@@ -43,8 +44,7 @@ def stored_downsample(layout, camera) -> int:
     """The downsample at which `camera`'s images are stored (releases store /2 or /4 images,
     synthetic sets what their --downsample said): the one whose sensor // downsample gives the
     stored width and height, as the loader sizes images."""
-    from PIL import Image
-
+    from ava.data.formats import open_image
     from ava.data.zips import ZipPool
 
     pool = ZipPool()
@@ -53,7 +53,7 @@ def stored_downsample(layout, camera) -> int:
         names = sorted(name for name in pool.names(path) if not name.endswith("/"))
         if not names:
             raise UserError(f"{path} holds no images")
-        with Image.open(io.BytesIO(pool.read(path, names[0]))) as image:
+        with open_image(pool.read(path, names[0])) as image:
             width, height = image.size
     except UserError:
         raise
@@ -106,6 +106,8 @@ class Capture:
 
         self.root = Path(root)
         self.layout = CaptureLayout(self.root)
+        if not self.root.exists():
+            raise UserError(f"{self.root} does not exist; pass a capture folder, <dataset>/<mcd>--<mct>--<sid>")
         if not self.layout.decoder.is_dir():
             raise UserError(f"{self.root} is not a capture folder (it has no decoder/); pass <dataset>/<mcd>--<mct>--<sid>")
         calibration = read_calibration(self.layout.calibration)
@@ -149,7 +151,7 @@ class Capture:
     def caption(self, what: str) -> str:
         height, width = self.sample["image"].shape[-2:]
         return (f"{self.subject}, camera {self.camera_id}, frame {self.frame.frame_id} ({self.frame.segment}), "
-                f"{width}x{height}\n{what}")
+                f"{width}x{height} (WxH)\n{what}")
 
     def project(self, points: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Head-frame points [P,3] (mm) -> (pixels [P,2], camera-frame points [P,3]) as numpy."""
@@ -249,6 +251,39 @@ def draw_headset(capture: Capture, wanted: int | None):
     return headset_strip(views, f"{capture.root.name}: headset frame {number}, {len(views)} IR cameras"), number
 
 
+def _release_images(capture: Capture) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the camera's recorded background uint8 [H,W,3], the frame's foreground mask f32 [H,W]),
+    each None where the capture has none, at the sample's size."""
+    from ava.data.extras import CaptureExtras
+
+    extras = CaptureExtras(capture.root)
+    height, width = capture.sample["image"].shape[-2:]
+    background = extras.background(capture.camera_id, (width, height))
+    mask = extras.mask(capture.camera_id, capture.frame.frame_id, (width, height))
+    if extras.problems:
+        raise UserError("; ".join(extras.problems))
+    return (None if background is None else np.clip(np.rint(background.transpose(1, 2, 0)), 0, 255).astype(np.uint8),
+            None if mask is None else mask[0])
+
+
+def draw_background(capture: Capture):
+    from ava.show.pictures import background_figure
+
+    background, _ = _release_images(capture)
+    if background is None:
+        raise PartAbsent(f"no background of camera {capture.camera_id} in {capture.layout.background_zip}")
+    return background_figure(capture.image, background, capture.caption("the camera's recorded empty background"))
+
+
+def draw_mask(capture: Capture):
+    from ava.show.pictures import mask_figure
+
+    background, mask = _release_images(capture)
+    if mask is None:
+        raise PartAbsent(f"no mask of this frame in {capture.layout.foreground_mask_zip(capture.camera_id)}")
+    return mask_figure(capture.image, mask, background, capture.caption("foreground mask"))
+
+
 def show(config) -> Shown:
     """`config`: an ava.show.config.ShowConfig. Writes the pictures; returns what was done."""
     from ava.data.capture import MemberError
@@ -266,6 +301,8 @@ def show(config) -> Shown:
         "keypoints": lambda: draw_keypoints(capture),
         "segmentation": lambda: draw_segmentation(capture),
         "cameras": lambda: draw_cameras(capture),
+        "background": lambda: draw_background(capture),
+        "mask": lambda: draw_mask(capture),
     }
     for part in wanted:
         try:

@@ -44,6 +44,7 @@ from ava.synth.config import (
     TOPOLOGY_FILENAME,
     SynthConfig,
 )
+from ava.synth.extras import foreground_masks, write_backgrounds, write_foreground_masks
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
 from ava.synth.expressions import Expression, perform_segment, segment_lengths
 from ava.synth.head import Identity
@@ -89,6 +90,7 @@ class FrameResult:
     texture_avif: bytes
     images: dict[str, bytes]  # camera id -> AVIF
     headset: dict = field(default_factory=dict)  # headset frame index -> {camera: AVIF}
+    masks: dict = field(default_factory=dict)  # camera id -> AVIF foreground mask (the render's alpha)
 
 
 def _capture_ids(count: int, rng: np.random.Generator) -> list[CaptureId]:
@@ -197,7 +199,8 @@ def _render_frame(task: FrameTask) -> FrameResult:
         rgba = rayrgba[index].numpy().astype(np.float64)
         pixels = rgba[..., :3] + (1.0 - rgba[..., 3:]) * _background(plan.backgrounds[index], height, width)
         images[camera.camera_id] = encode_avif(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset)
+    masks = foreground_masks({camera.camera_id: rayrgba[index, ..., 3].numpy() for index, camera in enumerate(plan.cameras)})
+    return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset, masks)
 
 
 # --- orchestration -----------------------------------------------------------------------------
@@ -233,6 +236,9 @@ class _CaptureAssembly:
         self.vertex_sum = self.vertex_square = self.texture_sum = self.texture_square = None
         self.rng = np.random.default_rng([config.seed, 2, subject])
         self.headset = HeadsetWriter(self.writer, plan.headset, plan.frames, plan.expressions) if plan.headset else None
+        height, width = plan.cameras[0].height // config.downsample, plan.cameras[0].width // config.downsample
+        write_backgrounds(self.writer, {camera.camera_id: _background(plan.backgrounds[index], height, width)
+                                        for index, camera in enumerate(plan.cameras)})
 
     def add(self, result: FrameResult) -> None:
         layout, writer = self.writer.layout, self.writer
@@ -243,6 +249,7 @@ class _CaptureAssembly:
         writer.add_member(layout.texture_zip, names.texture_member(frame), result.texture_avif)
         for camera_id, data in result.images.items():
             writer.add_member(layout.image_zip(camera_id), names.image_member(camera_id, frame), data)
+        write_foreground_masks(writer, frame, result.masks)
         if self.headset is not None:
             self.headset.add(result.headset)
         if self.config.keypoints:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from ava.data.dataset import pixel_coordinates
 from ava.kernels import compute_raydirs, mvp_raymarch
@@ -105,10 +106,10 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     rows = centre_texel[:, None, None, None] + footprint_v[:, :, None, None] * local[None, None, :, None]
     columns, rows = torch.broadcast_tensors(columns, rows)
     grid = torch.stack([2.0 * columns / size - 1.0, 2.0 * rows / size - 1.0], dim=-1)
-    image = torch.from_numpy(np.ascontiguousarray(texture)).permute(2, 0, 1)[None].float()
+    image = rearrange(torch.from_numpy(np.ascontiguousarray(texture)), "h w c -> 1 c h w").float()
     rgb = F.grid_sample(image, grid.reshape(1, count * count * voxels, voxels, 2), mode="bilinear",
                         padding_mode="border", align_corners=False)  # [1,3,K*vox,vox]
-    rgb = rgb[0].reshape(3, count * count, voxels, voxels).permute(1, 2, 3, 0)  # [K,h,w,3]
+    rgb = rearrange(rgb, "1 c (k h) w -> k h w c", k=count * count)
 
     # Alpha along the normal (local z, template depth axis): dense inside, gone half a shell outside.
     outside = local.clamp(min=0.0)
@@ -119,7 +120,7 @@ def build_primitives(verts_mm: torch.Tensor, texture: np.ndarray, uvmaps: UVMaps
     if faces is not None:
         outward = geometry_image(vertex_normals(verts_mm.float(), faces)[None], uvmaps)  # [1,3,S,S]
         offset = stride // 2
-        outward = outward[0, :, offset::stride, offset::stride].permute(1, 2, 0).reshape(-1, 3)
+        outward = rearrange(outward[0, :, offset::stride, offset::stride], "xyz r col -> (r col) xyz")
         inward = (primrot[0, :, :, 2] * outward).sum(dim=-1) < 0
         template[inward, ..., 3] = alpha_profile.flip(0)[None, :, None, None]
     return Primitives(primpos[0], primrot[0], primscale, template)
@@ -298,16 +299,12 @@ class _Tiles:
         return sign * F.max_pool2d(padded, self.tile)[0]
 
     def split(self, images: torch.Tensor, fill: float) -> torch.Tensor:
-        padded = F.pad(images.permute(0, 3, 1, 2),
+        padded = F.pad(rearrange(images, "n h w c -> n c h w"),
                        (0, self.columns * self.tile - self.width, 0, self.rows * self.tile - self.height), value=fill)
-        channels = padded.shape[1]
-        blocks = padded.reshape(self.count, channels, self.rows, self.tile, self.columns, self.tile)
-        return blocks.permute(0, 2, 4, 3, 5, 1).reshape(-1, self.tile, self.tile, channels)
+        return rearrange(padded, "n c (row y) (col x) -> (n row col) y x c", y=self.tile, x=self.tile)
 
     def merge(self, blocks: torch.Tensor) -> torch.Tensor:
-        channels = blocks.shape[-1]
-        image = blocks.reshape(self.count, self.rows, self.columns, self.tile, self.tile, channels)
-        image = image.permute(0, 1, 3, 2, 4, 5).reshape(self.count, self.rows * self.tile, self.columns * self.tile, channels)
+        image = rearrange(blocks, "(n row col) y x c -> n (row y) (col x) c", row=self.rows, col=self.columns)
         return image[:, : self.height, : self.width]
 
 

@@ -5,7 +5,8 @@ losses (docs/training.md terms), distributed (torchrun / single process), ddp (h
 wrapped in DistributedDataParallel: unused parameters, synced buffers, buckets), rundir (checkpoints,
 metrics, images, TensorBoard), evaluate (progress images, cross-identity strips).
 The loop (loop) orchestrates: setup (data, model, optimiser, resume, run folder, loader),
-step (one optimiser step, reusable by other trainings), schedule (learning rate), periodic
+step (one optimiser step, reusable by other trainings), runner and graph (the step mode: eager,
+sync-free or captured in a CUDA graph), schedule (learning rate), periodic
 (pictures, evaluation, checkpoints), resume (checkpoint choice and RNG state), report (metrics
 records and progress output), interrupt (Ctrl-C / SIGTERM: checkpoint, then exit 130).
 """

@@ -61,7 +61,7 @@ class TrainSection:
     lr_scheduler_changes: int = 1
     """How many times gamma is applied. The original stops stepping its scheduler after the first change (step lr_scheduler_iter), so 1 reproduces it."""
     downsample: int = 8
-    """Images are loaded at the camera sensor size divided by this (8: 512x333 for the dome)."""
+    """Images are loaded at the camera sensor size divided by this (8: 333x512, WxH, for the dome)."""
     num_workers: int | None = None
     """DataLoader worker processes per rank (0 loads in the training process). None: this rank's share of the usable CPU cores (divided among the processes on this node) less one, at most 8; the run prints and records the number chosen."""
     batchsize: int = 4
@@ -80,6 +80,10 @@ class TrainSection:
     """Camera ids never trained on; their PSNR is logged. Empty: pick --train.num-holdout-cameras."""
     num_holdout_cameras: int = 0
     """How many cameras to hold out when --train.holdout-cameras is empty (round-robin over the captures, keeping at least one training camera each)."""
+    background: Literal["learned", "real"] = "learned"
+    """What the rendered head is composited over: learned (the original's background model, one row per camera and identity) or real (each camera's recorded empty backdrop, the release's background_image group, where the capture has one; the learned background elsewhere). See docs/training.md."""
+    masked_loss: bool = False
+    """Average the image L1 loss over the pixels inside each frame's foreground mask (the release's foreground_masks group) instead of the whole image; frames without a mask count every pixel."""
     holdout_subjects: tuple[str, ...] = ()
     """Test subjects, never trained on (capture or subject ids of the ids CSV; every capture of the subject stays out). Recorded in the checkpoint; `ava eval` measures them apart from the trained ones (docs/evaluation.md)."""
     validation_subjects: tuple[str, ...] = ()
@@ -94,6 +98,11 @@ class TrainSection:
     """Expression segments never trained on, in every capture (e.g. EXP_free_face, as the Ava-256 datasheet suggests); `ava eval --segment` measures them."""
     precision: Literal["fp32", "tf32", "bf16"] = "tf32"
     """Arithmetic of the convolutions and matrix products on a GPU: fp32 (exact), tf32 (tensor cores with fp32 accumulation; PyTorch, and so the original, already runs convolutions this way by default) or bf16 (autocast of the encoders, decoders and background MLP; geometry, raymarcher and losses stay fp32). No effect on a CPU."""
+    # How steps run (docs/training.md, "How a step runs").
+    step_mode: Literal["auto", "eager", "sync-free", "graph"] = "auto"
+    """auto: graph on a single CUDA device, eager on a CPU and under torchrun. eager: one kernel launch at a time, reading the gradient norm on the host every step (for debugging). sync-free: the same step with nothing read back to the host. graph: sync-free during the warm-up, then the whole step (forward, losses, backward, optimiser) captured once in a CUDA graph and replayed, with the next batch copied in on a side stream meanwhile."""
+    readback_every: int | None = None
+    """Read the logged losses back from the device every N steps (one wait per N steps instead of one per step); metrics.jsonl still gets one record per step. None: 10 on a GPU, 1 on a CPU. Under torchrun every step, where the ranks agree on stopping."""
 
 
 @dataclass

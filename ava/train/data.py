@@ -210,8 +210,8 @@ class TrainingData:
         held_out = sorted({camera for part in (self.holdout.datasets if self.holdout else ())
                            for camera in part.usable_camera_ids})
         unused = sorted(set(self.cameras) - set(trained) - set(held_out))
-        line = (f"data: {len(self.captures)} captures, {len(self.train)} training samples at {self.train.height}x"
-                f"{self.train.width}; training on {len(trained)} of {len(self.cameras)} cameras")
+        line = (f"data: {len(self.captures)} captures, {len(self.train)} training samples at {self.train.width}x"
+                f"{self.train.height} (WxH); training on {len(trained)} of {len(self.cameras)} cameras")
         if self.holdout_cameras:
             line += f", {len(held_out)} held out ({', '.join(held_out) or 'none usable'})"
         if unused:

@@ -99,6 +99,20 @@ def setup_distributed(device_choice: str) -> Distributed:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=GROUP_TIMEOUT)
+        _join_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
     return Distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def _join_group(backend: str, rank: int, world_size: int) -> None:
+    """init_process_group from the torchrun environment. In an attempt that torchrun restarted
+    (--max-restarts), the keys go under a prefix of their own: the rendezvous store outlives the
+    attempts, and gloo or NCCL would otherwise now and then read the dead attempt's addresses
+    (connectFullMesh failing with "Connection refused"; pytorch/pytorch#135712)."""
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    if attempt < 1:
+        dist.init_process_group(backend=backend, timeout=GROUP_TIMEOUT)
+        return
+    store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=GROUP_TIMEOUT))
+    store.set_timeout(GROUP_TIMEOUT)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"ava-attempt-{attempt}", store), rank=rank,
+                            world_size=world_size, timeout=GROUP_TIMEOUT)

@@ -42,14 +42,18 @@ def total_loss(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Te
     return total
 
 
-def sanitise_gradients(parameters, clip: float) -> torch.Tensor:
+def sanitise_gradients(parameters, clip: float, zero_nonfinite=None) -> torch.Tensor:
     """Zero NaN/inf gradient entries (as the original does), then clip the global norm to `clip`
     (torch's clip_grad_norm_ rule: scale by clip / (norm + 1e-6) when that is below 1).
-    Returns the norm before clipping.
+    Returns the norm before clipping (after the NaN/inf entries were zeroed), on the device.
 
-    The usual case, all gradients finite, costs a few multi-tensor kernels; the per-tensor
-    NaN/inf scrub (one kernel per parameter, hundreds of launches for the ava256 model) runs only
-    when the norm shows a non-finite entry."""
+    zero_nonfinite: None, or a function that zeroes the NaN/inf entries of a list of tensors in
+    place (ava.kernels.nonfinite.ZeroNonfinite: one launch for all of them). Without it, the
+    usual case, all gradients finite, costs a few multi-tensor kernels and the per-tensor scrub
+    (one kernel per parameter, hundreds of launches for the ava256 model) runs only when the norm
+    shows a non-finite entry, which reads the norm on the host. With it, the scrub runs on every
+    step and nothing is read back (what a captured CUDA graph needs). Both give the same gradients
+    and norm: zeroing finite gradients' non-finite entries changes nothing."""
     grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -57,10 +61,14 @@ def sanitise_gradients(parameters, clip: float) -> torch.Tensor:
     def total_norm():
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
-    norm = total_norm()
-    if not bool(torch.isfinite(norm)):
-        for grad in grads:
-            torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if zero_nonfinite is not None:
+        zero_nonfinite(grads)
         norm = total_norm()
+    else:
+        norm = total_norm()
+        if not bool(torch.isfinite(norm)):
+            for grad in grads:
+                torch.nan_to_num_(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            norm = total_norm()
     torch._foreach_mul_(grads, torch.clamp(clip / (norm + 1e-6), max=1.0))
     return norm

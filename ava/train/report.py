@@ -4,6 +4,12 @@ progress bar in a terminal, and a line every ~5% of the run otherwise.
 The bar and the lines show the same numbers: the mean loss and the mean wall-clock time per step
 (data loading, pictures and evaluations included) over the last `window` steps, and the ETA
 those steps predict for the rest of the run.
+
+A step's losses stay on the device until `readback_every` steps have gathered (or a periodic
+action, a stop or the end comes): then all of them are read in one copy and their records
+written, so the host does not wait for the GPU after every step. On a GPU a step's time is
+measured with CUDA events, from the moment its batch was asked for (or the previous step ended
+on the GPU, if later) to its end on the GPU.
 """
 
 from __future__ import annotations
@@ -11,13 +17,14 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 from rich.console import Console
 
+from ava.runtime.device import seconds_between, time_mark
 from ava.train.losses import TERMS
 from ava.train.setup import Trainer
-from ava.train.step import StepResult
 
 
 def gpu_utilisation(device: torch.device) -> float | None:
@@ -70,12 +77,29 @@ def _progress_bar(console: Console):
                     TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), console=console, transient=False)
 
 
+@dataclass
+class _Pending:
+    """A step whose record waits for the read-back."""
+
+    step: int
+    epoch: int
+    warm: bool
+    values: object  # device tensor [loss, *TERMS, grad_norm], or those numbers already read
+    lr: float
+    data_time: float
+    started: object  # CUDA event, or perf_counter seconds on a CPU
+    ended: object
+    utilisation: float | None
+
+
 class Reporter:
     """Logs each step and shows progress (rank 0 shows; the loss is already averaged over ranks)."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: Trainer, readback_every: int = 1) -> None:
         self.trainer = trainer
         self.nonfinite = 0
+        self.readback_every = max(1, readback_every)
+        self._pending: list[_Pending] = []
         steps = trainer.last_step - trainer.start_step
         self._line_every = max(1, steps // 20)
         self._window = Window(self._line_every)
@@ -94,8 +118,14 @@ class Reporter:
             self._progress.start()
 
     def stop(self) -> None:
+        # The loop flushes at its last step and before a stop; steps still pending here belong to
+        # a run that failed, whose error must not be masked by reading the device again.
         if self._progress:
             self._progress.stop()
+
+    def mark(self):
+        """A point in time for step timing (ava.runtime.device.time_mark)."""
+        return time_mark(self.trainer.ctx.device)
 
     def summary(self, step: int, short: bool = False) -> str:
         """'loss 7.148, 0.71 s/step, 5.6 samples/s, ETA 4m30s (means over the last 20 steps)';
@@ -110,35 +140,52 @@ class Reporter:
         return (f"loss {window.mean_loss():.3f}, {per_step:.2f} s/step, {samples:.1f} samples/s, ETA {eta} "
                 f"(means over the last {count} step" + ("s)" if count > 1 else ")"))
 
-    def step(self, step: int, epoch: int, warm: bool, values: list[float], result: StepResult, fetch_started: float,
-             step_started: float) -> None:
-        """Records step `step` (1-based). values: [loss, *TERMS] averaged over ranks."""
-        trainer, ctx, config = self.trainer, self.trainer.ctx, self.trainer.config
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize(ctx.device)
+    def step(self, step: int, epoch: int, warm: bool, values, started, data_time: float) -> None:
+        """Notes step `step` (1-based). values: [loss, *TERMS, grad_norm] (averaged over ranks), a
+        device tensor or numbers already read; started: mark() taken when its batch was asked for."""
+        trainer = self.trainer
+        # NVML sampling costs a little; once every 10 steps is enough for a utilisation trace.
+        utilisation = gpu_utilisation(trainer.ctx.device) if step % 10 == 0 else None
+        self._pending.append(_Pending(step, epoch, warm, values, float(trainer.state.optimizer.param_groups[0]["lr"]),
+                                      data_time, started, self.mark(), utilisation))
+        if len(self._pending) >= self.readback_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Reads the pending steps' losses back (one copy) and writes their records."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        tensors = [entry.values for entry in pending if isinstance(entry.values, torch.Tensor)]
+        read = iter(torch.stack(tensors).tolist()) if tensors else iter(())
         now = time.perf_counter()
-        step_time = now - fetch_started
+        for entry in pending:
+            values = next(read) if isinstance(entry.values, torch.Tensor) else list(entry.values)
+            step_time = seconds_between(entry.started, entry.ended)  # the read-back has synchronised
+            self._record(entry, values, step_time, (now - self._last) / len(pending))
+        self._last = now
+
+    def _record(self, entry: _Pending, values: list[float], step_time: float, wall_seconds: float) -> None:
+        trainer, ctx, config = self.trainer, self.trainer.ctx, self.trainer.config
+        step = entry.step
         if not math.isfinite(values[0]):
             self.nonfinite += 1
-        record = {"step": step, "epoch": epoch, "loss": values[0],
+        record = {"step": step, "epoch": entry.epoch, "loss": values[0],
                   **{name: value for name, value in zip(TERMS, values[1:])},
-                  "lr": trainer.state.optimizer.param_groups[0]["lr"], "grad_norm": float(result.grad_norm),
-                  "warmup": warm, "step_time": step_time, "data_time": step_started - fetch_started,
-                  "samples_per_s": config.train.batchsize * ctx.world_size / step_time}
-        # NVML sampling costs a little; once every 10 steps is enough for a utilisation trace.
-        utilisation = gpu_utilisation(ctx.device) if step % 10 == 0 else None
-        if utilisation is not None:
-            record["gpu_utilisation"] = utilisation
+                  "lr": entry.lr, "grad_norm": values[1 + len(TERMS)],
+                  "warmup": entry.warm, "step_time": step_time, "data_time": entry.data_time,
+                  "samples_per_s": config.train.batchsize * ctx.world_size / max(step_time, 1e-9)}
+        if entry.utilisation is not None:
+            record["gpu_utilisation"] = entry.utilisation
         run = trainer.run
         if run is not None:
             run.log(record)
             if step % config.progress.tensorboard.log_freq == 0:
                 run.scalars(step, {"Total Loss": values[0], "lr": record["lr"], "step_time": step_time,
                                    **{f"loss/{name}": value for name, value in zip(TERMS, values[1:])}})
-        # Wall-clock time since the previous step ended: the step, its data, and the pictures,
-        # evaluations and checkpoints of the step before.
-        self._window.add(values[0], now - self._last)
-        self._last = now
+        # Wall-clock time per step since the previous read-back: the steps, their data, and the
+        # pictures, evaluations and checkpoints in between.
+        self._window.add(values[0], wall_seconds)
         if self._progress:
             self._progress.update(self._task, completed=step, summary=self.summary(step, short=True))
         if self._lines and (step % self._line_every == 0 or step == trainer.last_step):

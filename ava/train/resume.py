@@ -3,7 +3,6 @@ checkpoint holds (weights, optimiser, schedule, step, every rank's RNG state).""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -12,7 +11,6 @@ from ava.errors import UserError
 from ava.train.config import TrainConfig, config_to_dict
 from ava.train.data import TrainingData
 from ava.train.distributed import Distributed
-from ava.train.rundir import find_latest_checkpoint
 
 
 def rng_state(ctx: Distributed) -> dict[str, torch.Tensor]:
@@ -59,15 +57,3 @@ def check_compatible(checkpoint, config: TrainConfig, data: TrainingData, topolo
     if problems:
         raise UserError(f"checkpoint {checkpoint.path} comes from another configuration: " + "; ".join(problems)
                         + ". Resume with the flags it was trained with, or start a new --progress.output-path")
-
-
-def resume_path(config: TrainConfig, say: Callable) -> Path | None:
-    """The checkpoint --resume names (`auto`: the run folder's newest), or None for a fresh start."""
-    if not config.resume:
-        return None
-    if config.resume == "auto":
-        path = find_latest_checkpoint(config.progress.output_path)
-        if path is None:
-            say(f"--resume auto: no checkpoint in {config.progress.output_path}; starting a new run")
-        return path
-    return Path(config.resume).expanduser()

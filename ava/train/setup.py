@@ -4,8 +4,10 @@ actions need."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,8 +23,9 @@ from ava.train.data import (EpochSampler, TrainingData, build_training_data, def
                             make_loader, select_subjects)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
-from ava.train.resume import check_compatible, restore_rng, resume_path
-from ava.train.rundir import RunDir, earlier_run
+from ava.runtime.rundir import load_for_resume, refuse_earlier_run
+from ava.train.resume import check_compatible, restore_rng
+from ava.train.rundir import RunDir
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -68,6 +71,8 @@ class Trainer:
     """The dataset's mean mesh [V,3] (mm) on the training device."""
     threads: int
     """torch's CPU threads in this process."""
+    generation_seconds: float = 0.0
+    """Wall-clock seconds spent generating the demo data before training (0 when it was there)."""
 
     def say(self, *args, **kwargs) -> None:
         """Prints on rank 0 only; a long line stays one line (rich would otherwise break it at 80
@@ -84,6 +89,8 @@ def check_config(config: TrainConfig) -> None:
     for name in ("maxiter", "num_epochs", "batchsize", "downsample", "lr_scheduler_iter"):
         if getattr(train, name) < 1:
             problems.append(f"--train.{name.replace('_', '-')} must be at least 1")
+    if train.readback_every is not None and train.readback_every < 1:
+        problems.append("--train.readback-every must be at least 1")
     if (train.num_workers or 0) < 0 or train.warmup_iters < 0 or train.num_holdout_cameras < 0:
         problems.append("--train.num-workers, --train.warmup-iters and --train.num-holdout-cameras cannot be negative")
     if train.num_holdout_subjects < 0 or train.num_validation_subjects < 0:
@@ -104,16 +111,28 @@ def check_config(config: TrainConfig) -> None:
                         "(`ava download -o DIR` fetches them); `ava train` alone trains the demo on synthetic data")
 
 
-def check_run_folder(config: TrainConfig) -> None:
+def check_run_folder(config: TrainConfig, writer: bool = True) -> None:
     """Refuses to train into a folder holding an earlier run, unless --resume continues it or
-    --progress.overwrite replaces it."""
-    root = Path(config.progress.output_path)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"--progress.output-path {root} is a file; pass a folder for the run")
-    found = earlier_run(root)
-    if found and not config.resume and not config.progress.overwrite:
-        raise UserError(f"{root} holds an earlier run ({found}); pass --resume auto to continue it, "
-                        "--progress.overwrite to replace it, or another --progress.output-path")
+    --progress.overwrite replaces it, and (checked by the `writer`, rank 0) into one that cannot
+    be written."""
+    refuse_earlier_run(config.progress.output_path, config.resume, config.progress.overwrite, probe=writer)
+
+
+ELASTIC_RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
+
+
+def resume_restarted_attempt(config: TrainConfig, say: Callable) -> TrainConfig:
+    """`config` with --resume auto when torchrun restarted the workers (--max-restarts) after a
+    process failed: the restarted attempt continues from the run folder's newest checkpoint
+    instead of refusing the folder that the first attempt wrote."""
+    try:
+        attempt = int(os.environ.get(ELASTIC_RESTART_ENV, "0") or 0)
+    except ValueError:
+        attempt = 0
+    if attempt < 1 or config.resume:
+        return config
+    say(f"torchrun restarted the workers (restart {attempt}): continuing with --resume auto", highlight=False)
+    return dataclasses.replace(config, resume="auto")
 
 
 def local_processes(ctx: Distributed) -> int:
@@ -126,29 +145,39 @@ def local_processes(ctx: Distributed) -> int:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> Path:
-    """--train.dataset-dir, else the demo synthetic set (rank 0 generates it once, the others wait)."""
+def resolve_dataset(config: TrainConfig, ctx: Distributed, console: Console) -> tuple[Path, float]:
+    """(--train.dataset-dir, else the demo synthetic set, which rank 0 generates once while the
+    others wait; the seconds spent generating it, 0 when it was there)."""
     if config.train.dataset_dir is not None:
         path = Path(config.train.dataset_dir).expanduser()
         if not path.is_dir():
             raise UserError(f"--train.dataset-dir {path} does not exist; download captures with `ava download` "
                             "or leave it out to train on the demo synthetic set")
-        return path
-    path = None
+        return path, 0.0
+    path, seconds = None, 0.0
     if ctx.is_main:
+        from ava.synth import MANIFEST_FILENAME
+
         target = demo_dataset_dir(config.synth)
-        console.print(f"demo data: synthetic captures in {target} (generated once)", highlight=False, soft_wrap=True)
+        there = (target / MANIFEST_FILENAME).is_file()  # written last, once the set is complete
+        console.print(f"demo data: synthetic captures in {target}" + (" (generated once)" if not there else ""),
+                      highlight=False, soft_wrap=True)
+        started = time.perf_counter()
         path = ensure_demo_dataset(config.synth, progress=True)
+        if not there:
+            seconds = time.perf_counter() - started
+            console.print(f"demo data: generated in {seconds:.0f} s", highlight=False)
     ctx.barrier()  # the other ranks wait until rank 0 has generated the set
-    return Path(ctx.broadcast_object(str(path) if path else None))
+    return Path(ctx.broadcast_object(str(path) if path else None)), seconds
 
 
 def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Callable):
-    """(training data, ids CSV, mesh topology) of the selected captures."""
+    """(training data, ids CSV, mesh topology, seconds spent generating the demo data) of the
+    selected captures."""
     from ava.data.ids import read_ids_csv
     from ava.nn.topology import resolve_topology
 
-    dataset_dir = resolve_dataset(config, ctx, console)
+    dataset_dir, generation_seconds = resolve_dataset(config, ctx, console)
     csv = ids_csv_path(dataset_dir, config.train.data_csv)
     captures, split = select_subjects(read_ids_csv(csv), config.train, str(csv))
     data = build_training_data(dataset_dir, captures, config.train.downsample, config.train.holdout_cameras,
@@ -160,7 +189,7 @@ def load_data(config: TrainConfig, ctx: Distributed, console: Console, say: Call
                         f"{data.stats.vertmean.shape[0]}; pass the dataset's topology with --model.topology")
     for line in data.describe():
         say(line, highlight=False, markup=False, soft_wrap=True)
-    return data, csv, topology
+    return data, csv, topology, generation_seconds
 
 
 # --- model, optimiser, schedule -----------------------------------------------------------------
@@ -180,12 +209,17 @@ def build_state(config: TrainConfig, ctx: Distributed, data: TrainingData, topol
     model = build_autoencoder(config.model, topology, vertmean=torch.from_numpy(stats.vertmean),
                               vertstd=stats.vertstd, num_cameras=len(data.cameras),
                               num_identities=len(data.captures), raymarch_backend=backend).to(ctx.device)
-    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
-    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.init_learning_rate, betas=(0.9, 0.999),
-                                 eps=1e-8, weight_decay=0.0, fused=True if ctx.device.type == "cuda" else None)
+    optimizer = make_optimizer(model, config.train, ctx.device)
     return TrainingState(model=model, network=model, optimizer=optimizer,
                          scheduler=make_scheduler(optimizer, config.train))
+
+
+def make_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.Adam:
+    """`ava train`'s Adam for `model` (train: the TrainSection)."""
+    # On a GPU, the fused kernel updates all parameters in a few launches instead of ~10 per
+    # tensor (same update rule; the CPU keeps the default so resumed CPU runs stay bit-exact).
+    return torch.optim.Adam(model.parameters(), lr=train.init_learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.0, fused=True if device.type == "cuda" else None)
 
 
 # --- resume -------------------------------------------------------------------------------------
@@ -196,9 +230,9 @@ def restore(config: TrainConfig, ctx: Distributed, state: TrainingState, data: T
     returns the checkpoint resumed from, if any. Sets state.step and the learning rate."""
     from ava.checkpoint import load_checkpoint
 
-    path = resume_path(config, say)
-    if path is not None:
-        checkpoint = load_checkpoint(path)
+    checkpoint = load_for_resume(config.resume, config.progress.output_path, load_checkpoint, say)
+    path = checkpoint.path if checkpoint is not None else None
+    if checkpoint is not None:
         check_compatible(checkpoint, config, data, topology)
         checkpoint.restore_model(state.model)
         checkpoint.restore_optimizer(state.optimizer)
@@ -254,8 +288,7 @@ def prepare_network(config: TrainConfig, ctx: Distributed, state: TrainingState,
         # and skip ops (4300 -> 2200 kernel launches) and took the ava256 step from 131 to 95 ms;
         # compiling the whole model graph-breaks at the raymarcher and was slower. In place, so
         # parameter names do not change.
-        for name in COMPILED_PARTS:
-            getattr(state.model, name).compile()
+        compile_parts(state.model)
         say(f"compiling {', '.join(COMPILED_PARTS)} with torch.compile (the first steps are slow)")
     state.network = state.model
     if plan is not None:
@@ -269,6 +302,22 @@ COMPILED_PARTS = ("id_encoder", "expr_encoder", "decoder_assembler", "bgmodel")
 # 1000-step demo-size run on an H200 spent more time compiling (about 4 minutes over its
 # warm-up, evaluation and training graphs) than the whole run otherwise takes.
 COMPILE_MIN_UV_SIZE = 1024
+
+
+def compile_parts(model: torch.nn.Module) -> None:
+    """torch.compile each of COMPILED_PARTS in place (parameter names do not change)."""
+    for name in COMPILED_PARTS:
+        getattr(model, name).compile()
+
+
+def step_setup(config: TrainConfig, device: torch.device, distributed: bool = False) -> dict:
+    """How `ava train` with `config` runs its steps on `device`: {"precision", "fused_adam",
+    "compile_parts", "step_mode"} (tools/bench_train_step.py's `default` variant is this)."""
+    from ava.train.runner import resolve_step_mode
+
+    return {"precision": config.train.precision, "fused_adam": device.type == "cuda",
+            "compile_parts": should_compile(config, device),
+            "step_mode": resolve_step_mode(config.train.step_mode, device, distributed)}
 
 
 def should_compile(config: TrainConfig, device: torch.device) -> bool:
@@ -303,7 +352,7 @@ def open_run_folder(config: TrainConfig, ctx: Distributed, resolved: dict, resum
     if not ctx.is_main:
         return None
     run = RunDir(config.progress.output_path)
-    if config.progress.overwrite and resume_step is None:
+    if config.progress.overwrite and not resume_step:
         run.clear(config.progress.tensorboard.logdir)
     run.write_config(resolved)
     run.open_metrics(resume_step)
@@ -323,7 +372,8 @@ def loader_workers(config: TrainConfig, ctx: Distributed) -> int:
     return default_num_workers(local_processes(ctx))
 
 
-def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int):
+def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_workers: int,
+                 say: Callable = lambda *args, **kwargs: None):
     """(sampler, loader, steps per epoch, last step): the resumable order over the training set."""
     sampler = EpochSampler(len(data.train), ctx.rank, ctx.world_size, config.seed)
     steps_per_epoch = sampler.per_rank // config.train.batchsize
@@ -332,7 +382,9 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
         raise UserError(f"{len(data.train)} training samples{spread} do not fill one batch of "
                         f"{config.train.batchsize}; lower --train.batchsize")
     last_step = min(config.train.maxiter, config.train.num_epochs * steps_per_epoch)
-    loader = make_loader(data.train, sampler, config.train.batchsize, num_workers,
+    from ava.train.extras import training_dataset
+
+    loader = make_loader(training_dataset(config, data.train, say), sampler, config.train.batchsize, num_workers,
                          pin_memory=ctx.device.type == "cuda")
     return sampler, loader, steps_per_epoch, last_step
 
@@ -346,21 +398,25 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     threads = use_threads(config.threads, processes=local_processes(ctx))
     torch.manual_seed(config.seed * 1000 + ctx.rank)
 
-    check_run_folder(config)
-    data, csv, topology = load_data(config, ctx, console, say)
+    config = resume_restarted_attempt(config, say)
+    check_run_folder(config, writer=ctx.is_main)
+    data, csv, topology, generation_seconds = load_data(config, ctx, console, say)
     backend = raymarch_backend(config, ctx.device)
     state = build_state(config, ctx, data, topology, backend)
     resumed_from = restore(config, ctx, state, data, topology, say)
     vertmean = torch.from_numpy(data.stats.vertmean).to(ctx.device)
     plan = prepare_network(config, ctx, state, data, vertmean, say)
     num_workers = loader_workers(config, ctx)
-    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers)
+    sampler, loader, steps_per_epoch, last_step = build_loader(config, ctx, data, num_workers, say)
     if config.train.num_workers is None:
         say(f"data: {num_workers} loader workers per process (--train.num-workers to change)", highlight=False)
 
     # The run folder is touched only once everything above has been checked.
     resolved = resolved_config(config, ctx, data, csv, backend, num_workers, plan)
-    run = open_run_folder(config, ctx, resolved, state.step if resumed_from is not None else None, say)
+    # A resume without a checkpoint (--resume auto in a run stopped before its first one) still
+    # appends to the run's log, from step 0.
+    resume_step = state.step if resumed_from is not None else (0 if config.resume else None)
+    run = open_run_folder(config, ctx, resolved, resume_step, say)
     cross_identity = None
     if ctx.is_main and config.progress.cross_id and len(data.captures) > 1:
         cross_identity = CrossIdentity(data.train, min(config.progress.cross_id_n_subjects, len(data.captures) - 1))
@@ -368,4 +424,4 @@ def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
                    backend=backend, state=state, start_step=state.step, resumed_from=resumed_from, run=run,
                    resolved=resolved, cross_identity=cross_identity, sampler=sampler, loader=loader,
                    steps_per_epoch=steps_per_epoch, last_step=last_step,
-                   vertmean=vertmean, threads=threads)
+                   vertmean=vertmean, threads=threads, generation_seconds=generation_seconds)

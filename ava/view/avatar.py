@@ -76,14 +76,16 @@ class Avatar:
         self.device = device
         model = checkpoint.build_autoencoder(raymarch_backend="torch" if device.type == "cpu" else None)
         self.model = model.to(device).eval()
-        trained = [folder for folder in checkpoint.identities if (self.dataset_dir / folder / "decoder").is_dir()]
-        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder") if path.is_dir())
+        trained = [folder for folder in checkpoint.identities if self._has_frames(folder)]
+        self.captures = sorted(path.parent.name for path in self.dataset_dir.glob("*/decoder")
+                               if self._has_frames(path.parent.name))
         self.unseen = [folder for folder in self.captures if folder not in checkpoint.identities]
         self.identities = trained + self.unseen
         if not trained:
             raise UserError(f"none of the checkpoint's {len(checkpoint.identities)} identities "
-                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir}; pass --dataset-dir")
-        self.lock = threading.Lock()  # one render at a time: they share the model and the device
+                            f"(e.g. {checkpoint.identities[0]}) is in {self.dataset_dir} with its frames; pass --dataset-dir")
+        self.lock = threading.RLock()  # one render at a time: they share the model and the device
+        self._renderer = None
         self.cache_lock = threading.Lock()  # browsers' render threads share the expression cache
         self._parts: dict[str, tuple[object, dict[str, int]]] = {}  # folder -> (samples, frame id -> index)
         self._identity: dict[str, dict] = {}
@@ -94,6 +96,13 @@ class Avatar:
                           if camera in checkpoint.cameras), checkpoint.cameras[0])
         self.reference_camera = checkpoint.cameras.index(camera_id)
         self.home = self._home_view(first.reader, camera_id)
+
+    def _has_frames(self, folder: str) -> bool:
+        """Whether a capture folder holds its frames (a partial download, e.g. only the calibration
+        and statistics that `ava convert` needs of every training capture, does not)."""
+        from ava.data.layout import CaptureLayout
+
+        return all(path.is_file() for path in CaptureLayout(self.dataset_dir / folder).required_files())
 
     def _home_view(self, reader, camera_id: str) -> HomeView:
         from ava.data.calibration import camera_in_head_frame
@@ -187,43 +196,49 @@ class Avatar:
 
     # --- rendering --------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def render(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
-               background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
-        """uint8 [H,W,3]: `identity` (a capture folder of `identities`) making the expression `encoding`
-        [1,16,4,4], seen by `camera`, over a flat `background` colour (0..255)."""
-        from ava.runtime.images import to_uint8
-
+    def render_frame(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
+                     background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+        """uint8 [3,H,W] on the device (ava.view.frames.ViewRenderer: a CUDA graph per size on a
+        GPU; valid until the next render): `identity` (a capture folder of `identities`) making the
+        expression `encoding` [1,16,4,4], seen by `camera`, over a flat `background` colour (0..255)."""
         conditioning = self.identity(identity)
         with self.lock:
-            image = render_view(self.model, camera, conditioning, encoding, self.idindex(identity),
-                                self.reference_camera, background)
-        return to_uint8(image)
+            return self.renderer.render(camera, conditioning, encoding, self.idindex(identity),
+                                        self.reference_camera, background)
+
+    def render(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
+               background: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+        """render_frame as uint8 [H,W,3] on the CPU."""
+        with self.lock:
+            return self.render_frame(camera, identity, encoding, background).permute(1, 2, 0).cpu().numpy()
+
+    def render_encoded(self, camera: ViewCamera, identity: str, encoding: torch.Tensor,
+                       background: tuple[float, float, float], format: str, quality: int) -> bytes:
+        """render_frame encoded as `format` ("jpeg" or "png"; ava.view.frames.encode_frame: JPEG on
+        the GPU where it can be)."""
+        from ava.view.frames import encode_frame
+
+        with self.lock:
+            return encode_frame(self.render_frame(camera, identity, encoding, background), format, quality)
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            from ava.view.frames import ViewRenderer
+
+            self._renderer = ViewRenderer(self.model, self.device)
+        return self._renderer
 
 
 @torch.no_grad()
 def render_view(model, camera: ViewCamera, id_cond: dict, encoding: torch.Tensor, idindex: int, camindex: int,
                 background: tuple[float, float, float]) -> torch.Tensor:
-    """[3,H,W] (0..255) on the model's device: the decoder and the raymarcher for one view of the
-    identity `id_cond` (the identity encoder's output) making `encoding` [1,16,4,4], with colour
-    calibration row (camindex, idindex; idindex < 0 for an identity never trained on), over a flat
-    `background` colour."""
-    from ava.data.dataset import pixel_coordinates
+    """[3,H,W] (0..255) on the model's device, op by op: the decoder and the raymarcher for one
+    view of the identity `id_cond` (the identity encoder's output) making `encoding` [1,16,4,4],
+    with colour calibration row (camindex, idindex; idindex < 0 for an identity never
+    trained on), over a flat `background` colour
+    (ava.view.frames.render_inputs; ViewRenderer replays it from a CUDA graph)."""
+    from ava.view.frames import render_inputs, view_inputs
 
     device = next(model.parameters()).device
-    colour = torch.tensor(background, dtype=torch.float32, device=device)
-    cameras = torch.tensor([camindex], device=device)
-    identities = torch.tensor([idindex], device=device)
-    if model.colorcal is not None:
-        # The model adds the calibration's bias to the premultiplied colour, so where nothing is
-        # hit it lands on the background (which the background model learnt to absorb). Passing
-        # colour - bias as the background gives alpha * bias + (1 - alpha) * colour: the head
-        # exactly as trained over a clean flat colour.
-        colour = colour - model.colorcal.gain_and_bias(cameras, identities)[1][0]
-    output = model(
-        camera.camrot[None].to(device), camera.campos[None].to(device), camera.focal[None].to(device),
-        camera.princpt[None].to(device), torch.eye(4, device=device)[None], None, None, None, None,
-        pixelcoords=pixel_coordinates(camera.height, camera.width)[None].to(device),
-        idindex=identities, camindex=cameras, id_cond=id_cond, expr_encoding=encoding.to(device),
-        bg=colour.view(1, 3, 1, 1).expand(1, 3, camera.height, camera.width))
-    return output["irgbrec"][0]
+    return render_inputs(model, view_inputs(camera, id_cond, encoding, idindex, camindex, background, device))

@@ -19,7 +19,7 @@ class ViewConfig:
     checkpoint: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """An ava checkpoint (e.g. run/checkpoints/step_00000400.safetensors)."""
     host: str = "127.0.0.1"
-    """Address to listen on (127.0.0.1: this machine only; 0.0.0.0 to let others on the network in)."""
+    """Address to listen on (127.0.0.1: this machine only; 0.0.0.0 to let others on the network in, who then need the random token in the printed URL)."""
     port: Annotated[int, tyro.conf.arg(aliases=("-p",))] = 8080
     """Port to listen on (the next free one if taken; 0 picks any)."""
     dataset_dir: Path | None = None

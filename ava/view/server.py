@@ -5,14 +5,26 @@ viser serves the page and keeps, per connected browser, the orbit camera (positi
 field of view, window shape); every camera move or control change asks that browser's render
 thread for a new frame, which renders the latest state only (stale requests are dropped) and
 sends it as the scene's background image. While the camera moves, frames render at half height
-and the full-size frame follows once it stops. viser's world is the head frame in metres.
+and the full-size frame follows once it stops; a browser's first frame comes at a quarter of the
+height, under a "rendering the first frame..." notice. viser's world is the head frame in metres.
+
+Listening beyond this machine (any --host but a loopback one), the viewer admits only requests
+that carry a random token, as Jupyter does (`TokenGate`): the printed URL holds it; the page it
+opens gets a cookie with it, which the page's scripts and websocket (viser's client opens that
+without the URL's query) then carry. Anything else is answered 403.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http
+import io
+import secrets
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -27,12 +39,78 @@ JPEG_QUALITY = 90
 # several times, which would magnify JPEG's 8x8 blocks and its halved colour resolution.
 PNG_PIXELS = 256 * 256
 MIN_HEIGHT, MAX_HEIGHT = 16, 2048  # rendered image height, pixels
+FIRST_FRAME_SHRINK = 4  # a browser's first frame is this many times smaller than the full one, so it comes at once
 # On a CPU the raymarcher's vectorised path holds the (ray, primitive) pairs that pass its
 # bounding test at once: memory grows with pixels x primitives (the demo model, 256 primitives,
 # took 1.4 GB at 256x384), so the image is capped there: in a 2:1 window 242 rows for the demo
 # model, 30 for the ava256 model's 16384 primitives.
 MAX_CPU_HEIGHT = 256
 CPU_PIXEL_PRIMITIVES = 3e7
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+TOKEN_PARAMETER = "token"
+
+
+class TokenGate:
+    """Admits an HTTP or websocket request that carries `token`: as `?token=` in its URL (the
+    response then sets a cookie with it) or in that cookie. Everything else gets 403."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        # Named after the token, so that viewers on other ports of the same host keep their own.
+        self.cookie = "ava-view-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+    def _matches(self, value: str | None) -> bool:
+        return value is not None and secrets.compare_digest(value.encode(), self.token.encode())
+
+    def _in_url(self, path: str) -> bool:
+        return any(self._matches(value) for value in parse_qs(urlsplit(path).query).get(TOKEN_PARAMETER, []))
+
+    def _in_cookie(self, header: str | None) -> bool:
+        for pair in (header or "").split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name == self.cookie and self._matches(value):
+                return True
+        return False
+
+    def wrap(self, process_request):
+        """websockets' `process_request` hook: the gate, then viser's own (which serves the page
+        and its files, and lets websocket handshakes through)."""
+
+        def guarded(connection, request):
+            in_url = self._in_url(request.path)
+            if not in_url and not self._in_cookie(request.headers.get("Cookie")):
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "ava view: open the URL with the token that "
+                                                                     "ava view printed when it started\n")
+            response = process_request(connection, request) if process_request is not None else None
+            if in_url and response is not None:
+                response.headers["Set-Cookie"] = f"{self.cookie}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            return response
+
+        return guarded
+
+
+@contextmanager
+def _gated(gate: TokenGate | None):
+    """While a viser server starts, its websockets server takes `gate` in front of viser's request
+    handler. viser has no hook for this: it passes the handler, a closure, straight to
+    `websockets.asyncio.server.serve`, which its server thread calls before ViserServer() returns."""
+    if gate is None:
+        yield
+        return
+    import websockets.asyncio.server as websocket_server
+
+    original = websocket_server.serve
+
+    def serve(*args, process_request=None, **kwargs):
+        return original(*args, process_request=gate.wrap(process_request), **kwargs)
+
+    websocket_server.serve = serve
+    try:
+        yield
+    finally:
+        websocket_server.serve = original
 
 
 def view_camera(wxyz, position, fov: float, aspect: float, height: int) -> ViewCamera:
@@ -85,7 +163,11 @@ class ClientRenderer(threading.Thread):
         self.stopped = False
         self.last_camera_update = 0.0
         self.frames_sent = 0
-        self.status = client.gui.add_markdown("waiting for the first frame", order=1000)
+        self.status = client.gui.add_markdown("rendering the first frame...", order=1000)
+        # Until the first frame arrives the page would be empty: say what is happening, and make
+        # the first frame a small one (FIRST_FRAME_SHRINK), which the full-size frame follows.
+        self.waiting = client.add_notification("ava view", "rendering the first frame...", loading=True,
+                                               with_close_button=False)
 
     def request(self, camera_moved: bool = False) -> None:
         with self.condition:
@@ -109,7 +191,7 @@ class ClientRenderer(threading.Thread):
             if self.stopped:
                 return None
             self.dirty = False
-            preview = time.monotonic() - self.last_camera_update < MOVING_SECONDS
+            preview = not self.frames_sent or time.monotonic() - self.last_camera_update < MOVING_SECONDS
             self.refine = preview
             return preview
 
@@ -124,23 +206,45 @@ class ClientRenderer(threading.Thread):
                 self.status.content = f"**render failed:** {error}"
                 self.viewer.report(f"render failed for browser {self.client.client_id}: {error!r}")
 
-    def render(self, preview: bool) -> np.ndarray:
+    def render(self, preview: bool) -> bytes:
         scene = self.viewer.scene()
         camera = self.client.camera
-        height = max(MIN_HEIGHT, scene.height // 2) if preview else scene.height
+        shrink = FIRST_FRAME_SHRINK if not self.frames_sent else 2
+        height = max(MIN_HEIGHT, scene.height // shrink) if preview else scene.height
         height = min(height, self.viewer.most_height(camera.aspect))
         view = view_camera(camera.wxyz, camera.position, camera.fov, camera.aspect, height)
         started = time.perf_counter()
-        image = self.viewer.render(view, scene)
+        format = "png" if view.height * view.width <= PNG_PIXELS else "jpeg"
+        data = self.viewer.render_encoded(view, scene, format)
         seconds = time.perf_counter() - started
         if self.stopped:
-            return image  # the browser has gone
-        self.client.scene.set_background_image(image, format=frame_format(image), jpeg_quality=JPEG_QUALITY)
+            return data  # the browser has gone
+        send_background(self.client, format, data)
         self.frames_sent += 1
-        self.status.content = (f"{view.width}x{view.height}{' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
+        if self.waiting is not None:
+            self.waiting.remove()
+            self.waiting = None
+        self.status.content = (f"{view.width}x{view.height} (WxH){' (preview)' if preview else ''}: {seconds * 1000:.0f} ms "
                                f"per frame ({1 / max(seconds, 1e-6):.1f} fps), decode + raymarch on "
                                f"{self.viewer.avatar.device.type}")
-        return image
+        return data
+
+
+def send_background(client, format: str, data: bytes) -> None:
+    """Shows an encoded frame as the browser's scene background. viser's own call takes pixels and
+    encodes them on the CPU; the message it sends carries the bytes, so ava sends that message
+    with its own (GPU-encoded) bytes, and decodes them for viser's call where the message type
+    is not there."""
+    try:
+        from viser import _messages
+
+        message = _messages.BackgroundImageMessage(format=format, rgb_data=data, depth_data=None)
+        client.scene._websock_interface.queue_message(message)
+    except (ImportError, AttributeError, TypeError):
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        client.scene.set_background_image(pixels, format=format, jpeg_quality=JPEG_QUALITY)
 
 
 def _labels(folders: list[str], unseen: list[str] = ()) -> dict[str, str]:
@@ -166,7 +270,9 @@ class Viewer:
         self.avatar = avatar
         self.report = report
         self.fps = fps
-        self.server = viser.ViserServer(host=host, port=port, label="ava", verbose=False)
+        self.token = None if host in LOOPBACK_HOSTS else secrets.token_urlsafe(24)
+        with _gated(TokenGate(self.token) if self.token else None):
+            self.server = viser.ViserServer(host=host, port=port, label="ava", verbose=False)
         self.host = host
         self.renderers: dict[int, ClientRenderer] = {}
         self.lock = threading.Lock()
@@ -186,8 +292,11 @@ class Viewer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.server.get_port()}"
+        """The page's URL (with the token when the viewer listens beyond this machine)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        host = f"[{host}]" if ":" in host else host
+        query = f"/?{TOKEN_PARAMETER}={self.token}" if self.token else ""
+        return f"http://{host}:{self.server.get_port()}{query}"
 
     def _set_home(self, camera) -> None:
         """Points a viser camera (a browser's, or the initial one) at the head from the home view."""
@@ -283,15 +392,23 @@ class Viewer:
             background=BACKGROUNDS[self.background.value],
         )
 
-    def render(self, camera: ViewCamera, scene: Scene) -> np.ndarray:
-        """uint8 [H,W,3] of `scene` seen by `camera`: the code is the frame's, scaled about the
-        driver's neutral code by the strength."""
+    def code(self, scene: Scene) -> "torch.Tensor":
+        """The scene's expression code: the frame's, scaled about the driver's neutral code by the strength."""
         avatar = self.avatar
         code = avatar.expression(scene.driver, scene.frame)
         if scene.strength != 1.0:
             neutral = avatar.expression(scene.driver, avatar.neutral_frame(scene.driver))
             code = neutral + scene.strength * (code - neutral)
-        return avatar.render(camera, scene.identity, code, scene.background)
+        return code
+
+    def render(self, camera: ViewCamera, scene: Scene) -> np.ndarray:
+        """uint8 [H,W,3] of `scene` seen by `camera`."""
+        return self.avatar.render(camera, scene.identity, self.code(scene), scene.background)
+
+    def render_encoded(self, camera: ViewCamera, scene: Scene, format: str) -> bytes:
+        """`render` encoded as the page receives it (`format` "jpeg" or "png")."""
+        return self.avatar.render_encoded(camera, scene.identity, self.code(scene), scene.background, format,
+                                          JPEG_QUALITY)
 
     # --- browsers ---------------------------------------------------------------------------------
 
@@ -344,7 +461,14 @@ def most_height(avatar: Avatar, aspect: float) -> int:
 def serve(config, console) -> int:
     """`ava view`: builds the avatar and the viewer, prints the URL, serves until Ctrl-C."""
     viewer = start_viewer(config, console)
-    console.print(f"[bold]ava view[/]: open {viewer.url} in a browser (Ctrl-C to stop)", highlight=False)
+    console.print(f"[bold]ava view[/]: open {viewer.url} in a browser (Ctrl-C to stop)", highlight=False,
+                  soft_wrap=True)
+    if viewer.token:
+        import socket
+
+        console.print(f"from other machines: http://{socket.gethostname()}:{viewer.server.get_port()}/?"
+                      f"{TOKEN_PARAMETER}={viewer.token} (requests without the token are refused)", highlight=False,
+                      soft_wrap=True)
     try:
         while True:
             time.sleep(0.5)
