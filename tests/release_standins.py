@@ -79,19 +79,25 @@ def expression_codes_pickle(codes: dict[int, torch.Tensor]) -> bytes:
     return pickle.dumps({frame: code.reshape(256).numpy().astype("float32") for frame, code in codes.items()})
 
 
-def headset_encodings(capture_root: Path, codes: dict[int, torch.Tensor]) -> tuple[bytes, str]:
-    """(encodings_gt.pt bytes: a tensor [N,256], encodings_framelist.csv text) for the headset frames
-    whose true dome frame has a code."""
+@torch.no_grad()
+def headset_encodings(checkpoint, dataset_dir: Path, folder: str, downsample: int) -> tuple[bytes, str]:
+    """(encodings_gt.pt bytes: a tensor [N,256], encodings_framelist.csv text): the true code of
+    every headset frame, the decoder's code of the frame's true expression (ava.driver.truth)."""
     import io
 
     from ava.data.encoder import read_encoder_truth
+    from ava.driver.data import load_subject
+    from ava.driver.truth import headset_true_codes
+    from ava.synth.headset import TruthGeometry
 
-    truth = read_encoder_truth(capture_root)
-    rows = [(truth.segment[frame], frame) for frame in truth.dome_frame if int(truth.dome_frame[frame]) in codes]
-    tensor = torch.stack([codes[int(truth.dome_frame[frame])].reshape(256) for _, frame in rows])
+    model = checkpoint.build_autoencoder(raymarch_backend="torch").eval()
+    cpu = torch.device("cpu")
+    subject = load_subject(Path(dataset_dir), folder, checkpoint, model, downsample, 16, cpu)
+    true = headset_true_codes(subject, read_encoder_truth(Path(dataset_dir) / folder), TruthGeometry(dataset_dir),
+                              model, cpu)
     buffer = io.BytesIO()
-    torch.save(tensor, buffer)
-    return buffer.getvalue(), format_frame_list(rows)
+    torch.save(true.reshape(len(true), 256), buffer)
+    return buffer.getvalue(), format_frame_list(list(subject.headset.frames))
 
 
 def release_tree(dataset_dir: Path, folders: list[str], checkpoint, downsample: int, size: str = "4TB",
@@ -109,7 +115,7 @@ def release_tree(dataset_dir: Path, folders: list[str], checkpoint, downsample: 
                 files[f"/{size}/{folder}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
         codes = dome_codes(checkpoint, dataset_dir, folder, downsample)
         files[f"/{size}/{folder}/decoder/expression_codes/aeparams_1440000.pkl"] = expression_codes_pickle(codes)
-        encodings, frame_list = headset_encodings(root, codes)
+        encodings, frame_list = headset_encodings(checkpoint, dataset_dir, folder, downsample)
         files[f"/{size}/{folder}/encoder/encodings_gt.pt"] = encodings
         files[f"/{size}/{folder}/encoder/encodings_framelist.csv"] = frame_list.encode()
     import io

@@ -40,8 +40,8 @@ def without_truth(dataset, tmp_path_factory) -> Path:
     """The same captures with the ground truth files removed: what a real release looks like."""
     root = tmp_path_factory.mktemp("no-truth") / "data"
     shutil.copytree(dataset, root)
-    removed = list(root.glob("*/encoder_truth.json"))
-    assert len(removed) == SUBJECTS
+    removed = list(root.glob("*/encoder_truth.json")) + list(root.glob("*/synth_truth.json"))
+    assert len(removed) == 2 * SUBJECTS
     for path in removed:
         path.unlink()
     return root
@@ -108,22 +108,52 @@ def test_train_driver_writes_checkpoints_metrics_and_pictures(driver_run, decode
     assert picture.shape == (scale * (2 * height + 4), scale * (5 * height + 4 * 2 + 4 + width + 4 + width), 3)
 
 
-def test_resume_continues_where_it_stopped(decoder, without_truth, driver_run, tmp_path):
+CONDITIONED = ("--encoder.neutral", "--train.cross-fit-folds", "2", "--train.align-open-ends", "0.3")
+
+
+@pytest.mark.parametrize("extra", [(), CONDITIONED], ids=["plain", "neutral+crossfit"])
+def test_resume_continues_where_it_stopped(decoder, without_truth, driver_run, tmp_path, extra):
     from ava.checkpoint import load_driver_checkpoint
 
+    if extra:
+        straight_run = tmp_path / "straight"
+        assert run_cli(driver_argv(decoder, without_truth, straight_run, 4, *extra)) == 0
+    else:
+        straight_run = driver_run
     run = tmp_path / "resumed"
-    assert run_cli(driver_argv(decoder, without_truth, run, 2)) == 0
-    assert run_cli(driver_argv(decoder, without_truth, run, 4, "--resume", "auto")) == 0
-    straight = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
+    assert run_cli(driver_argv(decoder, without_truth, run, 2, *extra)) == 0
+    assert run_cli(driver_argv(decoder, without_truth, run, 4, "--resume", "auto", *extra)) == 0
+    straight = load_driver_checkpoint(straight_run / "checkpoints" / "step_00000004.safetensors")
     resumed = load_driver_checkpoint(run / "checkpoints" / "step_00000004.safetensors")
     for key, value in straight.encoder_state.items():
         torch.testing.assert_close(resumed.encoder_state[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    folds = [key for key in straight.extra_state if key.startswith("fold")]
+    assert bool(folds) == bool(extra)  # the cross-fitting folds' weights are saved, and restored
+    for key in folds:
+        torch.testing.assert_close(resumed.extra_state[key], straight.extra_state[key], rtol=1e-5, atol=1e-6, msg=key)
     assert torch.equal(resumed.extra_state["alignment"], straight.extra_state["alignment"])
-    losses = [[r["loss"] for r in read_metrics(folder) if "loss" in r] for folder in (driver_run, run)]
+    losses = [[r["loss"] for r in read_metrics(folder) if "loss" in r] for folder in (straight_run, run)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    other = driver_argv(decoder, without_truth, run, 6, "--resume", "auto")
+    other = driver_argv(decoder, without_truth, run, 6, "--resume", "auto", *extra)
     other[other.index("--encoder.hidden") + 1] = "64"
     assert run_cli(other) == 2
+
+
+def test_the_oracle_trains_on_true_codes_and_needs_the_truth(decoder, dataset, without_truth, tmp_path, capsys):
+    from ava.checkpoint import load_driver_checkpoint
+
+    run = tmp_path / "oracle"
+    assert run_cli(driver_argv(decoder, without_truth, run, 1, "--train.targets", "truth")) == 2
+    assert "only synthetic captures" in capsys.readouterr().err
+    assert run_cli(driver_argv(decoder, dataset, run, 2, "--train.targets", "truth")) == 0
+    driver = load_driver_checkpoint(run / "checkpoints" / "step_00000002.safetensors")
+    targets = driver.extra_state["alignment"]
+    # Every frame's own true code, appended after the dome codes, never re-aligned.
+    assert torch.equal(targets, targets[0] + torch.arange(len(targets))) and int(targets[0]) > 0
+    assert not [r for r in read_metrics(run) if r.get("kind") == "align"]
+    assert run_cli(driver_argv(decoder, dataset, tmp_path / "bad", 1, "--train.targets", "truth",
+                               "--train.cross-fit-folds", "2")) == 2
+    assert "is for --train.targets aligned" in capsys.readouterr().err
 
 
 def test_eval_driver_reports_every_segment_and_writes_strips(driver_run, decoder, dataset, tmp_path):
@@ -138,49 +168,61 @@ def test_eval_driver_reports_every_segment_and_writes_strips(driver_run, decoder
     segments = [row["segment"] for row in rows if row["subject"] == held_out[0]]
     assert segments[0] == "EXP_neutral_peak" and segments[-1] == "all segments" and len(segments) >= 4
     headset_frames = len((dataset / held_out[0] / "encoder" / "frame_list.csv").read_text().splitlines()) - 1
-    assert rows[-1]["frames"] == headset_frames
+    assert rows[-1]["frames"] == headset_frames == len(document["frames"][held_out[0]])
     for row in rows:
         assert row["psnr_gain"] == pytest.approx(row["psnr_driver"] - row["psnr_mean"])
-        assert 0 <= row["aligned_exact"] <= row["aligned_within_1"] <= 1 and row["code_mse_mean"] >= 0
+        assert 0 <= row["aligned_within_1"] <= 1 and 0 <= row["stretch_within_1"] <= 1 and row["code_mse_mean"] >= 0
+    record = document["frames"][held_out[0]][0]
+    assert set(record["openness_truth"]) == {"mouth", "eyes"} and set(record["sources"]) == {"driver", "mean code"}
     assert (out / f"{held_out[0]}.png").is_file() and "| gain (dB) |" in (out / "eval.md").read_text()
 
 
+def test_true_codes_rebuild_the_dome_codes_from_the_truth(decoder, dataset):
+    """The true code of an expression is the decoder's code of the truth geometry and texture: for
+    the dome frames' own expressions it is exactly the code of the stored dome frame."""
+    from ava.data.encoder import read_encoder_truth
+    from ava.driver.data import load_subject
+    from ava.driver.setup import load_decoder
+    from ava.driver.truth import true_codes
+    from ava.synth.headset import TruthGeometry
+
+    checkpoint, model = load_decoder(decoder, torch.device("cpu"))
+    folder = checkpoint.identities[0]
+    subject = load_subject(dataset, folder, checkpoint, model, 128, 16, torch.device("cpu"))
+    truth = read_encoder_truth(dataset / folder)
+    vectors = np.stack([truth.dome_expression[subject.dome.sample_ids(i)[0]] for i in range(len(subject.dome))])
+    codes = true_codes(subject, vectors, truth.controls, TruthGeometry(dataset), model, torch.device("cpu"))
+    torch.testing.assert_close(codes, subject.codes, rtol=0, atol=1e-6)
+    assert float((subject.codes - subject.codes.mean(0)).abs().max()) > 1e-3  # the frames' codes differ
+
+
 def test_a_perfect_driver_scores_perfectly(driver_run, decoder, dataset):
-    """The evaluation's plumbing (truth lookup, codes, renders, alignment) checked with an oracle
-    that outputs each headset frame's true code: zero code and image error, exact alignment."""
+    """The evaluation's plumbing (truth, true codes, renders, openness) checked with an oracle that
+    outputs each headset frame's true code: zero code and image error, the true code's openness."""
     from ava.checkpoint import load_driver_checkpoint
     from ava.data.encoder import read_encoder_truth
     from ava.driver.data import load_subject
-    from ava.driver.evaluate import _evaluate_subject
+    from ava.driver.evaluate import evaluate_subject
     from ava.driver.setup import load_decoder
-    from ava.runtime.headset import frame_index
+    from ava.driver.truth import headset_true_codes
+    from ava.synth.headset import TruthGeometry
 
     driver = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
     encoder = driver.build_encoder().eval()
     folder = driver.config["resolved"]["holdout_subjects"][0]
     checkpoint, model = load_decoder(decoder, torch.device("cpu"))
     subject = load_subject(dataset, folder, checkpoint, model, 128, 16, torch.device("cpu"))
-    truth = read_encoder_truth(dataset / folder)
-    dome_of = frame_index(subject.dome)
-    table = {subject.headset.views(i).numpy().tobytes(): subject.codes[dome_of[truth.dome_frame[frame]]]
-             for i, (_, frame) in enumerate(subject.headset.frames)}
-
-    class Oracle(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = encoder.config
-            self.register_buffer("code_mean", encoder.code_mean.clone())
-            self.register_buffer("code_scale", encoder.code_scale.clone())
-
-        def forward(self, views):
-            return torch.stack([table[view.to(torch.uint8).numpy().tobytes()] for view in views])
-
-    result = _evaluate_subject(subject, truth, Oracle(), model, torch.device("cpu"), 0)
-    assert result.segments
-    for segment, tally in result.segments.items():
-        assert tally.code_driver == 0 and tally.image_driver == 0, segment
-        assert tally.aligned_exact == tally.frames, segment
-        assert tally.pixels > 0 and tally.code_mean >= 0
+    truth, geometry = read_encoder_truth(dataset / folder), TruthGeometry(dataset)
+    true = headset_true_codes(subject, truth, geometry, model, torch.device("cpu"))
+    sources = {"driver": true.clone(), "mean code": encoder.code_mean.expand(len(true), -1, -1, -1).clone()}
+    result = evaluate_subject(subject, truth, geometry, sources, model, torch.device("cpu"), encoder.code_scale)
+    assert result.tallies["driver"]
+    for segment, tally in result.tallies["driver"].items():
+        assert tally.code == 0 and tally.image == 0 and tally.pixels > 0, segment
+        assert result.tallies["mean code"][segment].code >= 0
+    assert sum(t.image for t in result.tallies["mean code"].values()) > 0
+    for record in result.frames:
+        assert record["sources"]["driver"]["openness"] == pytest.approx(record["openness_true_code"], abs=1e-9)
 
 
 def test_render_driven_by_headset_frames(driver_run, decoder, dataset, tmp_path):
@@ -262,6 +304,24 @@ def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     assert not torch.allclose(other, direct["irgbrec"])  # the code is what changes the render
 
 
+def test_a_conditioned_encoder_reads_the_neutral_frame():
+    from ava.nn.config import HeadsetEncoderConfig
+    from ava.nn.headset import HeadsetEncoder
+
+    torch.manual_seed(0)
+    encoder = HeadsetEncoder(HeadsetEncoderConfig(image_size=32, channels=(8, 16), hidden=32, neutral=True)).eval()
+    views, neutral = torch.rand(3, 5, 32, 32) * 200, torch.rand(5, 32, 32) * 200
+    code = encoder(views, neutral)
+    assert code.shape == (3, 16, 4, 4)
+    torch.testing.assert_close(encoder(views, neutral[None].expand(3, -1, -1, -1)), code)  # one for all
+    assert not torch.allclose(encoder(views, torch.rand(5, 32, 32) * 200), code)  # the neutral matters
+    torch.testing.assert_close(encoder(views[:1], neutral), code[:1])  # frames do not mix
+    with pytest.raises(ValueError, match="conditioned on the subject's neutral"):
+        encoder(views)
+    with pytest.raises(ValueError, match="without neutral conditioning"):
+        HeadsetEncoder(HeadsetEncoderConfig(image_size=32, channels=(8, 16), hidden=32))(views, neutral)
+
+
 def test_headset_encoder_ignores_exposure_and_checks_shapes():
     from ava.nn.config import HeadsetEncoderConfig
     from ava.nn.headset import HeadsetEncoder
@@ -314,6 +374,30 @@ def test_an_earlier_driver_run_needs_resume_or_overwrite(decoder, without_truth,
     assert run_cli(driver_argv(decoder, without_truth, run, 2, "--progress.overwrite")) == 0
     assert sorted(path.name for path in (run / "checkpoints").glob("step_*")) == ["step_00000002.safetensors"]
     assert not (run / "driven" / "step_00000004.png").exists()
+
+
+def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
+    """tools/driver_protocol.py at its tiny size on this set and decoder: stopped by its budget, a
+    rerun continues and writes the report (validation choice, test rows with seeds, curves)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "protocol"
+    command = [sys.executable, str(Path(__file__).parents[1] / "tools" / "driver_protocol.py"), str(out), "--size",
+               "tiny", "--device", "cpu", "--data", str(dataset), "--decoder", str(decoder)]
+    first = subprocess.run(command + ["--budget", "8"], capture_output=True, text=True)
+    assert first.returncode in (0, 3), first.stderr[-2000:]
+    if first.returncode == 3:
+        assert "rerun the same command to continue" in first.stdout
+        assert not (out / "summary.json").exists()
+    second = subprocess.run(command, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["test"]) == {"mean code", "stretch", "driver", "oracle"}
+    assert summary["seeds"] == 2 and len(summary["split"]["test"]) == 1
+    assert summary["choice"]["chosen"].startswith("dtw") and summary["choice"]["decisions"]
+    assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
+    assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
 
 
 # --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----

@@ -66,3 +66,21 @@ def test_a_band_always_admits_the_linear_stretch(headset_length, dome_length, ba
     rng = np.random.default_rng(headset_length * 100 + dome_length)
     path = monotone_alignment(rng.uniform(size=(headset_length, dome_length)), band=band)
     assert path[0] == 0 and path[-1] == dome_length - 1
+
+
+@given(warped_takes(), st.floats(0.0, 0.3), st.floats(0.0, 0.3))
+def test_open_ends_recover_a_take_that_starts_late_and_stops_early(takes, cut_start, cut_end):
+    """A headset recording that began after the dome take's first frames and stopped before its
+    last: with open ends the alignment finds where it starts and stops."""
+    codes, predicted, warp = takes
+    dome_length = len(codes)
+    first, last = int(cut_start * (dome_length - 1)), dome_length - 1 - int(cut_end * (dome_length - 1))
+    keep = (warp >= first) & (warp <= last)
+    if keep.sum() < 2:
+        return
+    warp, predicted = warp[keep], predicted[keep]
+    max_step = max(default_max_step(len(predicted), dome_length), int(np.diff(warp).max(initial=0)))
+    found = monotone_alignment(squared_distances(predicted, codes), max_step=max_step, open_ends=0.3)
+    np.testing.assert_array_equal(found, warp)
+    closed = monotone_alignment(squared_distances(predicted, codes), max_step=max(max_step, dome_length))
+    assert closed[0] == 0 and closed[-1] == dome_length - 1  # without: pinned to the ends

@@ -32,24 +32,26 @@ def test_full_rays_give_the_restricted_renderers_images():
     config = SynthConfig(**TINY)
     subject, frame = 1, 1
     plan = plan_subjects(config)[subject]
-    assert (plan.headset.dome_index == frame).any()  # so the headset views are rendered too
+    assert (plan.headset.task_of == frame).any()  # so the headset views are rendered too
     surface, uvmaps, angles = _surface_and_maps(config)
     expression = plan.expressions[frame]
     vertices = surface.vertices(plan.identity, expression)
     texture = paint_texture(plan.identity, expression, *angles)
     task = FrameTask(subject, frame, plan, config, device="cpu")
-    restricted, restricted_headset = raymarch_frame(task, surface, uvmaps, vertices, texture, full_rays=False)
-    full, full_headset = raymarch_frame(task, surface, uvmaps, vertices, texture, full_rays=True)
+    restricted, restricted_headset = raymarch_frame(task, surface, uvmaps, angles, vertices, texture, full_rays=False)
+    full, full_headset = raymarch_frame(task, surface, uvmaps, angles, vertices, texture, full_rays=True)
     assert full.shape == (2, 4096 // 48, 2668 // 48, 4)
     assert (full[..., 3] > 0.99).float().mean() > 0.1  # the head is there
     # The same samples composited in the same order; only the order of float sums differs.
     torch.testing.assert_close(full, restricted, atol=1e-3, rtol=1e-4)
-    assert sorted(full_headset) == sorted(restricted_headset) and len(full_headset) == 5
-    for name, image in full_headset.items():
-        assert image.shape == (24, 24)
-        assert image.std() > 10  # a face lit by the emitter, not a blank view
-        torch.testing.assert_close(torch.from_numpy(image), torch.from_numpy(restricted_headset[name]),
-                                   atol=1e-3, rtol=1e-4)
+    assert sorted(full_headset) == sorted(restricted_headset) and full_headset
+    for index, views in full_headset.items():
+        assert len(views) == 5
+        for name, image in views.items():
+            assert image.shape == (24, 24)
+            assert image.std() > 10  # a face lit by the emitter, not a blank view
+            torch.testing.assert_close(torch.from_numpy(image), torch.from_numpy(restricted_headset[index][name]),
+                                       atol=1e-3, rtol=1e-4)
 
 
 def test_the_restricted_renderer_stays_on_the_cpu():
@@ -58,7 +60,7 @@ def test_the_restricted_renderer_stays_on_the_cpu():
     surface, uvmaps, _ = _surface_and_maps(config)
     task = FrameTask(0, 0, plan, config, device="meta")
     with pytest.raises(ValueError, match="CPU only"):
-        raymarch_frame(task, surface, uvmaps, None, None, full_rays=False)
+        raymarch_frame(task, surface, uvmaps, None, None, None, full_rays=False)
 
 
 def test_device_choice(monkeypatch):

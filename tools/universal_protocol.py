@@ -20,6 +20,10 @@ OUT/log.txt:
 Nothing is chosen on the test subjects: every setting is fixed below, and test numbers are
 reported once, beside the validation ones.
 
+On a GPU (--parallel auto) the seeds train side by side, then their evaluations run side by side:
+these small decoders leave one GPU mostly idle, so three at once take little longer than one.
+Each command's output goes to OUT/logs/<phase>.txt.
+
 Resuming: every phase that finished is skipped (its output is there); ava synth resumes per
 capture, ava train with --resume auto. With --budget SECONDS the tool stops the running command
 when the budget is spent (ava train finishes its step and writes a checkpoint; a stopped ava eval
@@ -32,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -69,8 +72,8 @@ class Size:
 
 
 SIZES = {
-    # One H100/H200 with 16 cores, in three calls of at most 500 s (docs/evaluation.md, "The
-    # evidence"). Images at the original's training size, 512x333 (sensor / 8). Synthesis: 30 x 8
+    # One H100/H200 with 16 cores, in calls of at most 500 s (docs/evaluation.md, "The evidence"),
+    # the seeds side by side. Images at the original's training size, 512x333 (sensor / 8). Synthesis: 30 x 8
     # frames x 6 cameras = 1440 images at about 2.4 CPU-s each (measured on the development CPU)
     # over 16 processes: about 4 minutes. Decoder: 256^2 UV maps, 32x32 primitives of 8^3 voxels,
     # 1500 steps of batch 8 (about 14 epochs of the 24 x 7 x 5 training samples): at the 0.1 s a
@@ -126,36 +129,70 @@ class Runner:
         """Runs `ava ARGV`; raises OutOfBudget when the budget ends first (the command is stopped
         with SIGTERM, which ava train answers with a checkpoint) or when less than `needs` seconds
         are left before it starts."""
+        self.ava_together([(phase, argv)], needs)
+
+    def ava_together(self, commands: list[tuple[str, list[str]]], needs: float = 20.0) -> None:
+        """Runs several `ava` commands (phase, argv) at once and waits for all of them: on a GPU the
+        small decoders of this protocol leave it mostly idle, so seeds run side by side. Each
+        command's output goes to OUT/logs/<phase>.txt. OutOfBudget as in `ava`; a failed command
+        ends the tool once the others finished."""
+        if not commands:
+            return
         if self.left() < needs:
-            raise OutOfBudget(phase)
-        line = "$ ava " + " ".join(argv)
-        print(line, flush=True)
-        self.log.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
-        self.log.flush()
-        started = time.monotonic()
+            raise OutOfBudget(commands[0][0])
+        (self.out / "logs").mkdir(exist_ok=True)
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(REPOSITORY)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-        process = subprocess.Popen([sys.executable, "-m", "ava", *argv], stdout=self.log, stderr=subprocess.STDOUT,
-                                   env=environment)
+        running = []
+        for phase, argv in commands:
+            line = "$ ava " + " ".join(argv)
+            print(line, flush=True)
+            self.log.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n    (output: logs/{phase}.txt)\n")
+            self.log.flush()
+            output = open(self.out / "logs" / f"{phase}.txt", "a", encoding="utf-8")
+            output.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+            output.flush()
+            process = subprocess.Popen([sys.executable, "-m", "ava", *argv], stdout=output, stderr=subprocess.STDOUT,
+                                       env=environment)
+            running.append((phase, process, output, time.monotonic()))
+        failed, stopped = [], None
         try:
-            code = process.wait(timeout=None if self.deadline is None else max(self.left(), 1.0))
+            for phase, process, output, started in running:
+                code = process.wait(timeout=None if self.deadline is None else max(self.left(), 1.0))
+                elapsed = time.monotonic() - started
+                self.record(phase, elapsed, done=code == 0)
+                if code != 0:
+                    failed.append(f"`ava {phase}` failed (exit {code}); see {output.name}")
+                else:
+                    print(f"  {phase}: {elapsed:.0f} s", flush=True)
         except (subprocess.TimeoutExpired, OutOfBudget, KeyboardInterrupt) as reason:
+            stopped = reason
+        if stopped is not None:
             # ava train answers SIGTERM by finishing its step and writing a checkpoint.
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            self.record(phase, time.monotonic() - started, done=False)
-            raise OutOfBudget(phase if isinstance(reason, subprocess.TimeoutExpired) else
-                              f"{phase} ({type(reason).__name__})") from None
-        elapsed = time.monotonic() - started
-        if code != 0:
-            self.record(phase, elapsed, done=False)
-            sys.exit(f"`ava {argv[0]}` failed (exit {code}); see {self.log.name}")
-        self.record(phase, elapsed, done=True)
-        print(f"  {elapsed:.0f} s", flush=True)
+            unfinished = [(phase, process, started) for phase, process, _, started in running
+                          if process.poll() is None]
+            for _, process, _ in unfinished:
+                process.send_signal(signal.SIGTERM)
+            for phase, process, started in unfinished:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                self.record(phase, time.monotonic() - started, done=False)
+            phase = unfinished[0][0] if unfinished else commands[0][0]
+            raise OutOfBudget(phase if isinstance(stopped, subprocess.TimeoutExpired) else
+                              f"{phase} ({type(stopped).__name__})") from None
+        for _, _, output, _ in running:
+            output.close()
+        if failed:
+            sys.exit("; ".join(failed))
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _write_json(path: Path, document) -> None:
@@ -182,10 +219,11 @@ def synthesise(runner: Runner, size: Size, data: Path, workers: int) -> None:
                          "--no-keypoints", "--workers", str(workers)])
 
 
-def train(runner: Runner, size: Size, data: Path, run: Path, seed: int, device: str) -> None:
+def train(size: Size, data: Path, run: Path, seed: int, device: str) -> list[tuple[str, list[str]]]:
+    """The `ava train` command of one seed, or nothing when its run has finished."""
     if _final_step(run) >= size.steps:
-        return
-    runner.ava(f"train-seed{seed}", [
+        return []
+    return [(f"train-seed{seed}", [
         "train", "--train.dataset-dir", str(data), "--train.data-csv", "ids.csv", "--train.nids", str(size.subjects),
         "--train.num-holdout-subjects", str(size.validation + size.test),
         "--train.num-validation-subjects", str(size.validation), "--train.split-seed", "0",
@@ -197,7 +235,7 @@ def train(runner: Runner, size: Size, data: Path, run: Path, seed: int, device: 
         "--progress.output-path", str(run), "--progress.checkpoint-freq", str(max(size.steps // 10, 1)),
         "--progress.keep-checkpoints", "2", "--progress.image-freq", str(size.steps),
         "--progress.psnr-freq", str(size.steps), "--progress.cross-id-n-subjects", "2",
-        "--device", device, "--resume", "auto", *size.model], needs=60.0)
+        "--device", device, "--resume", "auto", *size.model])]
 
 
 def training_cameras(checkpoint_path: Path, count: int = 2) -> list[str]:
@@ -211,17 +249,20 @@ def training_cameras(checkpoint_path: Path, count: int = 2) -> list[str]:
     return (preferred + [camera for camera in trained if camera not in preferred])[:count]
 
 
-def evaluate(runner: Runner, size: Size, run: Path, evaluation: Path, seed: int, device: str) -> None:
+def evaluate(size: Size, run: Path, evaluation: Path, seed: int, device: str) -> list[tuple[str, list[str]]]:
+    """The `ava eval` commands of one seed that have not finished."""
     checkpoint = _checkpoint(run)
     common = ["--identities", "trained", "validation", "test", "--device", device]
+    commands = []
     if not (evaluation / "cameras" / "metrics.json").is_file():
-        runner.ava(f"eval-seed{seed}-cameras", ["eval", str(checkpoint), "-o", str(evaluation / "cameras"),
-                                                "--cameras", "held-out", "--frames", str(size.eval_frames), *common],
-                   needs=45.0)
+        commands.append((f"eval-seed{seed}-cameras", ["eval", str(checkpoint), "-o", str(evaluation / "cameras"),
+                                                      "--cameras", "held-out", "--frames", str(size.eval_frames),
+                                                      *common]))
     if not (evaluation / "segment" / "metrics.json").is_file():
-        runner.ava(f"eval-seed{seed}-segment", ["eval", str(checkpoint), "-o", str(evaluation / "segment"),
-                                                "--cameras", *training_cameras(checkpoint), "--segment", FREE_FACE,
-                                                "--frames", "0", *common], needs=45.0)
+        commands.append((f"eval-seed{seed}-segment", ["eval", str(checkpoint), "-o", str(evaluation / "segment"),
+                                                      "--cameras", *training_cameras(checkpoint), "--segment",
+                                                      FREE_FACE, "--frames", "0", *common]))
+    return commands
 
 
 def _mean_sd(values: list[float | None]) -> tuple[float, float] | None:
@@ -326,8 +367,11 @@ def main() -> None:
                         help="synthesis processes (default: every core, at most 16)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds this call may take before it stops cleanly (default: 500 for gpu, none for cpu)")
+    parser.add_argument("--parallel", choices=("auto", "yes", "no"), default="auto",
+                        help="train (then evaluate) every seed at once; auto: yes on a GPU, no on a CPU")
     args = parser.parse_args()
     size = SIZES[args.size]
+    parallel = args.parallel == "yes" or (args.parallel == "auto" and args.device != "cpu" and _has_cuda())
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, size.budget if args.budget is None else args.budget)
@@ -336,10 +380,21 @@ def main() -> None:
     started = time.monotonic()
     try:
         synthesise(runner, size, data, args.workers)
-        for seed in args.seeds:
-            train(runner, size, data, out / "runs" / f"seed{seed}", seed, args.device)
-        for seed in args.seeds:
-            evaluate(runner, size, out / "runs" / f"seed{seed}", out / "eval" / f"seed{seed}", seed, args.device)
+        trainings = [command for seed in args.seeds
+                     for command in train(size, data, out / "runs" / f"seed{seed}", seed, args.device)]
+
+        def evaluations() -> list[tuple[str, list[str]]]:  # once training finished: it reads the checkpoints
+            return [command for seed in args.seeds for command in
+                    evaluate(size, out / "runs" / f"seed{seed}", out / "eval" / f"seed{seed}", seed, args.device)]
+
+        if parallel:
+            runner.ava_together(trainings, needs=60.0)
+            runner.ava_together(evaluations(), needs=45.0)
+        else:
+            for command in trainings:
+                runner.ava_together([command], needs=60.0)
+            for command in evaluations():
+                runner.ava_together([command], needs=45.0)
     except OutOfBudget as stop:
         print(f"INCOMPLETE: stopped at {stop} after {time.monotonic() - started:.0f} s; run the same command again "
               "to continue", flush=True)

@@ -6,8 +6,9 @@ one headset frame as `[5,S,S]` with its segment and frame id. The datasheet name
 is detected from its member list (`layout.detect_naming`, as for the dome archives).
 
 Synthetic captures (`ava synth`) also carry `encoder_truth.json` beside `encoder/` (not part of the
-release layout): for every headset frame, the dome frame whose expression it shows. Only
-evaluation reads it (`read_encoder_truth`); no training code may.
+release layout): every headset frame's and dome frame's expression. Only evaluation (and the
+oracle baseline of `ava train-driver --train.targets truth`) reads it (`read_encoder_truth`); no
+other training code may.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ava.files import read_text
 
 TRUTH_FILENAME = "encoder_truth.json"
 TRUTH_FORMAT = "ava-encoder-truth"
+TRUTH_VERSION = 2
 FRAME_EXTENSIONS = ("avif", "png", "jpg")
 
 
@@ -122,6 +124,15 @@ class HeadsetDataset(Dataset):
             grouped.setdefault(segment, []).append(index)
         return grouped
 
+    def neutral_frame(self) -> int | None:
+        """Index of the session's neutral frame: the middle frame of its first segment named
+        `neutral...` or `EXP_neutral...` (the subject at rest, under this session's headset fit),
+        or None when the session has no such segment."""
+        for segment, indices in self.segments().items():
+            if segment.lower().startswith(("neutral", "exp_neutral")):
+                return indices[len(indices) // 2]
+        return None
+
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -147,7 +158,11 @@ class HeadsetDataset(Dataset):
 
     def preload(self, progress=None) -> None:
         """Decodes every frame once and keeps them in memory (uint8: 5 S^2 bytes a frame);
-        `progress(count)` is called after each frame."""
+        `progress(count)` is called after each frame; a second call does nothing."""
+        if self._preloaded is not None:
+            if progress is not None:
+                progress(len(self))
+            return
         frames = []
         for index in range(len(self)):
             frames.append(self.views(index))
@@ -190,20 +205,37 @@ def truth_path(capture_root: str | Path) -> Path:
     return Path(capture_root) / TRUTH_FILENAME
 
 
-def format_encoder_truth(rows: list[dict], rig: dict) -> str:
-    """The truth document: `frames` (per headset frame in frame-list order: segment, frame_id,
-    dome_frame_id, expression weights) and the headset `rig` (camera poses in the head frame)."""
-    return json.dumps({"format": TRUTH_FORMAT, "format_version": 1, "frames": rows, "rig": rig}, indent=1) + "\n"
+def format_encoder_truth(document: dict) -> str:
+    """The truth document (format version 2): `controls` (the expression controls' names),
+    `frames` (per headset frame in frame-list order: segment, frame_id, expression {control:
+    value}, slip {rotation_deg, translation_mm} of the headset relative to its fit), `dome_frames`
+    (per dome frame: segment, frame_id, expression), `rig` (camera poses in the head frame at the
+    session's start) and `infrared` (the subject's IR gain and albedo)."""
+    return json.dumps({"format": TRUTH_FORMAT, "format_version": TRUTH_VERSION, **document}, indent=1) + "\n"
 
 
 @dataclass
 class EncoderTruth:
-    """Which dome frame each headset frame of a synthetic capture shows."""
+    """What each headset frame of a synthetic capture shows.
 
-    dome_frame: dict[str, str]  # headset frame id -> dome frame id
-    segment: dict[str, str]  # headset frame id -> segment
-    expression: dict[str, dict[str, float]]  # headset frame id -> expression weights
+    controls: the expression controls' names; expression: headset frame id -> f64 [C] values in
+    `controls` order; segment: headset frame id -> segment; dome_expression: dome frame id -> [C];
+    dome_segment: dome frame id -> segment; slip: headset frame id -> [6] (rotation in degrees,
+    translation in mm); rig, infrared: as written.
+    """
+
+    controls: tuple[str, ...]
+    expression: dict[str, np.ndarray]
+    segment: dict[str, str]
+    dome_expression: dict[str, np.ndarray]
+    dome_segment: dict[str, str]
+    slip: dict[str, np.ndarray]
     rig: dict
+    infrared: dict
+
+    def values(self, vector: np.ndarray) -> dict[str, float]:
+        """{control: value} of an expression vector [C]."""
+        return {name: float(value) for name, value in zip(self.controls, vector)}
 
 
 def read_encoder_truth(capture_root: str | Path) -> EncoderTruth:
@@ -216,12 +248,25 @@ def read_encoder_truth(capture_root: str | Path) -> EncoderTruth:
         document = json.loads(path.read_text(encoding="utf-8"))
         if document.get("format") != TRUTH_FORMAT:
             raise ValueError(f"format is {document.get('format')!r}")
-        rows = document["frames"]
+        if document.get("format_version") != TRUTH_VERSION:
+            raise ValueError(f"format version {document.get('format_version')}, this ava reads {TRUTH_VERSION}")
+        controls = tuple(str(name) for name in document["controls"])
+
+        def vector(row: dict) -> np.ndarray:
+            return np.array([float(row["expression"].get(name, 0.0)) for name in controls])
+
+        frames, dome = document["frames"], document["dome_frames"]
         return EncoderTruth(
-            dome_frame={str(row["frame_id"]): str(row["dome_frame_id"]) for row in rows},
-            segment={str(row["frame_id"]): str(row["segment"]) for row in rows},
-            expression={str(row["frame_id"]): dict(row["expression"]) for row in rows},
+            controls=controls,
+            expression={str(row["frame_id"]): vector(row) for row in frames},
+            segment={str(row["frame_id"]): str(row["segment"]) for row in frames},
+            dome_expression={str(row["frame_id"]): vector(row) for row in dome},
+            dome_segment={str(row["frame_id"]): str(row["segment"]) for row in dome},
+            slip={str(row["frame_id"]): np.array(row["slip"]["rotation_deg"] + row["slip"]["translation_mm"], dtype=float)
+                  for row in frames},
             rig=dict(document.get("rig", {})),
+            infrared=dict(document.get("infrared", {})),
         )
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
-        raise UserError(f"{path} is not a headset ground truth file ({error}); regenerate the synthetic set") from None
+        raise UserError(f"{path} is not a headset ground truth file this ava reads ({error}); regenerate the "
+                        "synthetic set") from None

@@ -7,7 +7,9 @@ Chiba 1978, "Dynamic programming algorithm optimization for spoken word recognit
 warp that minimises a frame-to-frame cost along a monotone path. Here the path is asymmetric:
 every headset frame gets exactly one dome frame (it needs one regression target), the dome index
 never decreases and advances by at most `max_step` per headset frame (a slope constraint against
-degenerate paths), both takes start and end together (j(0) = 0, j(m-1) = n-1), and an optional
+degenerate paths), both takes start and end together (j(0) = 0, j(m-1) = n-1) unless the ends are
+left open (`open_ends`: the path may start and stop within that fraction of the dome take's ends,
+for recordings that began or stopped at other moments of the performance), and an optional
 Sakoe-Chiba band keeps the path within `band` (a fraction of the segment, at least one frame) of
 the diagonal.
 """
@@ -35,11 +37,14 @@ def default_max_step(headset_length: int, dome_length: int) -> int:
     return max(2, math.ceil(2.0 * (dome_length - 1) / (headset_length - 1)))
 
 
-def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: float | None = None) -> np.ndarray:
+def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: float | None = None,
+                       open_ends: float = 0.0) -> np.ndarray:
     """The warp j [m] minimising sum_i cost[i, j(i)].
 
-    cost [m,n] (finite, e.g. squared distances between per-frame codes). Constraints: j(0) = 0,
-    j(m-1) = n-1, 0 <= j(i+1) - j(i) <= max_step (default: `default_max_step`), and with `band`,
+    cost [m,n] (finite, e.g. squared distances between per-frame codes). Constraints: j(0) = 0 and
+    j(m-1) = n-1, or with `open_ends` > 0, j(0) <= open_ends (n-1) and j(m-1) >= (1 - open_ends)
+    (n-1) (the two recordings of a segment need not start and stop at the same moment of the
+    performance); 0 <= j(i+1) - j(i) <= max_step (default: `default_max_step`), and with `band`,
     |j(i) - i (n-1)/(m-1)| <= max(band (n-1), 1) dome frames. A single headset frame (m = 1) takes
     its cheapest dome frame.
     Raises ValueError when the constraints admit no path.
@@ -65,7 +70,8 @@ def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: floa
         local[distance > max(band * (n - 1), 1.0)] = np.inf
     total = np.full((m, n), np.inf)
     came_from = np.zeros((m, n), dtype=np.int64)
-    total[0, 0] = local[0, 0]
+    slack = int(math.floor(max(open_ends, 0.0) * (n - 1) + 1e-9))
+    total[0, : slack + 1] = local[0, : slack + 1]
     for i in range(1, m):
         # Candidates: the previous row shifted by 0..step (a dome index that advanced by that much).
         shifted = np.full((step + 1, n), np.inf)
@@ -74,10 +80,11 @@ def monotone_alignment(cost: np.ndarray, max_step: int | None = None, band: floa
         best = np.argmin(shifted, axis=0)
         total[i] = local[i] + shifted[best, np.arange(n)]
         came_from[i] = np.arange(n) - best
-    if not np.isfinite(total[-1, -1]):
+    end = n - 1 - slack + int(np.argmin(total[-1, n - 1 - slack :]))
+    if not np.isfinite(total[-1, end]):
         raise ValueError("no monotone path satisfies the band and step constraints; widen the band")
     path = np.empty(m, dtype=np.int64)
-    path[-1] = n - 1
+    path[-1] = end
     for i in range(m - 1, 0, -1):
         path[i - 1] = came_from[i, path[i]]
     return path
@@ -91,18 +98,19 @@ def squared_distances(predicted: np.ndarray, reference: np.ndarray) -> np.ndarra
 
 
 def align_segments(segments, predicted: np.ndarray, reference: np.ndarray, *, max_step: int = 0,
-                   band: float | None = None) -> np.ndarray:
+                   band: float | None = None, open_ends: float = 0.0) -> np.ndarray:
     """Targets for every headset frame of several segments.
 
     segments: (headset ids, dome ids) pairs of int arrays (rows of `predicted` and of `reference`
     that belong to one segment, in recording order); predicted [N,D], reference [C,D] codes.
     Returns int [N] (a reference row per predicted row; -1 for rows in no segment). max_step 0
-    means `default_max_step`; band >= 1 or None means no band.
+    means `default_max_step`; band >= 1 or None means no band; open_ends as in `monotone_alignment`.
     """
     targets = np.full(len(predicted), -1, dtype=np.int64)
     for headset_ids, dome_ids in segments:
         cost = squared_distances(predicted[headset_ids], reference[dome_ids])
-        path = monotone_alignment(cost, max_step=max_step or None, band=None if band is None or band >= 1 else band)
+        path = monotone_alignment(cost, max_step=max_step or None, band=None if band is None or band >= 1 else band,
+                                  open_ends=open_ends)
         targets[headset_ids] = np.asarray(dome_ids)[path]
     return targets
 

@@ -38,14 +38,18 @@ class DriverTrainSection:
     """Steps over which the learning rate decays (0: --train.maxiter). Fix it when a run will be extended by a resume with a larger maxiter, so that the schedule does not change."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
+    targets: Literal["aligned", "stretch", "truth", "expression-codes", "encodings"] = "aligned"
+    """What the driver regresses. aligned: the decoder's codes of the dome frames, matched to the headset frames by a linear time stretch of each segment, then by DTW re-alignment every --train.align-every steps (needs only subject and segment names); stretch: the linear stretch only, never re-aligned (a baseline); truth: the code of each headset frame's true expression from the synthetic ground truth (encoder_truth.json), an oracle that bounds what the views allow (synthetic data only); expression-codes: aligned, onto the release's decoder/expression_codes/aeparams_1440000.pkl instead of the decoder's own codes; encodings: the release's encoder/encodings_gt.pt, a code per headset frame (supervised, no alignment). The release's codes belong to its decoder: use them with the converted aeparams_1440000.pt."""
+    cross_fit_folds: int = 0
+    """With re-aligned targets (aligned, expression-codes): split the training subjects into this many folds and train one extra driver per fold on the other folds; each subject is re-aligned by the driver that never trained on it (0 or 1: by the driver being trained). Costs one extra forward and backward pass per fold and step."""
     align_every: int = 100
     """Re-align every headset segment to its dome segment (DTW on the driver's codes) every N steps; until the first re-alignment the targets come from a linear time stretch."""
     align_band: float = 0.3
     """Sakoe-Chiba band of the alignment, as a fraction of the segment (1 or more: no band)."""
+    align_open_ends: float = 0.0
+    """Let the alignment start within this fraction of a dome segment's beginning and end within this fraction of its end (0: both takes start and end together), for headset recordings that began late or stopped early."""
     align_max_step: int = 0
     """Most dome frames the alignment may advance per headset frame (0: twice the segment's mean slope, at least 2)."""
-    targets: Literal["aligned", "expression-codes", "encodings"] = "aligned"
-    """What the driver regresses: aligned (the decoder's codes of the dome frames, time-aligned to the headset frames), expression-codes (the same alignment onto the release's decoder/expression_codes/aeparams_1440000.pkl), or encodings (the release's encoder/encodings_gt.pt, a code per headset frame: supervised, no alignment). The release's codes belong to its decoder: use them with the converted aeparams_1440000.pt."""
     augment: bool = True
     """Random per-view shifts, rotations, scales, gamma, gain and noise (headset fit and exposure vary)."""
     preload: bool = True

@@ -52,6 +52,11 @@ class Subject:
     headset_segments: dict[str, list[int]]  # segment -> headset frame indices in recording order
     identity: int | None  # the decoder's idindex, None for a capture it was not trained on
     shared: list[str] = field(default_factory=list)  # segments in both sessions, in headset order
+    neutral: int = 0  # headset frame index of the neutral frame a conditioned encoder reads
+
+    def neutral_views(self) -> torch.Tensor:
+        """uint8 [5,S,S]: the subject's neutral headset frame (ava.data.encoder.HeadsetDataset.neutral_frame)."""
+        return self.headset.views(self.neutral)
 
 
 @torch.no_grad()
@@ -67,10 +72,34 @@ def dome_codes(model, part, device: torch.device, batch: int = 16) -> torch.Tens
     return torch.cat(codes)
 
 
+# Subjects already loaded in this process, when a caller that trains and evaluates several drivers
+# in one process (tools/driver_protocol.py) turns it on with `keep_subjects`: loading a subject
+# (its dome codes, its decoded headset frames) costs more than a small driver's training.
+_KEPT: dict | None = None
+
+
+def keep_subjects(enabled: bool = True) -> None:
+    """Reuse subjects loaded with the same dataset, decoder file, sizes and camera in this process."""
+    global _KEPT
+    _KEPT = {} if enabled else None
+
+
 def load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int, image_size: int,
                  device: torch.device, camera: str | None = None) -> Subject:
     """A subject's headset frames (at image_size^2) and dome frames (one camera: `camera`, else the
     most frontal one) with the decoder's expression code of every dome frame."""
+    if _KEPT is None:
+        return _load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device, camera)
+    path = Path(decoder.path)
+    key = (str(Path(dataset_dir).resolve()), folder, str(path.resolve()), path.stat().st_mtime_ns, downsample,
+           image_size, camera)
+    if key not in _KEPT:
+        _KEPT[key] = _load_subject(dataset_dir, folder, decoder, model, downsample, image_size, device, camera)
+    return _KEPT[key]
+
+
+def _load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int, image_size: int,
+                  device: torch.device, camera: str | None) -> Subject:
     identities = list(decoder.identities)
     identity = identities.index(folder) if folder in identities else None
     headset = HeadsetDataset(Path(dataset_dir) / folder, size=image_size)
@@ -85,14 +114,19 @@ def load_subject(dataset_dir: Path, folder: str, decoder, model, downsample: int
     if not shared:
         raise UserError(f"{folder}: its headset and dome sessions share no segment name "
                         f"(headset: {', '.join(list(headset_segments)[:3])}; dome: {', '.join(list(dome_segments)[:3])})")
-    return Subject(folder, headset, dome, camera, codes, dome_segments, headset_segments, identity, shared)
+    neutral = headset.neutral_frame()
+    # Without a neutral segment, the session's first frame (a recording usually starts at rest).
+    return Subject(folder, headset, dome, camera, codes, dome_segments, headset_segments, identity, shared,
+                   0 if neutral is None else neutral)
 
 
 class FramePool(Dataset):
     """Every headset frame of some subjects that lies in a shared segment, as one indexable pool.
 
-    Item: (views uint8 [5,S,S], pool index). `targets` [N] holds each frame's current dome target
-    as an index into `codes` (all subjects' dome codes, concatenated).
+    Item: (views uint8 [5,S,S], pool index). `targets` [N] holds each frame's current target as an
+    index into `codes`: all subjects' dome codes, concatenated (the first `dome_count` rows), to
+    which an oracle run appends each frame's true code (`add_fixed_targets`). `subject_of` [N]
+    gives each frame's subject number.
     """
 
     def __init__(self, subjects: list[Subject]) -> None:
@@ -108,7 +142,24 @@ class FramePool(Dataset):
                 code_ids = offsets[number] + np.array(subject.dome_segments[segment])
                 self.segments.append((number, segment, pool_ids, code_ids))
         self.codes = torch.cat([subject.codes for subject in subjects]) if subjects else torch.zeros(0, 16, 4, 4)
+        self.dome_count = len(self.codes)
         self.targets = torch.full((len(self.entries),), -1, dtype=torch.long)
+        self.subject_of = torch.tensor([number for number, _ in self.entries], dtype=torch.long)
+        self._neutral: torch.Tensor | None = None
+
+    def neutral_views(self) -> torch.Tensor:
+        """uint8 [subjects,5,S,S]: every subject's neutral headset frame (index with `subject_of`)."""
+        if self._neutral is None:
+            self._neutral = (torch.stack([subject.neutral_views() for subject in self.subjects]) if self.subjects
+                             else torch.zeros(0, 5, 1, 1, dtype=torch.uint8))
+        return self._neutral
+
+    def add_fixed_targets(self, codes: torch.Tensor) -> None:
+        """Makes codes [N,16,4,4] (one per frame, pool order) the frames' targets (an oracle run)."""
+        if len(codes) != len(self):
+            raise ValueError(f"{len(codes)} codes for {len(self)} frames")
+        self.codes = torch.cat([self.codes[: self.dome_count], codes.to(self.codes.dtype)])
+        self.targets = torch.arange(self.dome_count, self.dome_count + len(self))
 
     def __len__(self) -> int:
         return len(self.entries)

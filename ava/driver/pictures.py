@@ -56,12 +56,15 @@ def head_strip(rows: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]
 
 @torch.no_grad()
 def driven_row(model, subject, views: torch.Tensor, code: torch.Tensor, dome_index: int,
-               device: torch.device) -> np.ndarray:
-    """uint8 [H, ...,3]: [5 IR views | render driven by `code` | the dome image of `dome_index`]."""
+               device: torch.device, reference_code: torch.Tensor | None = None) -> np.ndarray:
+    """uint8 [H, ...,3]: [5 IR views | render driven by `code` | the dome image of `dome_index`, or
+    the render of `reference_code` there]."""
     from ava.runtime.headset import headset_panel
     from ava.runtime.images import hstack, to_uint8
 
-    rendered = render_code(model, subject, dome_index, code[None], device)[0]
-    dome_image = subject.dome[dome_index]["image"]
+    codes = code[None] if reference_code is None else torch.stack([code, reference_code.to(code.dtype)])
+    renders = render_code(model, subject, dome_index, codes, device)
+    rendered = renders[0]
+    dome_image = subject.dome[dome_index]["image"] if reference_code is None else renders[1]
     height = dome_image.shape[-2]
     return hstack([headset_panel(views, height), to_uint8(rendered), to_uint8(dome_image)], gap=4)

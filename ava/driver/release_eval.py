@@ -9,19 +9,18 @@ headset frame the code of the released decoder's expression space it shows, so p
   against the encodings (all frames that have one);
 - image PSNR: the decoder's render from the driver's code (and from the mean code) against its
   render from the encoding, in the subject's neutral dome view (the headset frames have no dome
-  camera or head pose of their own), over up to RENDERED_FRAMES frames spread over the segment.
+  camera or head pose of their own), over the head's pixels of up to RENDERED_FRAMES frames spread
+  over the segment.
 There is no alignment to score here (the encodings need none).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ava.errors import UserError
 
 RENDERED_FRAMES = 16  # per segment: the PSNR's renders (three per frame) are the costly part
-NOT_APPLICABLE = ("aligned_exact", "aligned_within_1", "stretch_exact")
 
 
 def truth_source(requested: str, capture_root) -> str:
@@ -41,47 +40,39 @@ def truth_source(requested: str, capture_root) -> str:
 
 
 @torch.no_grad()
-def evaluate_against_encodings(subject, encoder, model, device):
-    """(a SubjectResult of ava.driver.evaluate, headset frame index -> its encoding [16,4,4] for the
-    strip's frames) of one subject whose capture has encodings_gt.pt."""
+def evaluate_against_encodings(subject, predicted: torch.Tensor, mean_code: torch.Tensor, model, device):
+    """(SubjectResult of ava.driver.evaluate with sources "driver" and "mean code", the headset frame
+    indices that have an encoding, their encodings [n,16,4,4]) of one subject whose capture has
+    encodings_gt.pt; predicted [M,16,4,4]: the driver's code of every headset frame."""
     from ava.data.extras import read_headset_encodings
     from ava.data.layout import CaptureLayout
-    from ava.driver.evaluate import SubjectResult, Tally
-    from ava.driver.pictures import render_code
-    from ava.runtime.headset import neutral_sample_index, predict_codes
+    from ava.driver.evaluate import SubjectResult, Tally, decode
+    from ava.runtime.headset import neutral_sample_index
     from ava.runtime.metrics import spread
 
     layout = CaptureLayout(subject.headset.root)
     encodings = read_headset_encodings(layout.encodings, layout.encodings_frame_list)
     neutral = neutral_sample_index(subject.dome)
-    mean_code = encoder.code_mean.cpu()
-    scale = encoder.code_scale.cpu()
-    result = SubjectResult(subject.folder)
-    strip_truth: dict[int, torch.Tensor] = {}
+    result = SubjectResult(subject.folder, {"driver": {}, "mean code": {}})
+    kept: list[int] = []
     for segment, indices in subject.headset.segments().items():
         frames = [index for index in indices if encodings.code(subject.headset.frames[index][1]) is not None]
         if not frames:
             continue
+        kept += frames
         truth = torch.stack([encodings.grid(subject.headset.frames[index][1]) for index in frames])
-        predicted = predict_codes(encoder, torch.stack([subject.headset.views(index) for index in frames]), device)
-        tally = Tally(frames=len(frames))
-        tally.code_driver = float(((predicted - truth) ** 2).mean(dim=(1, 2, 3)).sum())
-        tally.code_mean = float(((mean_code - truth) ** 2).mean(dim=(1, 2, 3)).sum())
-        for position in spread(RENDERED_FRAMES, len(frames)):
-            codes = torch.stack([truth[position], mean_code, predicted[position]])
-            true_image, mean_image, driven = (image.clamp(0, 255) for image in
-                                              render_code(model, subject, neutral, codes, device))
-            tally.add_renders(true_image, mean_image, [driven])
-        result.segments[segment] = tally
-        deviation = ((truth - mean_code) / scale).pow(2).mean(dim=(1, 2, 3))
-        best = int(torch.argmax(deviation))
-        result.strip_candidates.append((float(deviation[best]), segment, frames[best], neutral))
-        strip_truth[frames[best]] = truth[best]
-    if not result.segments:
+        codes = {"driver": predicted[frames], "mean code": mean_code.expand(len(frames), -1, -1, -1)}
+        rendered = spread(RENDERED_FRAMES, len(frames))
+        truth_images, truth_alpha, _ = decode(model, subject, neutral, truth[rendered], device)
+        head = (truth_alpha > 0.5).expand_as(truth_images)
+        for name, mine in codes.items():
+            images = decode(model, subject, neutral, mine[rendered], device)[0]
+            result.tallies[name][segment] = Tally(
+                frames=len(frames), code=float(((mine - truth) ** 2).mean(dim=(1, 2, 3)).sum()),
+                pixels=int(head.sum()), image=float((((images - truth_images) ** 2) * head).sum()))
+        result.frames += [{"segment": segment, "frame_id": subject.headset.frames[index][1],
+                           "sources": {name: {"code_mse": float(((mine[n] - truth[n]) ** 2).mean())}
+                                       for name, mine in codes.items()}} for n, index in enumerate(frames)]
+    if not kept:
         raise UserError(f"{encodings.source} has no encoding of any usable headset frame of {subject.folder}")
-    return result, strip_truth
-
-
-def row_without_alignment(row: dict) -> dict:
-    """A result row with the alignment scores marked as not applicable (None)."""
-    return {**row, **dict.fromkeys(NOT_APPLICABLE)}
+    return result, kept, torch.stack([encodings.grid(subject.headset.frames[index][1]) for index in kept])

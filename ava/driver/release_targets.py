@@ -90,7 +90,9 @@ def use_encodings(pool) -> dict:
         if not any(owner == number for owner, _ in entries):
             raise UserError(f"{encodings.source} has no encoding of any of {subject.folder}'s usable headset frames")
     pool.entries, pool.segments = entries, segments
+    pool.subject_of = torch.tensor([number for number, _ in entries], dtype=torch.long)
     pool.codes = torch.stack(rows) if rows else torch.zeros(0, 16, 4, 4)
+    pool.dome_count = len(pool.codes)  # the encodings stand for the dome codes (statistics, pictures)
     pool.targets = torch.arange(len(entries))
     pool.code_location = _NearestDome(nearest)  # for pictures: the dome frame nearest each encoding
     return {"frames": len(entries), "subjects": len(pool.subjects)}
@@ -110,8 +112,8 @@ class _NearestDome:
 def apply_targets(mode: str, setup, console) -> dict:
     """Applies --train.targets to the training and held-out pools of a driver Setup (before the
     training state is built from them); returns what to record in the run's config."""
-    if mode == ALIGNED:
-        return {"targets": ALIGNED}
+    if mode not in (EXPRESSION_CODES, ENCODINGS):  # aligned, stretch, truth: the decoder's own codes
+        return {"targets": mode}
     record: dict = {"targets": mode}
     for name, pool in (("train", setup.train_pool), ("holdout", setup.holdout_pool)):
         if not pool.subjects:

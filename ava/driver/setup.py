@@ -29,11 +29,18 @@ def check_config(config: DriverConfig) -> None:
     if not train.learning_rate > 0 or not 0 <= train.final_lr_factor <= 1 or train.weight_decay < 0:
         problems.append("--train.learning-rate must be positive, --train.final-lr-factor in [0, 1] and "
                         "--train.weight-decay not negative")
+    if not 0 <= train.align_open_ends < 0.5:
+        problems.append("--train.align-open-ends must be in [0, 0.5)")
     if not train.align_band > 0 or train.align_max_step < 0 or train.num_workers < 0:
         problems.append("--train.align-band must be positive; --train.align-max-step and --train.num-workers "
                         "cannot be negative")
     if train.decay_steps < 0:
         problems.append("--train.decay-steps cannot be negative")
+    if train.cross_fit_folds < 0:
+        problems.append("--train.cross-fit-folds cannot be negative")
+    elif train.cross_fit_folds > 1 and train.targets not in ("aligned", "expression-codes"):
+        problems.append("--train.cross-fit-folds is for --train.targets aligned or expression-codes (the other "
+                        "targets are never re-aligned)")
     if train.downsample is not None and train.downsample < 1:
         problems.append("--train.downsample must be at least 1")
     if problems:
@@ -98,6 +105,10 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
     holdout_subjects = load_subjects(held, dataset_dir, decoder, model, downsample, size, device, console,
                                      "dome codes (held-out subjects)")
     train_pool, holdout_pool = FramePool(train_subjects), FramePool(holdout_subjects)
+    folds = config.train.cross_fit_folds
+    if folds > len(train_subjects):
+        raise UserError(f"--train.cross-fit-folds {folds} needs at least {folds} training subjects; there are "
+                        f"{len(train_subjects)}")
     if config.train.preload:
         from rich.progress import Progress
 
@@ -106,6 +117,11 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
             task = progress.add_task("decoding headset frames", total=total)
             for subject in train_subjects + holdout_subjects:
                 subject.headset.preload(lambda count: progress.advance(task, count))
+    if config.train.targets == "truth":
+        from ava.driver.truth import pool_true_codes
+
+        # The oracle's targets: ground truth, which only this mode reads (see ava.driver.truth).
+        train_pool.add_fixed_targets(pool_true_codes(train_pool, dataset_dir, model, device, console))
     return Setup(decoder, model, decoder_fingerprint(decoder), dataset_dir, downsample, train_pool, holdout_pool)
 
 
@@ -121,6 +137,11 @@ def check_resumable(checkpoint, setup: Setup, config: DriverConfig, train_subjec
     alignment = checkpoint.extra_state.get("alignment")
     if alignment is None or len(alignment) != len(setup.train_pool):
         problems.append("its headset frames differ from this dataset's")
+    saved_train = checkpoint.config.get("train", {})
+    for name in ("targets", "cross_fit_folds"):
+        if name in saved_train and saved_train[name] != getattr(config.train, name):
+            problems.append(f"it trained with --train.{name.replace('_', '-')} {saved_train[name]}, this run with "
+                            f"{getattr(config.train, name)}")
     if problems:
         raise UserError(f"cannot resume from {checkpoint.path}: " + "; ".join(problems)
                         + ". Resume with the settings it was trained with, or start a new --progress.output-path")

@@ -32,23 +32,52 @@ def segment_pairs(pool: FramePool) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 class DriverState:
-    """One training run's state and its periodic actions."""
+    """One training run's state and its periodic actions.
+
+    `encoder` is the driver being trained. With --train.cross-fit-folds K >= 2, `folds` holds K
+    more encoders: fold k trains on the frames of the training subjects outside fold k (the part of
+    each batch that is theirs) and re-aligns the subjects of fold k, so that no subject's targets
+    come from a network that trained on that subject. One AdamW optimiser holds every encoder's
+    parameters (AdamW is per parameter, so this equals one optimiser each).
+    """
 
     def __init__(self, config: DriverConfig, setup: Setup, device: torch.device, resolved: dict) -> None:
         from ava.nn.headset import HeadsetEncoder
 
         self.config, self.setup, self.device, self.resolved = config, setup, device, resolved
         pool = setup.train_pool
+        mean, scale = code_statistics(pool.codes[: pool.dome_count])
+        count = config.train.cross_fit_folds if config.train.cross_fit_folds > 1 else 0
         self.encoder = HeadsetEncoder(config.encoder).to(device)
-        mean, scale = code_statistics(pool.codes)
-        self.encoder.set_code_statistics(mean.to(device), scale.to(device))
-        self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=config.train.learning_rate,
+        self.folds = [HeadsetEncoder(config.encoder).to(device) for _ in range(count)]
+        for encoder in self.encoders():
+            encoder.set_code_statistics(mean.to(device), scale.to(device))
+        # Subjects in folder order, dealt round-robin into the folds.
+        self.frame_fold = (pool.subject_of % count).numpy() if count else np.zeros(len(pool), dtype=np.int64)
+        parameters = [parameter for encoder in self.encoders() for parameter in encoder.parameters()]
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.train.learning_rate,
                                            weight_decay=config.train.weight_decay)
-        pool.targets = torch.from_numpy(stretch_segments(segment_pairs(pool), len(pool)))
+        if config.train.targets not in ("truth", "encodings"):  # those targets are each frame's own
+            pool.targets = torch.from_numpy(stretch_segments(segment_pairs(pool), len(pool)))
         self.holdout_targets = torch.from_numpy(stretch_segments(segment_pairs(setup.holdout_pool),
                                                                  len(setup.holdout_pool)))
         self.step = 0
         self.run = None
+
+    def encoders(self) -> list[torch.nn.Module]:
+        """The driver, then the cross-fitting folds' encoders."""
+        return [self.encoder, *self.folds]
+
+    def fold_state(self) -> dict[str, torch.Tensor]:
+        """The folds' weights, for the checkpoint's extra state (`fold<k>.<name>`)."""
+        return {f"fold{number}.{key}": value for number, fold in enumerate(self.folds)
+                for key, value in fold.state_dict().items()}
+
+    def load_fold_state(self, extra: dict) -> None:
+        for number, fold in enumerate(self.folds):
+            prefix = f"fold{number}."
+            fold.load_state_dict({key[len(prefix):]: value.to(self.device) for key, value in extra.items()
+                                  if isinstance(key, str) and key.startswith(prefix)})
 
     # --- codes in standard units ------------------------------------------------------------------
 
@@ -57,28 +86,53 @@ class DriverState:
         mean, scale = self.encoder.code_mean.cpu(), self.encoder.code_scale.cpu()
         return ((codes.cpu() - mean) / scale).reshape(len(codes), -1).double().numpy()
 
-    def predictions(self, pool: FramePool) -> torch.Tensor:
-        """[N,16,4,4] codes of every frame of the pool (decoded by DataLoader workers unless preloaded)."""
-        from torch.utils.data import DataLoader
+    def neutral_for(self, pool: FramePool, indices) -> torch.Tensor | None:
+        """uint8 [n,5,S,S] neutral frames of pool frames `indices` (None for an unconditioned encoder)."""
+        if not self.config.encoder.neutral:
+            return None
+        return pool.neutral_views()[pool.subject_of[torch.as_tensor(indices, dtype=torch.long)]]
+
+    def predictions(self, pool: FramePool, encoder: torch.nn.Module | None = None,
+                    indices: np.ndarray | None = None) -> torch.Tensor:
+        """[n,16,4,4] codes of pool frames `indices` (default: all) by `encoder` (default: the driver),
+        decoded by DataLoader workers unless preloaded."""
+        from torch.utils.data import DataLoader, Subset
 
         from ava.runtime.interrupt import ignore_stop_signals
 
+        encoder = self.encoder if encoder is None else encoder
+        chosen = pool if indices is None else Subset(pool, [int(index) for index in indices])
         workers = 0 if self.config.train.preload else self.config.train.num_workers
-        loader = DataLoader(pool, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False,
+        loader = DataLoader(chosen, batch_size=PREDICTION_BATCH, num_workers=workers, shuffle=False,
                             worker_init_fn=ignore_stop_signals)
-        codes = [self.predictions_for(views) for views, _ in loader]
+        codes = [self.predictions_for(views, self.neutral_for(pool, numbers), encoder) for views, numbers in loader]
         return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
+
+    def aligning_predictions(self) -> torch.Tensor:
+        """[N,16,4,4] codes of every training frame by the encoder that re-aligns it: its fold's
+        (cross-fitting), else the driver's."""
+        pool = self.setup.train_pool
+        if not self.folds:
+            return self.predictions(pool)
+        predicted = torch.zeros(len(pool), 16, 4, 4)
+        for number, fold in enumerate(self.folds):
+            frames = np.nonzero(self.frame_fold == number)[0]
+            if len(frames):
+                predicted[torch.from_numpy(frames)] = self.predictions(pool, fold, frames)
+        return predicted
 
     def _align(self, pool: FramePool, predicted: torch.Tensor) -> np.ndarray:
         train = self.config.train
         return align_segments(segment_pairs(pool), self.standard(predicted), self.standard(pool.codes),
-                              max_step=train.align_max_step, band=train.align_band)
+                              max_step=train.align_max_step, band=train.align_band, open_ends=train.align_open_ends)
 
     # --- periodic actions -------------------------------------------------------------------------
 
     def realign(self) -> dict:
+        """New targets for every training frame: DTW of the aligning encoders' codes against the
+        dome codes of each segment."""
         pool = self.setup.train_pool
-        predicted = self.predictions(pool)
+        predicted = self.aligning_predictions()
         targets = self._align(pool, predicted)
         changed = float(np.mean(targets != pool.targets.numpy()))
         error = float(np.mean((self.standard(predicted) - self.standard(pool.codes[targets])) ** 2))
@@ -122,19 +176,30 @@ class DriverState:
             for position in np.linspace(0, len(first_subject) - 1, number).round().astype(int):
                 index = first_subject[position]
                 views = pool.views([index])
-                code = self.predictions_for(views)
-                owner, dome_index = pool.code_location(int(targets[index]))
-                rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
-                                       self.device))
+                code = self.predictions_for(views, self.neutral_for(pool, [index]))
+                target = int(targets[index])
+                if target < pool.dome_count:
+                    owner, dome_index = pool.code_location(target)
+                    rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
+                                           self.device))
+                else:  # an oracle's target, a code of no dome frame: its render stands in for the dome image
+                    from ava.runtime.headset import neutral_sample_index
+
+                    owner = int(pool.subject_of[index])
+                    subject = pool.subjects[owner]
+                    rows.append(driven_row(self.setup.model, subject, views[0], code[0],
+                                           neutral_sample_index(subject.dome), self.device,
+                                           reference_code=pool.codes[target]))
         if not rows:
             return None
         # Enlarged like ava train's pictures: the renders are too small to judge at their own size.
         return upscale_nearest(vstack(rows, gap=4), viewing_scale(rows[0].shape[0]))
 
-    def predictions_for(self, views: torch.Tensor) -> torch.Tensor:
+    def predictions_for(self, views: torch.Tensor, neutral: torch.Tensor | None = None,
+                        encoder: torch.nn.Module | None = None) -> torch.Tensor:
         from ava.runtime.headset import predict_codes
 
-        return predict_codes(self.encoder, views, self.device)
+        return predict_codes(self.encoder if encoder is None else encoder, views, self.device, neutral=neutral)
 
     def save(self) -> Path:
         from ava.checkpoint import save_driver_checkpoint
@@ -145,6 +210,7 @@ class DriverState:
                      "fingerprint": self.setup.fingerprint, "step": self.setup.decoder.step},
             config=self.resolved, step=self.step, optimizer=self.optimizer,
             extra_state={"alignment": self.setup.train_pool.targets, "rng.cpu": torch.get_rng_state(),
-                         "dataset_dir": str(self.setup.dataset_dir), "downsample": self.setup.downsample})
+                         "dataset_dir": str(self.setup.dataset_dir), "downsample": self.setup.downsample,
+                         **self.fold_state()})
         self.run.mark_latest(path, self.config.progress.keep_checkpoints)
         return path

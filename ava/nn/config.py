@@ -151,6 +151,8 @@ class HeadsetEncoderConfig:
     """Width of the layer that fuses the five views' features."""
     dropout: float = 0.1
     """Dropout on the fused features while training (against fitting the training identities)."""
+    neutral: bool = False
+    """Condition on the subject's own neutral headset frame: its five views go through the same first convolution levels, and each view's features of the current and the neutral frame are fused at 16x16 (8x8 for 16^2 views) before the rest of the stack."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -168,6 +170,12 @@ class HeadsetEncoderConfig:
     def levels(self) -> int:
         """Stride-2 levels from image_size down to 4x4."""
         return int(math.log2(self.image_size)) - 2
+
+    @property
+    def stem_levels(self) -> int:
+        """Levels before the current and the neutral frame's features are fused (`neutral`): down to
+        16x16, at least one."""
+        return max(1, self.levels - 2)
 
     def level_channels(self) -> list[int]:
         return [self.channels[min(level, len(self.channels) - 1)] for level in range(self.levels)]

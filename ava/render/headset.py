@@ -35,7 +35,9 @@ def render_headset(request, console) -> dict:
         headset_panel,
         headset_subjects,
         neutral_sample_index,
+        predict_codes,
         resolve_subjects,
+        session_neutral_views,
     )
     from ava.runtime.images import hstack, save_png, to_uint8
     from ava.runtime.model import run_model
@@ -73,6 +75,8 @@ def render_headset(request, console) -> dict:
     neutral = part[neutral_sample_index(part)]
     headset = HeadsetDataset(dataset_dir / headset_folder, size=encoder.config.image_size,
                              segments=None if request.segment is None else [request.segment])
+    neutral_views = (session_neutral_views(dataset_dir / headset_folder, encoder.config.image_size)
+                     if encoder.config.neutral else None)
     frames = list(range(len(headset)))
     if request.max_frames > 0:
         frames = frames[: request.max_frames]
@@ -86,7 +90,7 @@ def render_headset(request, console) -> dict:
         for start in range(0, len(frames), FRAMES_PER_CALL):
             chunk = frames[start : start + FRAMES_PER_CALL]
             views = torch.stack([headset.views(index) for index in chunk])
-            codes = encoder(views.to(device).float())
+            codes = predict_codes(encoder, views, device, neutral=neutral_views).to(device)
             batch = to_device(collate([neutral] * len(chunk)), device)
             images = run_model(model, batch, code=codes)["irgbrec"]
             for offset, image in enumerate(images):

@@ -77,13 +77,38 @@ def neutral_sample_index(part) -> int:
 
 
 @torch.no_grad()
-def predict_codes(encoder: torch.nn.Module, views: torch.Tensor, device: torch.device, batch: int = 64) -> torch.Tensor:
-    """views [N,5,S,S] (0..255) -> codes [N,16,4,4] on the CPU (the encoder in eval mode)."""
+def predict_codes(encoder: torch.nn.Module, views: torch.Tensor, device: torch.device, batch: int = 64,
+                  neutral: torch.Tensor | None = None) -> torch.Tensor:
+    """views [N,5,S,S] (0..255) -> codes [N,16,4,4] on the CPU (the encoder in eval mode).
+
+    neutral: the subject's neutral headset frame [5,S,S] or one per frame [N,5,S,S], for an
+    encoder conditioned on it (ava.nn.headset); ignored by one that is not.
+    """
     was_training = encoder.training
     encoder.eval()
-    codes = [encoder(views[start : start + batch].to(device).float()).cpu() for start in range(0, len(views), batch)]
+    conditioned = bool(getattr(encoder.config, "neutral", False))
+    codes = []
+    for start in range(0, len(views), batch):
+        chunk = views[start : start + batch].to(device).float()
+        if not conditioned:
+            codes.append(encoder(chunk).cpu())
+            continue
+        if neutral is None:
+            raise ValueError("this driver is conditioned on the subject's neutral headset frame; pass it")
+        reference = neutral if neutral.dim() == 3 else neutral[start : start + batch]
+        codes.append(encoder(chunk, reference.to(device).float()).cpu())
     encoder.train(was_training)
     return torch.cat(codes) if codes else torch.zeros(0, 16, 4, 4)
+
+
+def session_neutral_views(root: Path, size: int) -> torch.Tensor:
+    """uint8 [5,S,S]: the neutral frame of a capture's headset session
+    (ava.data.encoder.HeadsetDataset.neutral_frame; its first frame when it has no neutral segment)."""
+    from ava.data.encoder import HeadsetDataset
+
+    headset = HeadsetDataset(root, size=size)
+    neutral = headset.neutral_frame()
+    return headset.views(0 if neutral is None else neutral)
 
 
 def headset_panel(views: torch.Tensor, height: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Literal
 IDS_FILENAME = "ids.csv"
 TOPOLOGY_FILENAME = "face_topology.obj"
 MANIFEST_FILENAME = "synth_config.json"
-SYNTH_FORMAT_VERSION = 2  # 2: the richer world (19 expression controls, scripted segments, varied identities)
+SYNTH_FORMAT_VERSION = 3  # 2: the richer world (19 controls, scripted segments, varied identities); 3: headset takes of their own
 # Settings that decide how a set is made, not what it holds: left out of the manifest, the
 # settings digest and the demo set's cache folder name.
 RUN_ONLY_FIELDS = ("workers", "overwrite", "device")

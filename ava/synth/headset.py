@@ -1,33 +1,41 @@
-"""Synthetic headset sessions: five near-infrared views from cameras rigidly mounted on the face.
+"""Synthetic headset sessions: five near-infrared views from cameras mounted on the face.
 
 The real Ava-256 release pairs each dome capture with a headset capture (a Quest Pro with five IR
-cameras) recorded in a separate session from a similar script, so the two takes of a segment
-have their own timing and length and no frame of one matches a frame of the other by index.
-This module makes the synthetic equivalent, written in exactly the release layout
-(`encoder/frame_list.csv`, `encoder/image/cam-*.zip`, docs/data-layout.md):
+cameras) recorded in a separate session from a similar script, so the two takes of a segment are
+two performances: they differ in timing, length, amplitude, holds and hesitations, and no frame of
+one matches a frame of the other. This module makes the synthetic equivalent, written in exactly
+the release layout (`encoder/frame_list.csv`, `encoder/image/cam-*.zip`, docs/data-layout.md):
 
-Timing. Each dome segment of n frames gets a headset segment of m != n frames. Headset frame i
-shows exactly the expression of dome frame j(i), with j a random monotone warp (j(0) = 0,
-j(m-1) = n-1, steps of random speed, so frames repeat where the headset take is slower and are
-skipped where it is faster). Because the expression is copied, the truth is exact: the capture's
-`encoder_truth.json` (not part of the release layout) lists j(i) and the expression weights.
+Performances. Each dome segment of n frames gets a headset take of its own: the segment's script
+performed again with its own random amplitudes, holds and hesitations (`perform_take`), played at
+its own tempo (0.5x to 1.9x as long as the dome take, with a strongly varying speed), between a
+few rest frames before the cue (lead-in) and after it (lead-out), so neither end of a headset take
+need coincide with the dome take's.
 
 Cameras. In the head frame (head.py: +x to the subject's left, +y up, +z out of the face, mm), a
 canonical rig of five pinhole cameras 30-60 mm from the skin: `cam-cyclop` (wide, below the
 visor, looking down at nose, mouth and chin), one camera per eye at its temporal side, one per
-mouth corner below the headset. The headset sits a little differently on every subject: one
-small rigid transform per subject moves all five cameras together. Each view sees only part of
-the face, and part of some views is covered by the headset body (a soft-edged band per camera).
+mouth corner below the headset. The headset sits a little differently on every subject (one rigid
+offset moves all five cameras together) and slips within the session: a slow drift of a fraction
+of a millimetre and degree per second of recording, and now and then, between segments, a jump of
+up to 1.5 mm and 1.5 degrees (the subject touched the headset). Each view sees only part of the
+face, and part of some views is covered by the headset body (a soft-edged band per camera).
 
 Appearance. Greyscale, lit only by an IR emitter at each camera: the rendered radiance of a
 voxel is its IR albedo times a Lambert term for the light at the camera, times (d0/d)^2 for the
 inverse-square falloff (d the distance to the camera, d0 the camera's working distance), times
 the emitter's beam profile. The IR albedo is a compressed grey of the visible texture (skin of
 every tone is much closer in the near infrared than in visible light; the mouth cavity and the
-pupils stay dark). The shading is baked per view into the templates of the same ground-truth
-primitives the dome images use, and raymarched with the same renderer (render.py). Then a sensor
+pupils stay dark) whose compression and level vary per subject (skin's NIR reflectance does).
+The shading is baked per view into the templates of the subject's ground-truth primitives for the
+headset frame's own expression, and raymarched with the dome's renderer (render.py). Then a sensor
 response with a soft shoulder (bright skin close to the emitter compresses rather than clips),
 sensor noise and 8-bit quantisation; images are stored as greyscale AVIF.
+
+Truth. `encoder_truth.json` beside the capture (not part of the release layout) holds each headset
+frame's expression vector and headset slip, the dome frames' expression vectors, the fitted rig and
+the subject's IR reflectance; `TruthGeometry` rebuilds the subject's mesh and texture for any
+expression vector, from which an evaluation derives the decoder's true code.
 """
 
 from __future__ import annotations
@@ -94,7 +102,7 @@ RIG = _rig()
 
 @dataclass
 class HeadsetCamera:
-    """A rig camera as fitted on one subject, at the stored image size."""
+    """A rig camera as fitted on one subject at one frame, at the stored image size."""
 
     name: str
     camrot: np.ndarray  # [3,3] head -> camera (x right, y down, z forward)
@@ -105,19 +113,64 @@ class HeadsetCamera:
     working_distance: float
 
 
+# How a headset take differs from the dome take of the same segment (see the module docstring).
+TEMPO = (0.5, 2.5)  # headset take length / dome take length, log-uniform
+WARP_JITTER = 2.5  # log-normal spread of the take's local speed (monotone_warp)
+# Each end of a take's recording: a fraction of the take cut (> 0) or added as rest frames (< 0),
+# uniform in this range.
+EDGE_RANGE = (-0.1, 0.35)
+PERFORMANCE_OVERSAMPLING = 4  # the take is performed on a finer time grid, then played at its own speed
+HEADSET_VARIATION = 1.5  # perform_segment's variation of a headset take (the dome takes use --expression-variation)
+# Headset slip within a session: a random walk per frame and, between segments, sometimes a jump.
+DRIFT_PER_FRAME = (math.radians(0.06), 0.06)  # (radians, mm) standard deviation of each frame's step
+JUMP = (math.radians(1.5), 1.5)  # (radians, mm): largest jump
+JUMP_PROBABILITY = 0.3
+# The subject's IR reflectance: the albedo's compression exponent and level.
+REFLECTANCE_EXPONENT = (0.45, 0.8)
+REFLECTANCE_LEVEL = (0.8, 1.15)
+_PIVOT = np.array([0.0, 0.0, 90.0])  # the headset pivots about the front of the face
+
+
 @dataclass
 class HeadsetPlan:
     """Everything random about one subject's headset session."""
 
-    cameras: list[HeadsetCamera]
+    size: int
+    fit_rotation: np.ndarray  # [3,3] how the headset sits on this subject (about _PIVOT)
+    fit_translation: np.ndarray  # [3] mm
+    occluder_shift: np.ndarray  # [5] per camera: where its view of the headset body begins
+    slip: np.ndarray  # [M,6] per frame: rotation vector (radians) and translation (mm) on top of the fit
     frames: list[tuple[str, str]]  # (segment, headset frame id) in file order
-    dome_index: np.ndarray  # int [M]: the dome frame (index into the dome frame list) each frame shows
-    gain: float  # the subject's IR exposure
+    expressions: list[Expression]  # [M] the expression each headset frame shows
+    task_of: np.ndarray  # int [M]: the dome frame whose synthesis task renders this headset frame
+    gain: float  # the headset's IR exposure on this subject
+    reflectance: tuple[float, float]  # (exponent, level) of the subject's IR albedo
     noise_seed: tuple[int, ...]
+
+    def pose(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rotation [3,3], translation [3] mm) of the rig at headset frame `index`: the fit, then the slip."""
+        slip = self.slip[index]
+        angle = float(np.linalg.norm(slip[:3]))
+        rotation = rotation_about_axis(slip[:3], angle) if angle > 0 else np.eye(3)
+        return rotation @ self.fit_rotation, rotation @ self.fit_translation + slip[3:]
+
+    def cameras(self, index: int) -> list[HeadsetCamera]:
+        """The five cameras at headset frame `index`."""
+        rotation, translation = self.pose(index)
+        cameras = []
+        for number, camera in enumerate(RIG):
+            position = rotation @ (np.array(camera.position) - _PIVOT) + _PIVOT + translation
+            target = rotation @ (np.array(camera.target) - _PIVOT) + _PIVOT + translation
+            camrot = look_at_rotation(position, target, rotation @ _UP)
+            focal = (self.size / 2.0) / math.tan(math.radians(camera.fov_degrees) / 2.0)
+            occluder = np.array(camera.occluder) + np.array([0.0, 0.0, self.occluder_shift[number]])
+            cameras.append(HeadsetCamera(camera.name, camrot, position, focal, self.size, occluder,
+                                         camera.working_distance))
+        return cameras
 
 
 def monotone_warp(dome_length: int, headset_length: int, rng: np.random.Generator, jitter: float = 1.0) -> np.ndarray:
-    """int [headset_length]: non-decreasing dome indices from 0 to dome_length - 1.
+    """int [headset_length]: non-decreasing indices from 0 to dome_length - 1.
 
     Time runs at a random, smoothly varying speed (log-normal step sizes with spread `jitter`),
     so frames repeat where the headset take is slower and are skipped where it is faster.
@@ -131,63 +184,109 @@ def monotone_warp(dome_length: int, headset_length: int, rng: np.random.Generato
     return np.clip(np.rint(time), 0, dome_length - 1).astype(np.int64)
 
 
-def headset_length(dome_length: int, rng: np.random.Generator) -> int:
-    """A take of the same segment at another tempo: 0.6x to 1.6x as long, never equally long, and
-    at least two frames (the first and last frames of both takes show the same expression)."""
-    length = max(2, int(round(dome_length * rng.uniform(0.6, 1.6))))
-    if length == dome_length:
-        length += 1 if rng.uniform() < 0.5 or length == 2 else -1
-    return length
+def take_length(dome_length: int, rng: np.random.Generator) -> int:
+    """Frames of the headset take's performance (without lead-in and lead-out): the dome take's
+    length times a log-uniform tempo factor in TEMPO, at least two."""
+    factor = math.exp(rng.uniform(math.log(TEMPO[0]), math.log(TEMPO[1])))
+    return max(2, int(round(dome_length * factor)))
 
 
-def fit_rig(size: int, rng: np.random.Generator) -> list[HeadsetCamera]:
-    """The rig on one subject: one rigid offset (a few mm, a few degrees) moves all five cameras."""
+def _rotation_vector(rng: np.random.Generator, largest: float) -> np.ndarray:
     axis = rng.normal(size=3)
-    offset_rotation = rotation_about_axis(axis, math.radians(rng.uniform(0.0, 3.0)))
-    offset_translation = rng.uniform(-3.0, 3.0, 3)
-    pivot = np.array([0.0, 0.0, 90.0])  # the headset pivots about the front of the face
-    cameras = []
-    for camera in RIG:
-        position = offset_rotation @ (np.array(camera.position) - pivot) + pivot + offset_translation
-        target = offset_rotation @ (np.array(camera.target) - pivot) + pivot + offset_translation
-        rotation = look_at_rotation(position, target, offset_rotation @ _UP)
-        focal = (size / 2.0) / math.tan(math.radians(camera.fov_degrees) / 2.0)
-        occluder = np.array(camera.occluder) + np.array([0.0, 0.0, rng.uniform(-0.05, 0.05)])
-        cameras.append(HeadsetCamera(camera.name, rotation, position, focal, size, occluder, camera.working_distance))
-    return cameras
+    return axis / np.linalg.norm(axis) * rng.uniform(0.0, largest)
+
+
+def session_slip(frames: list[tuple[str, str]], rng: np.random.Generator) -> np.ndarray:
+    """[M,6] the headset's slip at every frame (rotation vector in radians, translation in mm):
+    a random walk from zero, plus sometimes a jump where a new segment begins."""
+    steps = np.zeros((len(frames), 6))
+    steps[1:, :3] = rng.normal(scale=DRIFT_PER_FRAME[0], size=(len(frames) - 1, 3))
+    steps[1:, 3:] = rng.normal(scale=DRIFT_PER_FRAME[1], size=(len(frames) - 1, 3))
+    for index in range(1, len(frames)):
+        if frames[index][0] != frames[index - 1][0] and rng.uniform() < JUMP_PROBABILITY:
+            steps[index, :3] += _rotation_vector(rng, JUMP[0])
+            steps[index, 3:] += rng.uniform(-JUMP[1], JUMP[1], 3)
+    # Small rotation vectors compose about additively.
+    return np.cumsum(steps, axis=0)
+
+
+def plan_takes(dome_frames: list[tuple[str, str]], rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[Expression]]:
+    """The headset session's frames (segment, frame id) and each frame's expression.
+
+    Per segment of the dome session: a take of its own (`perform_take`) at its own tempo and with
+    a strongly varying speed (`monotone_warp`), whose recording starts and stops independently of
+    the performance: each end either adds rest frames (the recording began before the cue, or went
+    on after the face came to rest) or cuts the performance (it began late, or stopped early), by
+    a fraction of the take drawn from EDGE_RANGE.
+    """
+    segments: dict[str, int] = {}
+    for segment, _ in dome_frames:
+        segments[segment] = segments.get(segment, 0) + 1
+    frames: list[tuple[str, str]] = []
+    expressions: list[Expression] = []
+    number = int(rng.integers(100, 20000))
+    for segment, length in segments.items():
+        core = take_length(length, rng)
+        dense = perform_take(segment, PERFORMANCE_OVERSAMPLING * core, rng)
+        edges = rng.uniform(*EDGE_RANGE, 2)  # > 0: cut this fraction; < 0: add rest frames
+        first = int(round(max(edges[0], 0.0) * len(dense)))
+        last = len(dense) - int(round(max(edges[1], 0.0) * len(dense)))
+        recorded = dense[first:max(last, first + 2)]
+        shown = max(2, int(round(core * len(recorded) / len(dense))))
+        take = [recorded[index] for index in monotone_warp(len(recorded), shown, rng, jitter=WARP_JITTER)]
+        lead_in, lead_out = (int(round(max(-edge, 0.0) * core)) for edge in edges)
+        for expression in [rest_expression()] * lead_in + take + [rest_expression()] * lead_out:
+            frames.append((segment, str(number)))
+            expressions.append(expression)
+            number += 1
+        number += int(rng.integers(3, 40))  # the headset recording also skips between segments
+    return frames, expressions
 
 
 def plan_headset(dome_frames: list[tuple[str, str]], size: int, rng: np.random.Generator,
                  noise_seed: tuple[int, ...]) -> HeadsetPlan:
     """The headset session of a subject whose dome session has `dome_frames` (segment, frame id)."""
-    segments: dict[str, list[int]] = {}
-    for index, (segment, _) in enumerate(dome_frames):
-        segments.setdefault(segment, []).append(index)
-    frames: list[tuple[str, str]] = []
-    dome_index: list[int] = []
-    number = int(rng.integers(100, 20000))
-    for segment, indices in segments.items():
-        length = headset_length(len(indices), rng)
-        for position in monotone_warp(len(indices), length, rng):
-            frames.append((segment, str(number)))
-            dome_index.append(indices[position])
-            number += 1
-        number += int(rng.integers(3, 40))  # the headset recording also skips between segments
-    return HeadsetPlan(fit_rig(size, rng), frames, np.array(dome_index, dtype=np.int64),
-                       float(rng.uniform(0.85, 1.15)), noise_seed)
+    fit_rotation = rotation_about_axis(rng.normal(size=3), math.radians(rng.uniform(0.0, 3.0)))
+    fit_translation = rng.uniform(-3.0, 3.0, 3)
+    occluder_shift = rng.uniform(-0.05, 0.05, len(RIG))
+    frames, expressions = plan_takes(dome_frames, rng)
+    slip = session_slip(frames, rng)
+    # Headset frames are rendered in the dome frames' tasks, spread evenly and in order (so they
+    # arrive in frame-list order).
+    task_of = (np.arange(len(frames)) * len(dome_frames)) // max(len(frames), 1)
+    reflectance = (float(rng.uniform(*REFLECTANCE_EXPONENT)), float(rng.uniform(*REFLECTANCE_LEVEL)))
+    return HeadsetPlan(size, fit_rotation, fit_translation, occluder_shift, slip, frames, expressions,
+                       task_of.astype(np.int64), float(rng.uniform(0.85, 1.15)), reflectance, noise_seed)
+
+
+# --- performances ---------------------------------------------------------------------------------
+
+
+def rest_expression() -> Expression:
+    """The face before the cue and after the segment: at rest."""
+    return Expression()
+
+
+def perform_take(segment: str, count: int, rng: np.random.Generator) -> list[Expression]:
+    """`count` frames of one performance of `segment` (ava.synth.expressions.perform_segment: its
+    own amplitudes, ramps, holds, hesitations, blinks and gaze drift)."""
+    from ava.synth.expressions import perform_segment
+
+    return perform_segment(segment, count, rng, variation=HEADSET_VARIATION)
 
 
 # --- rendering (in the frame workers) -----------------------------------------------------------
 
 
-def infrared_albedo(rgb):
-    """Near-infrared reflectance 0..1 from visible RGB 0..255 (torch or numpy, channels last).
+def infrared_albedo(rgb, exponent: float = 0.6, level: float = 1.0):
+    """Near-infrared reflectance from visible RGB 0..255 (torch or numpy, channels last).
 
-    Skin reflects NIR strongly whatever its visible tone, so the grey is compressed (gamma 0.6)
-    and weighted towards red; dark regions (mouth cavity, pupils, dark hair) stay dark.
+    Skin reflects NIR strongly whatever its visible tone, so the grey is compressed (grey^exponent,
+    exponent < 1) and weighted towards red; dark regions (mouth cavity, pupils, dark hair) stay
+    dark. `exponent` and `level` (a factor) vary per subject (REFLECTANCE_EXPONENT, REFLECTANCE_LEVEL).
     """
     grey = (0.6 * rgb[..., 0] + 0.3 * rgb[..., 1] + 0.1 * rgb[..., 2]) / 255.0
-    return grey.clip(0.0, 1.0) ** 0.6
+    return level * grey.clip(0.0, 1.0) ** exponent
 
 
 def voxel_positions(primitives):
@@ -202,7 +301,7 @@ def voxel_positions(primitives):
     return primitives.primpos[:, None, None, None, :] + torch.einsum("kij,kdhwj->kdhwi", primitives.primrot, scaled)
 
 
-def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points):
+def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points, reflectance: tuple[float, float] = (0.6, 1.0)):
     """The primitives with their RGB replaced by the IR radiance seen from `camera` (linear grey,
     about 0..255 at the working distance, brighter closer: `sensor_response` compresses it);
     points [K,D,D,D,3] are the voxel positions in mm (`voxel_positions` times the volume radius).
@@ -224,7 +323,7 @@ def shaded_primitives(primitives, camera: HeadsetCamera, gain: float, points):
     axis = torch.from_numpy(camera.camrot[2]).float().to(points.device)
     beam = torch.einsum("kdhwi,i->kdhw", -light, axis).clamp(min=0.0) ** 2
     falloff = (camera.working_distance / distance) ** 2
-    radiance = infrared_albedo(primitives.template[..., :3]) * (0.15 + 0.85 * lambert) * falloff * beam
+    radiance = infrared_albedo(primitives.template[..., :3], *reflectance) * (0.15 + 0.85 * lambert) * falloff * beam
     template = primitives.template.clone()
     template[..., :3] = (170.0 * gain * radiance)[..., None]
     return Primitives(primitives.primpos, primitives.primrot, primitives.primscale, template)
@@ -245,9 +344,10 @@ def occluded_view(radiance: np.ndarray, camera: HeadsetCamera) -> np.ndarray:
     return radiance * (1.0 - cover) + body * cover
 
 
-def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan,
+def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan, index: int,
                    full_rays: bool = False) -> dict[str, np.ndarray]:
-    """Noise-free IR images [S,S] float 0..255 of every headset camera for one expression.
+    """Noise-free IR images [S,S] float 0..255 of every headset camera at headset frame `index`
+    (its rig pose, the subject's IR reflectance) of the face `primitives` show.
 
     The shading runs on the primitives' device; full_rays raymarches the five views there in one
     call (a GPU), else view by view with the CPU renderer (`ava.synth.render.render_images`)."""
@@ -256,15 +356,17 @@ def headset_images(primitives, verts_mm, faces, settings, plan: HeadsetPlan,
     from ava.synth.render import VOLRADIUS, View, render_images
 
     points = voxel_positions(primitives) * VOLRADIUS
+    cameras = plan.cameras(index)
     views = [View(camrot=torch.from_numpy(camera.camrot).float(), campos=torch.from_numpy(camera.campos).float(),
                   focal=torch.tensor([camera.focal, camera.focal]),
-                  princpt=torch.tensor([camera.size / 2.0, camera.size / 2.0])) for camera in plan.cameras]
-    shaded = [shaded_primitives(primitives, camera, plan.gain, points) for camera in plan.cameras]
-    size = plan.cameras[0].size
+                  princpt=torch.tensor([camera.size / 2.0, camera.size / 2.0])) for camera in cameras]
+    shaded = [shaded_primitives(primitives, camera, plan.gain, points, plan.reflectance) for camera in cameras]
+    size = cameras[0].size
     rayrgba = render_images(shaded, views, size, size, verts_mm, faces, settings, full_rays)
     images = {}
-    for index, camera in enumerate(plan.cameras):
-        radiance = rayrgba[index, ..., 0].numpy().astype(np.float64) + 2.0 * (1.0 - rayrgba[index, ..., 3].numpy())
+    for view_index, camera in enumerate(cameras):
+        radiance = (rayrgba[view_index, ..., 0].numpy().astype(np.float64)
+                    + 2.0 * (1.0 - rayrgba[view_index, ..., 3].numpy()))
         images[camera.name] = sensor_response(occluded_view(radiance, camera))
     return images
 
@@ -281,33 +383,65 @@ def sensor_readout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def headset_frames(clean: dict[str, np.ndarray], plan: HeadsetPlan, dome_frame: int) -> dict[int, dict[str, bytes]]:
-    """{headset frame index: {camera: greyscale AVIF}} for the headset frames showing `dome_frame`,
-    from its noise-free views (`headset_images`, rendered once per expression): each headset
-    frame gets its own sensor noise."""
+def ground_truth_primitives(surface, uvmaps, angles, identity, expression: Expression, settings):
+    """(primitives, closed mesh vertices [V',3] mm, faces) of `identity` making `expression`: what
+    the dome frames are rendered from, for a headset frame's own expression. On the CPU."""
+    import torch
+
+    from ava.synth.appearance import paint_texture
+    from ava.synth.render import build_primitives
+
+    vertices = surface.vertices(identity, expression)
+    texture = paint_texture(identity, expression, *angles)
+    closed_vertices, closed_faces = surface.closed_mesh(vertices)
+    verts_mm, faces = torch.from_numpy(closed_vertices), torch.from_numpy(closed_faces)
+    return build_primitives(verts_mm, texture, uvmaps, settings, faces), verts_mm, faces
+
+
+def clean_headset_frames(surface, uvmaps, angles, identity, settings, plan: HeadsetPlan, dome_frame: int,
+                         device="cpu", full_rays: bool = False) -> dict[int, dict[str, np.ndarray]]:
+    """{headset frame index: {camera: noise-free IR image [S,S]}} for the headset frames that the
+    synthesis task of dome frame `dome_frame` renders (`plan.task_of`), each with its own
+    expression and headset pose. surface, uvmaps, angles: the head surface, its UV maps and every
+    texel's angles (as the dome frames use them). The primitives are built on the CPU and
+    raymarched on `device` (`headset_images`)."""
+    clean = {}
+    for index in np.nonzero(plan.task_of == dome_frame)[0].tolist():
+        primitives, verts_mm, faces = ground_truth_primitives(surface, uvmaps, angles, identity,
+                                                              plan.expressions[index], settings)
+        clean[index] = headset_images(primitives.to(device), verts_mm, faces, settings, plan, index, full_rays)
+    return clean
+
+
+def headset_frames(clean: dict[int, dict[str, np.ndarray]], plan: HeadsetPlan) -> dict[int, dict[str, bytes]]:
+    """{headset frame index: {camera: greyscale AVIF}} from `clean_headset_frames`' noise-free
+    views, each headset frame with its own sensor noise."""
     from ava.data.formats import encode_avif
 
     frames = {}
-    for index in np.nonzero(plan.dome_index == dome_frame)[0].tolist():
-        rng = np.random.default_rng([*plan.noise_seed, index])
-        frames[index] = {name: encode_avif(sensor_readout(image, rng)) for name, image in clean.items()}
+    for index, images in clean.items():
+        with_noise = np.random.default_rng([*plan.noise_seed, index])
+        frames[index] = {name: encode_avif(sensor_readout(image, with_noise)) for name, image in images.items()}
     return frames
 
 
-def truth_rows(plan: HeadsetPlan, dome_frames: list[tuple[str, str]], expressions: list[Expression]) -> list[dict]:
-    """Per headset frame: segment, headset frame id, the dome frame id it shows, its expression."""
-    rows = []
-    for (segment, frame_id), dome in zip(plan.frames, plan.dome_index.tolist()):
-        expression = expressions[dome]
-        rows.append({"segment": segment, "frame_id": frame_id, "dome_frame_id": dome_frames[dome][1],
-                     "expression": expression.as_dict()})
-    return rows
+def truth_document(plan: HeadsetPlan, dome_frames: list[tuple[str, str]], dome_expressions: list[Expression]) -> dict:
+    """What `encoder_truth.json` holds (see ava.data.encoder.format_encoder_truth)."""
+    from ava.synth.expressions import CONTROLS
+
+    frames = [{"segment": segment, "frame_id": frame_id, "expression": expression.as_dict(),
+               "slip": {"rotation_deg": np.degrees(slip[:3]).round(6).tolist(), "translation_mm": slip[3:].round(6).tolist()}}
+              for (segment, frame_id), expression, slip in zip(plan.frames, plan.expressions, plan.slip)]
+    dome = [{"segment": segment, "frame_id": frame_id, "expression": expression.as_dict()}
+            for (segment, frame_id), expression in zip(dome_frames, dome_expressions)]
+    return {"controls": list(CONTROLS), "frames": frames, "dome_frames": dome, "rig": rig_description(plan),
+            "infrared": {"gain": plan.gain, "albedo_exponent": plan.reflectance[0], "albedo_level": plan.reflectance[1]}}
 
 
 def rig_description(plan: HeadsetPlan) -> dict:
-    """The fitted rig (for the truth file: real headset captures come without a calibration)."""
+    """The rig as fitted at the session's start (real headset captures come without a calibration)."""
     return {camera.name: {"position_mm": camera.campos.tolist(), "rotation": camera.camrot.tolist(),
-                          "focal_px": camera.focal, "size": camera.size} for camera in plan.cameras}
+                          "focal_px": camera.focal, "size": camera.size} for camera in plan.cameras(0)}
 
 
 class HeadsetWriter:
@@ -325,8 +459,7 @@ class HeadsetWriter:
         writer.write(writer.layout.encoder_frame_list, format_frame_list(plan.frames))
 
     def add(self, frames: dict[int, dict[str, bytes]]) -> None:
-        """Headset frames rendered with one dome frame; written in frame-list order (dome frames
-        arrive in order and the warp is monotone, so at most a few wait)."""
+        """Headset frames rendered by one dome frame's task; written in frame-list order."""
         from ava.data.formats import member_frame
         from ava.data.layout import encoder_member
 
@@ -342,6 +475,44 @@ class HeadsetWriter:
 
         if self.written != len(self.plan.frames):
             raise RuntimeError(f"headset session incomplete: {self.written} of {len(self.plan.frames)} frames")
-        rows = truth_rows(self.plan, self.dome_frames, self.expressions)
-        document = format_encoder_truth(rows, rig_description(self.plan))
+        document = format_encoder_truth(truth_document(self.plan, self.dome_frames, self.expressions))
         self.writer.write(truth_path(self.writer.layout.root), document)
+
+
+class TruthGeometry:
+    """The ground-truth mesh and texture of any subject of a synthetic dataset making any expression.
+
+    dataset_dir: a folder written by `ava synth`; each capture's `synth_truth.json` holds its
+    identity and head surface (ava.synth.truth). `mesh_and_texture(folder, values, texture_size)`
+    -> (f32 [V,3] head-frame mesh in mm, uint8 [T,T,3] texture painted at `texture_size`, default
+    the capture's own); `values` maps control names to values (controls not named are at rest).
+    `texture_size(folder)` is the capture's stored texture side. Raises UserError for a capture
+    without its synthetic truth.
+    """
+
+    def __init__(self, dataset_dir) -> None:
+        from pathlib import Path
+
+        self.dataset_dir = Path(dataset_dir)
+        self._truths: dict = {}
+        self._geometries: dict = {}
+
+    def _truth(self, folder: str):
+        from ava.synth.truth import read_synth_truth
+
+        if folder not in self._truths:
+            self._truths[folder] = read_synth_truth(self.dataset_dir / folder)
+        return self._truths[folder]
+
+    def texture_size(self, folder: str) -> int:
+        return int(self._truth(folder).texture_size)
+
+    def mesh_and_texture(self, folder: str, values: dict[str, float],
+                         texture_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        truth = self._truth(folder)
+        key = (folder, texture_size or truth.texture_size)
+        if key not in self._geometries:
+            self._geometries[key] = truth.ground_truth(texture_size)
+        geometry = self._geometries[key]
+        expression = Expression.from_dict(values)
+        return geometry.vertices(truth.identity, expression), geometry.texture(truth.identity, expression)

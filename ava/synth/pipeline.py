@@ -49,7 +49,7 @@ from ava.synth.extras import foreground_masks, write_backgrounds, write_foregrou
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
 from ava.synth.expressions import Expression, perform_segment, segment_lengths
 from ava.synth.head import Identity
-from ava.synth.headset import HeadsetPlan, HeadsetWriter, headset_frames, headset_images, plan_headset
+from ava.synth.headset import HeadsetPlan, HeadsetWriter, clean_headset_frames, headset_frames, plan_headset
 from ava.synth.surface import HeadSurface, topology_digest
 from ava.synth.truth import TRUTH_FILENAME, completed_with, surface_and_maps, truth_document
 from ava.synth.writer import CaptureWriter
@@ -173,8 +173,8 @@ def _render_frame(task: FrameTask) -> FrameResult:
     expression = plan.expressions[task.frame]
     vertices = surface.vertices(plan.identity, expression)
     texture = paint_texture(plan.identity, expression, *angles)
-    rayrgba, clean_headset = raymarch_frame(task, surface, uvmaps, vertices, texture)
-    headset = headset_frames(clean_headset, plan.headset, task.frame) if clean_headset else {}
+    rayrgba, clean_headset = raymarch_frame(task, surface, uvmaps, angles, vertices, texture)
+    headset = headset_frames(clean_headset, plan.headset) if clean_headset else {}
     height, width = rayrgba.shape[1:3]
     images = {}
     for index, camera in enumerate(plan.cameras):
@@ -185,11 +185,12 @@ def _render_frame(task: FrameTask) -> FrameResult:
     return FrameResult(task.subject, task.frame, vertices, texture, encode_avif(texture), images, headset, masks)
 
 
-def raymarch_frame(task: FrameTask, surface: HeadSurface, uvmaps, vertices: np.ndarray, texture: np.ndarray,
-                   full_rays: bool | None = None):
-    """(rayrgba [C,H,W,4] on the CPU of the frame's dome cameras, {camera: noise-free IR image
-    [S,S]} of the headset cameras, empty when no headset frame shows this frame) for the head
-    `vertices` [V,3] painted with `texture` [S,S,3].
+def raymarch_frame(task: FrameTask, surface: HeadSurface, uvmaps, angles, vertices: np.ndarray,
+                   texture: np.ndarray, full_rays: bool | None = None):
+    """(rayrgba [C,H,W,4] on the CPU of the frame's dome cameras, {headset frame index: {camera:
+    noise-free IR image [S,S]}} of the headset frames this frame's task renders, each with its own
+    expression and rig pose: `ava.synth.headset.clean_headset_frames`) for the head `vertices`
+    [V,3] painted with `texture` [S,S,3]; `angles`: every texel's angles (`_surface_and_maps`).
 
     The primitives are built on the CPU (so both devices march the same ones) and moved to
     `task.device`. full_rays (default: on a GPU) raymarches every full ray against every
@@ -222,8 +223,8 @@ def raymarch_frame(task: FrameTask, surface: HeadSurface, uvmaps, vertices: np.n
     width = plan.cameras[0].width // config.downsample
     with torch.no_grad():
         rayrgba = render_images(primitives, views, height, width, verts_mm, faces, settings, full_rays)
-        shown = plan.headset is not None and bool((plan.headset.dome_index == task.frame).any())
-        headset = headset_images(primitives, verts_mm, faces, settings, plan.headset, full_rays) if shown else {}
+        headset = (clean_headset_frames(surface, uvmaps, angles, plan.identity, settings, plan.headset, task.frame,
+                                        device, full_rays) if plan.headset is not None else {})
     return rayrgba, headset
 
 
