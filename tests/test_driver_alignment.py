@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ava.driver.alignment import default_max_step, linear_stretch, monotone_alignment, squared_distances
@@ -79,6 +79,11 @@ def test_open_ends_recover_a_take_that_starts_late_and_stops_early(takes, cut_st
     if keep.sum() < 2:
         return
     warp, predicted = warp[keep], predicted[keep]
+    # The premise of open ends: the recording starts and stops within 30% of the dome take's ends.
+    # A warp that skips many frames can leave its kept part ending earlier than that; such a take
+    # is outside what open_ends=0.3 promises to recover (about 6% of random draws).
+    slack = int(0.3 * (dome_length - 1) + 1e-9)
+    assume(warp[0] <= slack and warp[-1] >= dome_length - 1 - slack)
     max_step = max(default_max_step(len(predicted), dome_length), int(np.diff(warp).max(initial=0)))
     found = monotone_alignment(squared_distances(predicted, codes), max_step=max_step, open_ends=0.3)
     np.testing.assert_array_equal(found, warp)

@@ -206,7 +206,7 @@ def test_train_driver_regresses_the_encodings_without_alignment(supervised_drive
     assert resolved["targets"]["train"]["frames"] == resolved["train_frames"] == len(encodings)
     records = [json.loads(line) for line in (supervised_driver / "metrics.jsonl").read_text().splitlines()]
     aligned = [record for record in records if record.get("kind") == "align"]
-    assert aligned and all(record["align_changed"] == 0 for record in aligned)  # each frame keeps its encoding
+    assert records and not aligned  # each frame keeps its encoding: fixed pairs are never re-aligned
     assert list((supervised_driver / "driven").glob("*.png"))
 
 
