@@ -366,7 +366,7 @@ def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
 
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
     from ava.data.bad_data import collate_samples
-    from ava.train.interrupt import ignore_stop_signals
+    from ava.runtime.interrupt import ignore_stop_signals
 
     return DataLoader(
         dataset,

@@ -23,9 +23,8 @@ from ava.train.data import (EpochSampler, TrainingData, build_training_data, def
                             make_loader, select_subjects)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
-from ava.runtime.rundir import load_for_resume, refuse_earlier_run
+from ava.runtime.rundir import RunDir, load_for_resume, refuse_earlier_run
 from ava.train.resume import check_compatible, restore_rng
-from ava.train.rundir import RunDir
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
