@@ -2,7 +2,7 @@
 
 Modules: config (dataclasses and presets), data (datasets, held-out cameras, loaders),
 losses (docs/training.md terms), distributed (torchrun / single process), ddp (how the model is
-wrapped in DistributedDataParallel: unused parameters, synced buffers, buckets), evaluate
+wrapped in DistributedDataParallel: unused parameters, synced buffers, buckets), pictures
 (progress images, cross-identity strips). The run folder and the handling of Ctrl-C / SIGTERM are
 ava.runtime.rundir and ava.runtime.interrupt, shared with `ava train-driver`.
 The loop (loop) orchestrates: setup (data, model, optimiser, resume, run folder, loader),

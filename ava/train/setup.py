@@ -61,7 +61,7 @@ class Trainer:
     """The run folder's writer (rank 0 only)."""
     resolved: dict
     """The config with what was resolved at start (stored in config.json and checkpoints)."""
-    cross_identity: object | None  # ava.train.evaluate.CrossIdentity
+    cross_identity: object | None  # ava.train.pictures.CrossIdentity
     sampler: EpochSampler
     loader: torch.utils.data.DataLoader
     steps_per_epoch: int
@@ -390,7 +390,7 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
 
 def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
-    from ava.train.evaluate import CrossIdentity
+    from ava.train.pictures import CrossIdentity
 
     # One line per message even in a log file (see Trainer.say).
     say = functools.partial(console.print, soft_wrap=True) if ctx.is_main else (lambda *args, **kwargs: None)
