@@ -60,7 +60,7 @@ def original_state(checkpoint, per_capture: list[list[str]], num_identities: int
 @torch.no_grad()
 def dome_codes(checkpoint, dataset_dir: Path, folder: str, downsample: int) -> dict[int, torch.Tensor]:
     """frame number -> the decoder's expression code [16,4,4] of every usable dome frame (one camera)."""
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.model import encode_expression
 

@@ -287,7 +287,7 @@ def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, with
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
     from ava.driver.setup import load_decoder
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.model import encode_expression, run_model
 

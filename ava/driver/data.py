@@ -62,7 +62,8 @@ class Subject:
 @torch.no_grad()
 def dome_codes(model, part, device: torch.device, batch: int = 16) -> torch.Tensor:
     """[F,16,4,4] expression codes (expr_mu) of every sample of a one-camera dome part."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import encode_expression
 
     codes = []

@@ -94,7 +94,8 @@ def openness_of(vectors: np.ndarray, controls: tuple[str, ...]) -> dict[str, np.
 def decode(model, subject, dome_index: int, codes: torch.Tensor, device: torch.device):
     """(images [n,3,H,W] 0..255, coverage [n,1,H,W], decoded mesh [n,V,3]) of the decoder with codes
     [n,16,4,4], in dome sample `dome_index` of the subject (its camera, head pose and identity)."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import run_model
 
     images, alphas, meshes = [], [], []

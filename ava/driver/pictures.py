@@ -12,7 +12,8 @@ def render_code(model, subject, dome_index: int, codes: torch.Tensor, device: to
     """Renders [3,H,W] of the decoder with each code of `codes` [n,16,4,4], in the subject's dome
     view (camera and head pose of dome sample `dome_index`, the subject's own identity); with
     `with_alpha` also the primitives' coverage [1,H,W] of each."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import run_model
 
     batch = to_device(collate([subject.dome[dome_index]] * len(codes)), device)

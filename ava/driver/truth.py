@@ -143,7 +143,8 @@ def true_codes(subject, vectors: np.ndarray, controls: tuple[str, ...], geometry
     """[n,16,4,4]: the decoder's codes of the subject's ground truth making each expression of
     vectors [n,C] (controls in `controls` order). subject: an ava.driver.data.Subject (its dome
     view gives the neutral frame and the decoder's normalisation); geometry: a TruthGeometry."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.headset import neutral_sample_index
     from ava.runtime.model import encode_expression, fit_texture, uv_size
 

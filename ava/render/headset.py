@@ -26,7 +26,8 @@ def render_headset(request, console) -> dict:
     from ava.checkpoint import load_checkpoint, load_driver_checkpoint
     from ava.data.encoder import HeadsetDataset
     from ava.render.cross_id import resolve_identity
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.device import select_device
     from ava.runtime.headset import (
         decoder_downsample,

@@ -255,7 +255,8 @@ def plan_distributed(config: TrainConfig, ctx: Distributed, state: TrainingState
                      vertmean: torch.Tensor) -> DdpPlan:
     """Which parameters and buffers DDP must handle (ava.train.ddp), from one training forward per
     phase this run will go through, on its first training sample."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.train.losses import total_loss
     from ava.train.step import decoder_terms
 
