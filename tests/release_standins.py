@@ -85,10 +85,10 @@ def headset_encodings(checkpoint, dataset_dir: Path, folder: str, downsample: in
     every headset frame, the decoder's code of the frame's true expression (ava.driver.truth)."""
     import io
 
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.truth import headset_true_codes
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     model = checkpoint.build_autoencoder(raymarch_backend="torch").eval()
     cpu = torch.device("cpu")

@@ -333,7 +333,7 @@ def test_segmentation_and_encoder_parts(capture):
     import numpy as np
     from PIL import Image
 
-    from ava.data.encoder import EncoderCapture
+    from ava.data.headset_capture import EncoderCapture
     from ava.data.layout import ENCODER_CAMERAS
 
     frames = [row.split(",")[1] for row in capture.frame_list.read_text().splitlines()[1:]]
