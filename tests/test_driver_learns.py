@@ -6,8 +6,10 @@ reflectance and every performance still differ), 60 dome frames each, 16x16 head
 decoder trained 2 steps (its expression codes are a fixed function of mesh and texture, which is
 all a driver needs). The driver is trained on the true codes of 3 subjects' headset frames (the
 regression the alignment feeds, without the alignment's errors) with neutral-frame conditioning,
-and measured on the 4th subject: measured at 0.55 of the mean code's code error and +2.4 dB
-(2026-12-07, this configuration); the test asks for at most 0.75 and at least +1 dB.
+and measured on the 4th subject: measured at 0.505 of the mean code's code error and +2.71 dB
+(2026-12-07, this configuration, 600 driver steps; at 300 steps 0.81 and +0.85 dB once the
+synthetic renderer stopped culling primitives that cross a headset camera's plane, which made the
+mouth views brighter); the test asks for at most 0.75 and at least +1 dB.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ def test_a_driver_beats_the_mean_code_on_an_unseen_subject(tmp_path):
     checkpoint = decoder / "checkpoints" / "step_00000002.safetensors"
     driver = tmp_path / "driver"
     assert run_cli(["train-driver", "--checkpoint", str(checkpoint), "--train.dataset-dir", str(data),
-                    "--train.targets", "truth", "--encoder.neutral", "--train.maxiter", "300",
+                    "--train.targets", "truth", "--encoder.neutral", "--train.maxiter", "600",
                     "--train.num-holdout-subjects", "1", "--progress.output-path", str(driver),
-                    "--progress.eval-freq", "300", "--progress.image-freq", "300", "--progress.checkpoint-freq", "300",
+                    "--progress.eval-freq", "600", "--progress.image-freq", "600", "--progress.checkpoint-freq", "600",
                     "--encoder.image-size", "16", "--encoder.channels", "16", "32", "--encoder.hidden", "64",
                     "--train.batchsize", "16", "--device", "cpu"]) == 0
     evaluation = tmp_path / "eval"
-    assert run_cli(["eval-driver", "--driver-checkpoint", str(driver / "checkpoints" / "step_00000300.safetensors"),
+    assert run_cli(["eval-driver", "--driver-checkpoint", str(driver / "checkpoints" / "step_00000600.safetensors"),
                     "-o", str(evaluation), "--device", "cpu", "--strip-frames", "0"]) == 0
     document = json.loads((evaluation / "eval.json").read_text())
     assert document["held_out"] is True
