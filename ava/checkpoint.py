@@ -497,7 +497,7 @@ def save_driver_checkpoint(
 ) -> Path:
     """Write a headset driver atomically and return its path.
 
-    encoder: the ava.nn.headset.HeadsetEncoder (its state dict, buffers included); encoder_config:
+    encoder: the ava.nn.headset_encoder.HeadsetEncoder (its state dict, buffers included); encoder_config:
     its HeadsetEncoderConfig as a dict; decoder: {"path", "fingerprint", "step"} of the decoder
     checkpoint it was trained against; config: the full training config; extra_state: tensors or
     JSON values (alignment, RNG state) for an exact resume.
@@ -531,9 +531,9 @@ class DriverCheckpoint:
     extra_state: dict = field(default_factory=dict)
 
     def build_encoder(self) -> torch.nn.Module:
-        """The ava.nn.headset.HeadsetEncoder with the saved weights and code statistics."""
+        """The ava.nn.headset_encoder.HeadsetEncoder with the saved weights and code statistics."""
         from ava.nn.config import HeadsetEncoderConfig
-        from ava.nn.headset import HeadsetEncoder
+        from ava.nn.headset_encoder import HeadsetEncoder
 
         encoder = HeadsetEncoder(HeadsetEncoderConfig.from_dict(self.encoder_config))
         problems = compare_state(encoder.state_dict(), self.encoder_state)

@@ -60,7 +60,7 @@ def original_state(checkpoint, per_capture: list[list[str]], num_identities: int
 @torch.no_grad()
 def dome_codes(checkpoint, dataset_dir: Path, folder: str, downsample: int) -> dict[int, torch.Tensor]:
     """frame number -> the decoder's expression code [16,4,4] of every usable dome frame (one camera)."""
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.model import encode_expression
 
@@ -85,10 +85,10 @@ def headset_encodings(checkpoint, dataset_dir: Path, folder: str, downsample: in
     every headset frame, the decoder's code of the frame's true expression (ava.driver.truth)."""
     import io
 
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.truth import headset_true_codes
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     model = checkpoint.build_autoencoder(raymarch_backend="torch").eval()
     cpu = torch.device("cpu")

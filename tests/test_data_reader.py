@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ava.data.bad_data import BadDataReport, collate_samples
+from ava.data.bad_data import BadDataReport
+from ava.data.collate import collate
 from ava.data.calibration import read_calibration
 from ava.data.dataset import CaptureDataset, MultiCaptureDataset, NoUsableSamples
 from ava.data.ids import read_ids_csv
@@ -75,7 +76,7 @@ def test_corrupt_members_are_replaced_and_reported_once(capture, capsys):
     _rewrite(capture.vertices_zip, lambda n, d: d[: len(d) // 2] if n == bad_mesh else d)
     dataset = CaptureDataset(capture.root, downsample=64)
     assert len(dataset) == 8 and not dataset.construction_problems  # members exist; damage shows on load
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_samples, shuffle=False)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate, shuffle=False)
     report = BadDataReport()
     seen_frames = []
     for epoch in range(2):
@@ -226,7 +227,7 @@ def test_damaged_ply_headers_are_replaced_in_loader_workers(capture, capsys):
     _rewrite(capture.vertices_zip,
              lambda name, data: data.replace(*header_damage[name], 1) if name in header_damage else data)
     dataset = CaptureDataset(capture.root, downsample=64)
-    loader = DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=collate_samples, shuffle=False)
+    loader = DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=collate, shuffle=False)
     report = BadDataReport()
     [batch] = list(loader)
     assert batch["image"].shape[0] == 8  # refilled from the good frames
@@ -332,7 +333,7 @@ def test_segmentation_and_encoder_parts(capture):
     import numpy as np
     from PIL import Image
 
-    from ava.data.encoder import EncoderCapture
+    from ava.data.headset_capture import EncoderCapture
     from ava.data.layout import ENCODER_CAMERAS
 
     frames = [row.split(",")[1] for row in capture.frame_list.read_text().splitlines()[1:]]

@@ -180,3 +180,55 @@ def test_sources_cite_the_docs_not_outside_notes(tmp_path):
     (tmp_path / "tools").mkdir()
     (tmp_path / "ava" / "planted.py").write_text('"""As SPEC §3 says."""\n')
     assert source_citations(tmp_path) == ["ava/planted.py:1"]
+
+
+ARCHITECTURE_PART = re.compile(r"`ava\.(\w+)`")
+MODULE_FILE = re.compile(r"`(\w+\.py)`")
+
+
+def architecture_mismatches(text: str, package: Path) -> list[str]:
+    """Where docs/architecture.md's module listing and the package disagree. Each `### ` section
+    heading names the parts it describes (`ava.X`); the section of a package part names every
+    module file of it (`name.py`) and no other; every top-level module is named in a heading."""
+    sections: list[tuple[list[str], str]] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = ARCHITECTURE_PART.findall(line) if line.startswith("### ") else []
+            sections.append((parts, ""))
+        elif sections:
+            parts, body = sections[-1]
+            sections[-1] = (parts, body + line + "\n")
+    headed = {part for parts, _ in sections for part in parts}
+    problems = []
+    for path in sorted(package.iterdir()):
+        if path.suffix == ".py" and path.stem != "__init__" and path.stem not in headed:
+            problems.append(f"module ava.{path.stem} has no section")
+        if not (path / "__init__.py").is_file():
+            continue
+        bodies = [body for parts, body in sections if path.name in parts]
+        if not bodies:
+            problems.append(f"package ava.{path.name} has no section")
+            continue
+        listed = set(MODULE_FILE.findall("".join(bodies)))
+        present = {module.name for module in path.glob("*.py") if module.name != "__init__.py"}
+        problems += [f"ava/{path.name}/{name} is not listed" for name in sorted(present - listed)]
+        problems += [f"ava/{path.name}/{name} is listed but does not exist" for name in sorted(listed - present)]
+    return problems
+
+
+def test_the_architecture_lists_every_module():
+    problems = architecture_mismatches((ROOT / "docs" / "architecture.md").read_text(encoding="utf-8"), ROOT / "ava")
+    assert not problems, "docs/architecture.md's module listing and ava/ disagree:\n" + "\n".join(problems)
+
+
+def test_the_architecture_check_can_fail(tmp_path):
+    (tmp_path / "part").mkdir()
+    for name in ("__init__.py", "kept.py", "unlisted.py"):
+        (tmp_path / "part" / name).write_text("")
+    (tmp_path / "alone.py").write_text("")
+    text = "# Architecture\n\n### `ava.part` (rank 1)\n\n- `kept.py`, `gone.py`\n\n## Outside\n\n`unlisted.py`\n"
+    assert architecture_mismatches(text, tmp_path) == [
+        "module ava.alone has no section",
+        "ava/part/unlisted.py is not listed",
+        "ava/part/gone.py is listed but does not exist",
+    ]

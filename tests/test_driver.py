@@ -180,11 +180,11 @@ def test_eval_driver_reports_every_segment_and_writes_strips(driver_run, decoder
 def test_true_codes_rebuild_the_dome_codes_from_the_truth(decoder, dataset):
     """The true code of an expression is the decoder's code of the truth geometry and texture: for
     the dome frames' own expressions it is exactly the code of the stored dome frame."""
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.setup import load_decoder
     from ava.driver.truth import true_codes
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     checkpoint, model = load_decoder(decoder, torch.device("cpu"))
     folder = checkpoint.identities[0]
@@ -200,12 +200,12 @@ def test_a_perfect_driver_scores_perfectly(driver_run, decoder, dataset):
     """The evaluation's plumbing (truth, true codes, renders, openness) checked with an oracle that
     outputs each headset frame's true code: zero code and image error, the true code's openness."""
     from ava.checkpoint import load_driver_checkpoint
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.evaluate import evaluate_subject
     from ava.driver.setup import load_decoder
     from ava.driver.truth import headset_true_codes
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     driver = load_driver_checkpoint(driver_run / "checkpoints" / "step_00000004.safetensors")
     encoder = driver.build_encoder().eval()
@@ -287,7 +287,7 @@ def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, with
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
     from ava.driver.setup import load_decoder
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.model import encode_expression, run_model
 
@@ -306,7 +306,7 @@ def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
 
 def test_a_conditioned_encoder_reads_the_neutral_frame():
     from ava.nn.config import HeadsetEncoderConfig
-    from ava.nn.headset import HeadsetEncoder
+    from ava.nn.headset_encoder import HeadsetEncoder
 
     torch.manual_seed(0)
     encoder = HeadsetEncoder(HeadsetEncoderConfig(image_size=32, channels=(8, 16), hidden=32, neutral=True)).eval()
@@ -324,7 +324,7 @@ def test_a_conditioned_encoder_reads_the_neutral_frame():
 
 def test_headset_encoder_ignores_exposure_and_checks_shapes():
     from ava.nn.config import HeadsetEncoderConfig
-    from ava.nn.headset import HeadsetEncoder
+    from ava.nn.headset_encoder import HeadsetEncoder
 
     torch.manual_seed(0)
     encoder = HeadsetEncoder(HeadsetEncoderConfig(image_size=16, channels=(8, 16), hidden=32)).eval()

@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ava.driver.alignment import default_max_step, linear_stretch, monotone_alignment, squared_distances
-from ava.synth.headset import monotone_warp
+from ava.synth.headset_sessions import monotone_warp
 
 
 @st.composite

@@ -332,7 +332,7 @@ def test_real_kills_at_random_moments_and_in_a_checkpoint_write(tiny_capture_set
 COMMANDS = {  # the command line with OUT for the output folder, and the work it must not start
     "render": (["render", "--checkpoint", "missing.safetensors", "-o", "OUT"], "ava.render.cross_id:render"),
     "headset render": (["render", "--checkpoint", "missing.safetensors", "--driver-checkpoint", "d.safetensors", "-o",
-                        "OUT"], "ava.render.headset:render_headset"),
+                        "OUT"], "ava.render.driven:render_headset"),
     "eval": (["eval", "missing.safetensors", "-o", "OUT"], "ava.eval.run:evaluate"),
     "show": (["show", "missing-capture", "-o", "OUT"], "ava.show.run:show"),
     "synth": (["synth", "-o", "OUT"], "ava.synth.pipeline:generate"),

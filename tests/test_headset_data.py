@@ -1,6 +1,6 @@
 """Synthetic headset sessions (`ava synth`): the real encoder layout, takes that are performances of
 their own, a headset that slips, the ground truth beside the capture, how hard the takes are to
-align (ava.driver.truth), and `ava.data.encoder.HeadsetDataset` reading them back."""
+align (ava.driver.truth), and `ava.data.headset_capture.HeadsetDataset` reading them back."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ava.data.encoder import HeadsetDataset, read_encoder_truth
 from ava.data.formats import decode_image, parse_frame_list
+from ava.data.headset_capture import HeadsetDataset, read_encoder_truth
 from ava.data.ids import read_ids_csv
 from ava.data.layout import ENCODER_CAMERAS, CaptureLayout
 from ava.errors import UserError
@@ -109,7 +109,7 @@ def test_views_follow_the_expression(dataset_dir):
 
 def test_the_rig_slips_and_renders_follow_it():
     """HeadsetPlan.cameras follows the slip: a frame's cameras move by its slip, no more."""
-    from ava.synth.headset import plan_headset
+    from ava.synth.headset_sessions import plan_headset
 
     dome_frames = [(segment, str(1000 + index)) for index, segment in
                    enumerate(["EXP_neutral_peak"] * 4 + ["EXP_jaw_open"] * 20 + ["EXP_smile"] * 20)]

@@ -312,7 +312,7 @@ def test_colour_fit_samples_avoid_measured_frames_and_cameras(holdout_run, holdo
 def test_render_and_view_accept_unseen_captures(holdout_run, holdout_capture_set, tmp_path, capsys):
     from ava.checkpoint import load_checkpoint
     from ava.nn.colorcal import UNSEEN_IDENTITY
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture, held_out_subjects
     from ava.runtime.images import to_uint8
     from ava.runtime.model import run_model

@@ -222,7 +222,8 @@ def test_hostile_members_of_a_capture_are_replaced_like_damaged_ones(capture, ca
     and names each file once."""
     from torch.utils.data import DataLoader
 
-    from ava.data.bad_data import BadDataReport, collate_samples
+    from ava.data.bad_data import BadDataReport
+    from ava.data.collate import collate
     from ava.data.dataset import CaptureDataset
 
     reader = CaptureDataset(capture.root, downsample=64).reader
@@ -245,7 +246,7 @@ def test_hostile_members_of_a_capture_are_replaced_like_damaged_ones(capture, ca
                 archive.writestr(name, data)
     dataset = CaptureDataset(capture.root, downsample=64)
     report = BadDataReport()
-    for batch in DataLoader(dataset, batch_size=4, collate_fn=collate_samples, shuffle=False):
+    for batch in DataLoader(dataset, batch_size=4, collate_fn=collate, shuffle=False):
         assert batch["image"].shape[0] == 4  # refilled, never shrunk
         report.update(batch)
     assert report.end_epoch(0) >= 3

@@ -76,10 +76,10 @@ def test_codes_and_encodings_read_back(downloaded, tiny_capture_set):
     truth = json.loads((tiny_capture_set / folder / "encoder_truth.json").read_text())
     assert len(encodings) == len(truth["frames"]) and set(encodings.segments) <= {row["segment"] for row in truth["frames"]}
     # The stand-in encodings are the headset frames' true codes (ava.driver.truth).
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.truth import headset_true_codes
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     model = trained.build_autoencoder(raymarch_backend="torch").eval()
     subject = load_subject(tiny_capture_set, folder, trained, model, int(DOWNSAMPLE), 16, torch.device("cpu"))

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from ava.data.collate import collate
 from ava.data.dataset import CaptureDataset
 from ava.data.extras import CaptureExtras, WithExtras, read_expression_codes, read_headset_encodings
 from ava.data.formats import encode_avif
 from ava.data.layout import CaptureLayout
 from ava.data.safe_load import RefusedPickle
 from ava.errors import UserError
-from ava.runtime.batch import collate
 from tests.test_train import run_cli
 
 

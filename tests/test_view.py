@@ -144,7 +144,7 @@ def test_view_render_is_the_model_of_training(tiny_checkpoints, tiny_capture_set
     """At a dataset camera, with that frame's expression, the viewer's picture is the model call of
     training (`run_model`) with the background swapped for the flat colour."""
     from ava.checkpoint import load_checkpoint
-    from ava.runtime.batch import collate
+    from ava.data.collate import collate
     from ava.runtime.datasets import checkpoint_capture
     from ava.runtime.images import to_uint8
     from ava.runtime.model import run_model

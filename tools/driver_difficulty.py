@@ -23,7 +23,7 @@ import numpy as np
 
 def dataset_rows(data: Path) -> list[dict]:
     from ava.driver.truth import capture_difficulty
-    from ava.runtime.headset import headset_subjects
+    from ava.runtime.driving import headset_subjects
 
     return [row for folder in headset_subjects(data) for row in capture_difficulty(data / folder).values()]
 

@@ -189,7 +189,7 @@ def stage_data(protocol: Protocol, given: Path | None) -> None:
 
 def stage_split(protocol: Protocol, seed: int) -> dict:
     from ava.data.splits import split_subjects
-    from ava.runtime.headset import headset_subjects
+    from ava.runtime.driving import headset_subjects
 
     path = protocol.out / "split.json"
     folders = headset_subjects(protocol.data)
@@ -266,12 +266,12 @@ def evaluate_runs(protocol: Protocol, decoder_path: Path, runs: dict[str, Path],
     (a rerun measures only the runs that file lacks); returns {subject: {"runs", "tallies": {source:
     {segment: Tally fields}}, "frames": [per-frame records], "controls"}}."""
     from ava.checkpoint import load_driver_checkpoint
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.evaluate import driver_codes, evaluate_subject
     from ava.driver.setup import load_decoder
     from ava.runtime.device import select_device
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     device = select_device(protocol.device)
     loaded: dict = {}

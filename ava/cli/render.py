@@ -27,7 +27,7 @@ def main(config: Annotated[RenderConfig, tyro.conf.arg(name="")]) -> int:
     output_folder(config.output, "-o/--output", create=False)  # created when the first frame is written
     console = make_console()
     if config.driver_checkpoint is not None or config.headset is not None:
-        from ava.render.headset import render_headset
+        from ava.render.driven import render_headset
 
         written = render_headset(config, console)
         console.print(f"wrote {written['video']} ({len(written['frames'])} headset frames of {written['headset']} "

@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from torch.utils.data import default_collate
-
 SKIPPED_KEY = "skipped"
 
 
@@ -68,21 +66,8 @@ def decode_problems(text: str) -> list[Problem]:
     return problems
 
 
-def collate_samples(samples: list[dict]) -> dict:
-    """Stacks samples like `default_collate` and turns the `"skipped"` notes into one list of Problems."""
-    problems = []
-    stripped = []
-    for sample in samples:
-        sample = dict(sample)
-        problems += decode_problems(sample.pop(SKIPPED_KEY, ""))
-        stripped.append(sample)
-    batch = default_collate(stripped)
-    batch[SKIPPED_KEY] = problems
-    return batch
-
-
 def problems_in(batch: dict) -> list[Problem]:
-    """The skipped files noted in a batch made by `collate_samples` or by `default_collate`."""
+    """The skipped files noted in a batch made by ava.data.collate.collate or by `default_collate`."""
     noted = batch.get(SKIPPED_KEY, [])
     if isinstance(noted, str):
         return decode_problems(noted)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ava.data.encoder import HeadsetDataset
+from ava.data.headset_capture import HeadsetDataset
 from ava.errors import UserError
-from ava.runtime.headset import dome_view, headset_subjects, resolve_subjects
+from ava.runtime.driving import dome_view, headset_subjects, resolve_subjects
 
 
 def split_subjects(dataset_dir: Path, ids: Sequence[str], holdout: Sequence[str], count: int) -> tuple[list[str], list[str]]:
@@ -45,7 +45,7 @@ class Subject:
 
     folder: str
     headset: HeadsetDataset
-    dome: object  # one-camera CaptureDataset read as the decoder expects (runtime.headset.dome_view)
+    dome: object  # one-camera CaptureDataset read as the decoder expects (ava.runtime.driving.dome_view)
     camera: str
     codes: torch.Tensor  # [F,16,4,4]: the decoder's expression code of every dome sample
     dome_segments: dict[str, list[int]]  # segment -> dome sample indices in recording order
@@ -55,14 +55,15 @@ class Subject:
     neutral: int = 0  # headset frame index of the neutral frame a conditioned encoder reads
 
     def neutral_views(self) -> torch.Tensor:
-        """uint8 [5,S,S]: the subject's neutral headset frame (ava.data.encoder.HeadsetDataset.neutral_frame)."""
+        """uint8 [5,S,S]: the subject's neutral headset frame (ava.data.headset_capture.HeadsetDataset.neutral_frame)."""
         return self.headset.views(self.neutral)
 
 
 @torch.no_grad()
 def dome_codes(model, part, device: torch.device, batch: int = 16) -> torch.Tensor:
     """[F,16,4,4] expression codes (expr_mu) of every sample of a one-camera dome part."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import encode_expression
 
     codes = []

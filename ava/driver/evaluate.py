@@ -94,7 +94,8 @@ def openness_of(vectors: np.ndarray, controls: tuple[str, ...]) -> dict[str, np.
 def decode(model, subject, dome_index: int, codes: torch.Tensor, device: torch.device):
     """(images [n,3,H,W] 0..255, coverage [n,1,H,W], decoded mesh [n,V,3]) of the decoder with codes
     [n,16,4,4], in dome sample `dome_index` of the subject (its camera, head pose and identity)."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import run_model
 
     images, alphas, meshes = [], [], []
@@ -181,7 +182,7 @@ def evaluate_subject(subject, truth, geometry, sources: dict[str, torch.Tensor],
     true: the true codes [M,16,4,4] if already computed (else from the truth geometry).
     """
     from ava.driver.truth import headset_true_codes
-    from ava.runtime.headset import neutral_sample_index
+    from ava.runtime.driving import neutral_sample_index
 
     if true is None:
         true = headset_true_codes(subject, truth, geometry, model, device)
@@ -266,7 +267,7 @@ def _strip(subject, frames: list[int], true: torch.Tensor, driver: torch.Tensor,
     from the mean code, one per segment at most; renders in the neutral dome view, cropped to the
     head (ava.driver.pictures.head_strip)."""
     from ava.driver.pictures import head_strip
-    from ava.runtime.headset import neutral_sample_index
+    from ava.runtime.driving import neutral_sample_index
 
     deviation = ((true - mean) ** 2).mean(dim=(1, 2, 3))
     best: dict[str, int] = {}
@@ -300,7 +301,7 @@ def markdown_table(rows: list[dict]) -> str:
 def driver_codes(encoder, subject, device: torch.device) -> torch.Tensor:
     """[M,16,4,4] the driver's code of every headset frame of `subject` (with its neutral frame if
     the driver is conditioned on one)."""
-    from ava.runtime.headset import predict_codes
+    from ava.runtime.driving import predict_codes
 
     views = torch.stack([subject.headset.views(index) for index in range(len(subject.headset))])
     neutral = subject.neutral_views() if encoder.config.neutral else None
@@ -312,15 +313,15 @@ def evaluate_driver(request, console) -> dict:
     from rich.progress import track
 
     from ava.checkpoint import load_driver_checkpoint
-    from ava.data.encoder import read_encoder_truth
+    from ava.data.headset_capture import read_encoder_truth
     from ava.driver.data import load_subject
     from ava.driver.release_eval import evaluate_against_encodings, truth_source
     from ava.driver.truth import headset_true_codes
     from ava.files import write_atomically
     from ava.runtime.device import select_device
-    from ava.runtime.headset import driver_dataset_dir, headset_subjects, resolve_subjects
+    from ava.runtime.driving import driver_dataset_dir, headset_subjects, resolve_subjects
     from ava.runtime.images import save_png
-    from ava.synth.headset import TruthGeometry
+    from ava.synth.headset_sessions import TruthGeometry
 
     if request.strip_frames < 0:
         raise UserError("--strip-frames cannot be negative")

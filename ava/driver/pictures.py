@@ -12,7 +12,8 @@ def render_code(model, subject, dome_index: int, codes: torch.Tensor, device: to
     """Renders [3,H,W] of the decoder with each code of `codes` [n,16,4,4], in the subject's dome
     view (camera and head pose of dome sample `dome_index`, the subject's own identity); with
     `with_alpha` also the primitives' coverage [1,H,W] of each."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.model import run_model
 
     batch = to_device(collate([subject.dome[dome_index]] * len(codes)), device)
@@ -40,7 +41,7 @@ def head_strip(rows: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]
     coverage [1,H,W]): per row [5 views | the renders cropped to the head], enlarged by whole pixels.
     Every row is cropped to one box (the union of the rows' head boxes) and enlarged by one factor,
     so all rows have the same height and width and their panels line up."""
-    from ava.runtime.headset import headset_panel
+    from ava.runtime.driving import headset_panel
     from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
 
     boxes = [head_box(alpha) for _, _, alpha in rows]
@@ -59,7 +60,7 @@ def driven_row(model, subject, views: torch.Tensor, code: torch.Tensor, dome_ind
                device: torch.device, reference_code: torch.Tensor | None = None) -> np.ndarray:
     """uint8 [H, ...,3]: [5 IR views | render driven by `code` | the dome image of `dome_index`, or
     the render of `reference_code` there]."""
-    from ava.runtime.headset import headset_panel
+    from ava.runtime.driving import headset_panel
     from ava.runtime.images import hstack, to_uint8
 
     codes = code[None] if reference_code is None else torch.stack([code, reference_code.to(code.dtype)])

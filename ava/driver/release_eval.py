@@ -26,7 +26,7 @@ RENDERED_FRAMES = 16  # per segment: the PSNR's renders (three per frame) are th
 def truth_source(requested: str, capture_root) -> str:
     """'synthetic' (encoder_truth.json, ava synth) or 'encodings' (the release's encodings_gt.pt)
     for one subject: `requested`, or with 'auto' the synthetic truth where it exists."""
-    from ava.data.encoder import truth_path
+    from ava.data.headset_capture import truth_path
     from ava.data.layout import CaptureLayout
 
     has_truth = truth_path(capture_root).is_file()
@@ -47,7 +47,7 @@ def evaluate_against_encodings(subject, predicted: torch.Tensor, mean_code: torc
     from ava.data.extras import read_headset_encodings
     from ava.data.layout import CaptureLayout
     from ava.driver.evaluate import SubjectResult, Tally, decode
-    from ava.runtime.headset import neutral_sample_index
+    from ava.runtime.driving import neutral_sample_index
     from ava.runtime.metrics import spread
 
     layout = CaptureLayout(subject.headset.root)

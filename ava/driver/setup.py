@@ -89,7 +89,7 @@ def load_subjects(folders: list[str], dataset_dir: Path, decoder, model, downsam
 def prepare(config: DriverConfig, device: torch.device, console: Console) -> Setup:
     from ava.checkpoint import decoder_fingerprint
     from ava.runtime.datasets import resolve_dataset_dir
-    from ava.runtime.headset import decoder_downsample
+    from ava.runtime.driving import decoder_downsample
 
     decoder, model = load_decoder(Path(config.checkpoint).expanduser(), device)
     dataset_dir = resolve_dataset_dir(config.train.dataset_dir, decoder)

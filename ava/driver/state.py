@@ -42,7 +42,7 @@ class DriverState:
     """
 
     def __init__(self, config: DriverConfig, setup: Setup, device: torch.device, resolved: dict) -> None:
-        from ava.nn.headset import HeadsetEncoder
+        from ava.nn.headset_encoder import HeadsetEncoder
 
         self.config, self.setup, self.device, self.resolved = config, setup, device, resolved
         pool = setup.train_pool
@@ -183,7 +183,7 @@ class DriverState:
                     rows.append(driven_row(self.setup.model, pool.subjects[owner], views[0], code[0], dome_index,
                                            self.device))
                 else:  # an oracle's target, a code of no dome frame: its render stands in for the dome image
-                    from ava.runtime.headset import neutral_sample_index
+                    from ava.runtime.driving import neutral_sample_index
 
                     owner = int(pool.subject_of[index])
                     subject = pool.subjects[owner]
@@ -197,7 +197,7 @@ class DriverState:
 
     def predictions_for(self, views: torch.Tensor, neutral: torch.Tensor | None = None,
                         encoder: torch.nn.Module | None = None) -> torch.Tensor:
-        from ava.runtime.headset import predict_codes
+        from ava.runtime.driving import predict_codes
 
         return predict_codes(self.encoder if encoder is None else encoder, views, self.device, neutral=neutral)
 

@@ -1,11 +1,11 @@
 """The ground truth of synthetic headset sessions, as evaluation (and the oracle baseline) use it.
 
 `ava synth` writes, beside each capture, every headset frame's and dome frame's expression vector
-(`encoder_truth.json`, ava.data.encoder.read_encoder_truth). From these:
+(`encoder_truth.json`, ava.data.headset_capture.read_encoder_truth). From these:
 
 - **True codes.** The true code of a headset frame is what the frozen decoder's expression encoder
   makes of the synthetic ground truth of that frame's expression: the subject's mesh and texture
-  for that expression vector (ava.synth.headset.TruthGeometry), relative to the subject's neutral
+  for that expression vector (ava.synth.headset_sessions.TruthGeometry), relative to the subject's neutral
   frame, through the bottleneck's mean. Where the decoder's UV maps are as large as the stored
   textures, the texture is painted at that size and passed through the dome textures' AVIF
   coding, so a dome frame's true code is exactly the code of its stored mesh and texture. Where
@@ -102,8 +102,8 @@ def session_difficulty(headset: dict[str, np.ndarray], dome: dict[str, np.ndarra
 
 def capture_difficulty(root: Path) -> dict[str, dict]:
     """`session_difficulty` of one synthetic capture, from its encoder_truth.json and frame lists."""
-    from ava.data.encoder import read_encoder_truth
     from ava.data.formats import parse_frame_list
+    from ava.data.headset_capture import read_encoder_truth
     from ava.data.layout import CaptureLayout
     from ava.files import read_text
 
@@ -143,8 +143,9 @@ def true_codes(subject, vectors: np.ndarray, controls: tuple[str, ...], geometry
     """[n,16,4,4]: the decoder's codes of the subject's ground truth making each expression of
     vectors [n,C] (controls in `controls` order). subject: an ava.driver.data.Subject (its dome
     view gives the neutral frame and the decoder's normalisation); geometry: a TruthGeometry."""
-    from ava.runtime.batch import collate, to_device
-    from ava.runtime.headset import neutral_sample_index
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
+    from ava.runtime.driving import neutral_sample_index
     from ava.runtime.model import encode_expression, fit_texture, uv_size
 
     part = subject.dome
@@ -183,8 +184,8 @@ def pool_true_codes(pool, dataset_dir: Path, model, device: torch.device, consol
     (the oracle's targets)."""
     from rich.progress import track
 
-    from ava.data.encoder import read_encoder_truth
-    from ava.synth.headset import TruthGeometry
+    from ava.data.headset_capture import read_encoder_truth
+    from ava.synth.headset_sessions import TruthGeometry
 
     geometry = TruthGeometry(dataset_dir)
     per_subject = [headset_true_codes(subject, read_encoder_truth(Path(dataset_dir) / subject.folder), geometry,

@@ -141,7 +141,7 @@ def model_preset(name: str) -> ModelConfig:
 
 @dataclass
 class HeadsetEncoderConfig:
-    """Size of the headset encoder (`ava.nn.headset`): five IR views -> the expression code."""
+    """Size of the headset encoder (`ava.nn.headset_encoder`): five IR views -> the expression code."""
 
     image_size: int = 64
     """Side of the square views the encoder reads (headset images are resized to it): a power of two >= 8. Each view is halved down to 4x4."""

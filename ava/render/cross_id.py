@@ -69,7 +69,8 @@ def orbit_views(camrot: torch.Tensor, campos: torch.Tensor, centre: torch.Tensor
 def render(request, console) -> dict:
     """`request`: an ava.render.config.RenderConfig."""
     from ava.checkpoint import load_checkpoint
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.runtime.cameras import frontal_cameras
     from ava.runtime.images import hstack, save_png, to_uint8
     from ava.runtime.model import run_model

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset
 
-from ava.runtime.batch import collate, to_device
+from ava.data.collate import collate
+from ava.runtime.batch import to_device
 from ava.runtime.cameras import project_points
 from ava.runtime.model import run_model
 

@@ -1,6 +1,5 @@
 """A run folder: resolved config, metrics log, checkpoints with a `latest` pointer, pictures,
-TensorBoard. Shared by the trainings: `ava train` (through ava/train/rundir.py) and
-`ava train-driver`.
+TensorBoard. Shared by the trainings: `ava train` and `ava train-driver`.
 
 Layout of `<output_path>`:
   config.json                  the resolved config of the (latest) start of the run

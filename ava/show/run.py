@@ -223,8 +223,8 @@ def draw_cameras(capture: Capture):
 
 
 def draw_headset(capture: Capture, wanted: int | None):
-    from ava.data.encoder import EncoderCapture
     from ava.data.formats import BadMember
+    from ava.data.headset_capture import EncoderCapture
     from ava.show.pictures import headset_strip
 
     if not capture.layout.encoder_frame_list.is_file():

@@ -6,7 +6,7 @@ frame list of scripted expression segments starting with EXP_neutral_peak, each 
 script (expressions.py), smooth head motion, per-frame meshes (PLY), textures (AVIF), head poses,
 camera images (AVIF, rendered with render.py over a per-camera background), the mean mesh/texture
 and their variances, optionally 3D keypoints, the headset session with its ground truth
-(headset.py) and the capture's own truth (truth.py: identity and per-frame expression vectors).
+(headset_sessions.py) and the capture's own truth (truth.py: identity and per-frame expression vectors).
 Next to the captures: the ids CSV, the topology OBJ and a manifest of the settings, written last,
 which marks the dataset complete. A capture folder appears by rename once complete, and its truth
 file carries the settings' digest, so a rerun after an interruption skips the captures already
@@ -49,7 +49,7 @@ from ava.synth.extras import foreground_masks, write_backgrounds, write_foregrou
 from ava.synth.dome import base_head_pose, capture_cameras, head_motion, select_cameras
 from ava.synth.expressions import Expression, perform_segment, segment_lengths
 from ava.synth.head import Identity
-from ava.synth.headset import HeadsetPlan, HeadsetWriter, clean_headset_frames, headset_frames, plan_headset
+from ava.synth.headset_sessions import HeadsetPlan, HeadsetWriter, clean_headset_frames, headset_frames, plan_headset
 from ava.synth.surface import HeadSurface, topology_digest
 from ava.synth.truth import TRUTH_FILENAME, completed_with, surface_and_maps, truth_document
 from ava.synth.writer import CaptureWriter
@@ -189,7 +189,7 @@ def raymarch_frame(task: FrameTask, surface: HeadSurface, uvmaps, angles, vertic
                    texture: np.ndarray, full_rays: bool | None = None):
     """(rayrgba [C,H,W,4] on the CPU of the frame's dome cameras, {headset frame index: {camera:
     noise-free IR image [S,S]}} of the headset frames this frame's task renders, each with its own
-    expression and rig pose: `ava.synth.headset.clean_headset_frames`) for the head `vertices`
+    expression and rig pose: `ava.synth.headset_sessions.clean_headset_frames`) for the head `vertices`
     [V,3] painted with `texture` [S,S,3]; `angles`: every texel's angles (`_surface_and_maps`).
 
     The primitives are built on the CPU (so both devices march the same ones) and moved to

@@ -365,15 +365,15 @@ def default_num_workers(local_world_size: int, cpus: int | None = None) -> int:
 
 
 def make_loader(dataset, sampler: EpochSampler, batchsize: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    from ava.data.bad_data import collate_samples
-    from ava.train.interrupt import ignore_stop_signals
+    from ava.data.collate import collate
+    from ava.runtime.interrupt import ignore_stop_signals
 
     return DataLoader(
         dataset,
         batch_size=batchsize,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=collate,
         drop_last=True,
         pin_memory=pin_memory,
         # Workers live for the whole run: starting them again each epoch costs seconds of data

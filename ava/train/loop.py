@@ -23,11 +23,11 @@ from ava.errors import UserError
 from ava.faults import crash_point
 from ava.files import is_storage_error
 from ava.runtime.device import threads_note
+from ava.runtime.interrupt import INTERRUPTED, StopRequest
 from ava.train.config import TrainConfig
 from ava.train.data import nonempty_batches
 from ava.train.distributed import Distributed, setup_distributed
 from ava.train.extras import terms_function
-from ava.train.interrupt import INTERRUPTED, StopRequest
 from ava.train.periodic import after_step, due, save
 from ava.train.report import Reporter, format_duration
 from ava.train.schedule import advance

@@ -54,7 +54,7 @@ def pictures(trainer: Trainer, step: int, batch: dict, output: dict) -> None:
     """progress/step_*.png of this batch ([gt | recon | error] rows) and, with several identities, an
     x-id/ strip, enlarged (nearest neighbour) until a panel is at least VIEW_HEIGHT pixels high (rank 0)."""
     from ava.runtime.images import save_png, upscale_nearest, viewing_scale
-    from ava.train.evaluate import progress_image
+    from ava.train.pictures import progress_image
 
     run, model = trainer.run, trainer.state.model
     if run is None:

@@ -23,9 +23,8 @@ from ava.train.data import (EpochSampler, TrainingData, build_training_data, def
                             make_loader, select_subjects)
 from ava.train.ddp import DdpPlan, plan_ddp, probe_graph, wrap_ddp
 from ava.train.distributed import Distributed
-from ava.runtime.rundir import load_for_resume, refuse_earlier_run
+from ava.runtime.rundir import RunDir, load_for_resume, refuse_earlier_run
 from ava.train.resume import check_compatible, restore_rng
-from ava.train.rundir import RunDir
 from ava.train.schedule import make_scheduler, set_learning_rate
 
 
@@ -62,7 +61,7 @@ class Trainer:
     """The run folder's writer (rank 0 only)."""
     resolved: dict
     """The config with what was resolved at start (stored in config.json and checkpoints)."""
-    cross_identity: object | None  # ava.train.evaluate.CrossIdentity
+    cross_identity: object | None  # ava.train.pictures.CrossIdentity
     sampler: EpochSampler
     loader: torch.utils.data.DataLoader
     steps_per_epoch: int
@@ -256,7 +255,8 @@ def plan_distributed(config: TrainConfig, ctx: Distributed, state: TrainingState
                      vertmean: torch.Tensor) -> DdpPlan:
     """Which parameters and buffers DDP must handle (ava.train.ddp), from one training forward per
     phase this run will go through, on its first training sample."""
-    from ava.runtime.batch import collate, to_device
+    from ava.data.collate import collate
+    from ava.runtime.batch import to_device
     from ava.train.losses import total_loss
     from ava.train.step import decoder_terms
 
@@ -391,7 +391,7 @@ def build_loader(config: TrainConfig, ctx: Distributed, data: TrainingData, num_
 
 def setup(config: TrainConfig, ctx: Distributed, console: Console) -> Trainer:
     """Everything before the first step (seeds, threads, data, state, resume, outputs, loader)."""
-    from ava.train.evaluate import CrossIdentity
+    from ava.train.pictures import CrossIdentity
 
     # One line per message even in a log file (see Trainer.say).
     say = functools.partial(console.print, soft_wrap=True) if ctx.is_main else (lambda *args, **kwargs: None)

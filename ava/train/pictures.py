@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ava.runtime.batch import collate, to_device
+from ava.data.collate import collate
+from ava.runtime.batch import to_device
 from ava.runtime.cameras import frontal_cameras
 from ava.runtime.images import error_image, hstack, to_uint8, vstack
 from ava.runtime.model import run_model

@@ -1,4 +1,5 @@
-"""The encoder (headset) part of a capture (docs/data-layout.md): a frame list and five IR camera zips.
+"""The headset part of a capture, the release's `encoder/` folder (docs/data-layout.md): a frame
+list and five IR camera zips. (The headset encoder network is ava.nn.headset_encoder.)
 
 `EncoderCapture` reads single frames; `HeadsetDataset` gives training samples, the five views of
 one headset frame as `[5,S,S]` with its segment and frame id. The datasheet names the members

@@ -24,11 +24,12 @@ def render_headset(request, console) -> dict:
     from rich.progress import Progress
 
     from ava.checkpoint import load_checkpoint, load_driver_checkpoint
-    from ava.data.encoder import HeadsetDataset
+    from ava.data.collate import collate
+    from ava.data.headset_capture import HeadsetDataset
     from ava.render.cross_id import resolve_identity
-    from ava.runtime.batch import collate, to_device
+    from ava.runtime.batch import to_device
     from ava.runtime.device import select_device
-    from ava.runtime.headset import (
+    from ava.runtime.driving import (
         decoder_downsample,
         dome_view,
         driver_dataset_dir,

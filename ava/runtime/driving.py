@@ -1,7 +1,10 @@
 """What driving a decoder from headset frames needs in more than one command (`ava render
 --driver-checkpoint`, `ava train-driver`, `ava eval-driver`): finding subjects with headset data,
 the dome view a driven avatar is rendered in, running the headset encoder over frames, and the
-picture of the five IR views."""
+picture of the five IR views.
+
+It sits in ava.runtime, below the commands, because ava.render (ava.render.driven) and ava.driver
+both use it and commands never import each other (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ def predict_codes(encoder: torch.nn.Module, views: torch.Tensor, device: torch.d
     """views [N,5,S,S] (0..255) -> codes [N,16,4,4] on the CPU (the encoder in eval mode).
 
     neutral: the subject's neutral headset frame [5,S,S] or one per frame [N,5,S,S], for an
-    encoder conditioned on it (ava.nn.headset); ignored by one that is not.
+    encoder conditioned on it (ava.nn.headset_encoder); ignored by one that is not.
     """
     was_training = encoder.training
     encoder.eval()
@@ -103,8 +106,8 @@ def predict_codes(encoder: torch.nn.Module, views: torch.Tensor, device: torch.d
 
 def session_neutral_views(root: Path, size: int) -> torch.Tensor:
     """uint8 [5,S,S]: the neutral frame of a capture's headset session
-    (ava.data.encoder.HeadsetDataset.neutral_frame; its first frame when it has no neutral segment)."""
-    from ava.data.encoder import HeadsetDataset
+    (ava.data.headset_capture.HeadsetDataset.neutral_frame; its first frame when it has no neutral segment)."""
+    from ava.data.headset_capture import HeadsetDataset
 
     headset = HeadsetDataset(root, size=size)
     neutral = headset.neutral_frame()

@@ -426,7 +426,7 @@ def headset_frames(clean: dict[int, dict[str, np.ndarray]], plan: HeadsetPlan) -
 
 
 def truth_document(plan: HeadsetPlan, dome_frames: list[tuple[str, str]], dome_expressions: list[Expression]) -> dict:
-    """What `encoder_truth.json` holds (see ava.data.encoder.format_encoder_truth)."""
+    """What `encoder_truth.json` holds (see ava.data.headset_capture.format_encoder_truth)."""
     from ava.synth.expressions import CONTROLS
 
     frames = [{"segment": segment, "frame_id": frame_id, "expression": expression.as_dict(),
@@ -471,7 +471,7 @@ class HeadsetWriter:
             self.written += 1
 
     def commit(self) -> None:
-        from ava.data.encoder import format_encoder_truth, truth_path
+        from ava.data.headset_capture import format_encoder_truth, truth_path
 
         if self.written != len(self.plan.frames):
             raise RuntimeError(f"headset session incomplete: {self.written} of {len(self.plan.frames)} frames")
