@@ -24,11 +24,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
 from ava.view.avatar import Avatar, ViewCamera
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a frame is rendered
+    import torch
 
 MM_PER_UNIT = 1000.0  # viser's world unit is the metre; the head frame is in mm
 MOVING_SECONDS = 0.25  # a camera update younger than this means the user is still dragging
@@ -392,7 +396,7 @@ class Viewer:
             background=BACKGROUNDS[self.background.value],
         )
 
-    def code(self, scene: Scene) -> "torch.Tensor":
+    def code(self, scene: Scene) -> torch.Tensor:
         """The scene's expression code: the frame's, scaled about the driver's neutral code by the strength."""
         avatar = self.avatar
         code = avatar.expression(scene.driver, scene.frame)
