@@ -279,6 +279,18 @@ def _shown(metric: str, value: tuple[float, float] | None) -> str:
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
+def _background_note(document: dict) -> str:
+    """What `ava eval` composited the renders over, from its metrics.json `backgrounds` counts."""
+    counts = document.get("backgrounds", {})
+    real, plate = counts.get("real", 0), counts.get("plate", 0)
+    if real and not plate:
+        return "each capture's recorded background image (the release's background_image group)"
+    if plate and not real:
+        return "a background plate fitted to each camera's first frame"
+    return (f"the recorded background image ({real} captures) or a plate fitted to each camera's first frame "
+            f"({plate} captures without one)")
+
+
 def report(out: Path, size: Size, seeds: list[int], args) -> str:
     """OUT/summary.json, OUT/table.md and OUT/strip.png from the evaluations; returns the table."""
     documents = {seed: {condition: json.loads((out / "eval" / f"seed{seed}" / condition / "metrics.json").read_text())
@@ -311,8 +323,8 @@ def report(out: Path, size: Size, seeds: list[int], args) -> str:
              f"{len(groups['trained'])} training subjects, {len(groups['validation'])} validation "
              f"({', '.join(groups['validation'])}), {len(groups['test'])} test ({', '.join(groups['test'])}); "
              f"images {first['downsample']}x downsampled; mean ± sd over seeds {', '.join(map(str, seeds))} "
-             f"(the split is the same for every seed). PSNR in dB over a background plate fitted to each "
-             f"camera's first frame; head: inside the tracked mesh. Unseen subjects: neutral colour calibration.",
+             f"(the split is the same for every seed). PSNR in dB over {_background_note(first)}; head: inside "
+             f"the tracked mesh. Unseen subjects: neutral colour calibration.",
              "",
              "| condition | subjects | method | images | PSNR | PSNR head | SSIM | SSIM head | LPIPS |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
