@@ -395,7 +395,9 @@ def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["test"]) == {"mean code", "stretch", "driver", "oracle"}
     assert summary["seeds"] == 2 and len(summary["split"]["test"]) == 1
-    assert summary["choice"]["chosen"].startswith("dtw") and summary["choice"]["decisions"]
+    choice = summary["choice"]
+    assert choice["decisions"][0]["change"] == "re-alignment"  # validated first, against the stretch alone
+    assert choice["chosen"].startswith("dtw" if choice["decisions"][0]["kept"] else "stretch")
     assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
     assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
 

@@ -307,8 +307,10 @@ def test_real_kills_at_random_moments_and_in_a_checkpoint_write(tiny_capture_set
     argv = kill_run_argv(tiny_capture_set, run, "--threads", "1")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = ava_process(*argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_steps(process, run / "metrics.jsonl", 1)
-    time.sleep(random.uniform(0.0, 1.5))  # somewhere in steps 1 to 4
+    # A random step, then a random moment within it: a fixed sleep after step 1 outlived the whole
+    # run once steps got faster (the kill found a finished run).
+    _wait_for_steps(process, run / "metrics.jsonl", random.randint(1, KILL_RUN_STEPS - 2))
+    time.sleep(random.uniform(0.0, 0.1))
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     completed = len([record for record in read_metrics(run) if record.get("kind") is None])

@@ -11,10 +11,11 @@ Stages (each writes its results under OUT and is skipped when a rerun finds them
   3. difficulty  how often the linear time stretch lands within one frame of the truth
                  (ava.driver.truth) -> OUT/difficulty.json
   4. decoder     `ava train` on the training subjects' dome data (or --decoder)
-  5. validation  forward selection, seed 0, measured on the validation subjects: a driver with DTW
-                 re-alignment, then each change (neutral-frame conditioning, open-ended alignment,
-                 cross-fitted alignment) added to the best so far and kept if it raises the PSNR
-                 -> OUT/validation/
+  5. validation  forward selection, seed 0, measured on the validation subjects: DTW re-alignment
+                 against the linear stretch's targets alone, then each change (neutral-frame
+                 conditioning, open-ended alignment, cross-fitted alignment; the last two only
+                 where re-alignment was kept) added to the best so far and kept if it raises the
+                 PSNR -> OUT/validation/
   6. test        the chosen setting, the linear-stretch baseline (no re-alignment) and the oracle
                  (trained on the true codes), each with --seeds seeds, measured once on the test
                  subjects beside the mean code -> OUT/test/
@@ -112,7 +113,11 @@ def _sizes(workers: int) -> dict[str, Size]:
 
 
 # The changes to the driver that validation keeps or drops, tried one at a time in this order on top
-# of what was kept so far (forward selection), starting from DTW re-alignment with closed ends.
+# of what was kept so far (forward selection), after re-alignment itself was kept or dropped.
+STRETCH = ("--train.targets", "stretch")  # the linear stretch's targets, never re-aligned
+ALIGNMENT_CHANGES = ("open-ends", "crossfit")  # options of the re-alignment
+
+
 def _changes(size: Size) -> dict[str, list[str]]:
     return {"neutral": ["--encoder.neutral"], "open-ends": ["--train.align-open-ends", "0.35"],
             "crossfit": ["--train.cross-fit-folds", str(size.folds)]}
@@ -354,23 +359,34 @@ def pooled(results: dict, source: str) -> dict:
 
 
 def stage_validation(protocol: Protocol, decoder: Path, split: dict) -> dict:
-    """Forward selection on the validation subjects (seed 0): the base driver, then each change of
-    `_changes` on top of the best so far, kept when it raises the validation PSNR."""
+    """Forward selection on the validation subjects (seed 0). First re-alignment itself: a driver
+    with DTW re-alignment against one trained on the linear stretch's targets only; then each
+    change of `_changes` on top of the best so far, kept when it raises the validation PSNR (the
+    alignment options only where re-alignment was kept)."""
     path = protocol.out / "validation" / "choice.json"
     if path.is_file():
         return json.loads(path.read_text())
     folder = protocol.out / "validation"
-    runs = {"dtw": train_driver(protocol, decoder, split, folder / "dtw", [], 0)}
-    kept: list[str] = []
-    flags: list[str] = []
-    best = "dtw"
-    scores: dict[str, dict] = {}
-    decisions = []
+    runs = {"stretch": train_driver(protocol, decoder, split, folder / "stretch", list(STRETCH), 0),
+            "dtw": train_driver(protocol, decoder, split, folder / "dtw", [], 0)}
+    results = evaluate_runs(protocol, decoder, runs, split["validation"], folder / "eval")
+    scores = {run: pooled(results, run) for run in runs}
+    realign = scores["dtw"]["psnr"] > scores["stretch"]["psnr"]
+    decisions = [{"change": "re-alignment", "run": "dtw", "against": "stretch", "psnr": scores["dtw"]["psnr"],
+                  "psnr_before": scores["stretch"]["psnr"], "kept": realign}]
+    protocol.note(f"validation: re-alignment: {scores['dtw']['psnr']:.2f} dB vs {scores['stretch']['psnr']:.2f} dB "
+                  f"(stretch): {'kept' if realign else 'dropped'}")
+    best = "dtw" if realign else "stretch"
+    kept: list[str] = ["re-alignment"] if realign else []
+    flags: list[str] = [] if realign else list(STRETCH)
     for change, extra in _changes(protocol.size).items():
+        if change in ALIGNMENT_CHANGES and not realign:
+            protocol.note(f"validation: {change} changes the re-alignment, which was dropped; not tried")
+            continue
         if change == "crossfit" and protocol.size.folds > len(split["train"]):
             protocol.note(f"validation: crossfit needs {protocol.size.folds} training subjects; not tried")
             continue
-        name = "+".join(["dtw", *kept, change])
+        name = "+".join([best, change])
         runs[name] = train_driver(protocol, decoder, split, folder / name, [*flags, *extra], 0)
         results = evaluate_runs(protocol, decoder, runs, split["validation"], folder / "eval")
         scores = {run: pooled(results, run) for run in runs}
@@ -394,7 +410,7 @@ def stage_validation(protocol: Protocol, decoder: Path, split: dict) -> dict:
 
 def stage_test(protocol: Protocol, decoder: Path, split: dict, choice: dict) -> dict:
     neutral = ["--encoder.neutral"] if "--encoder.neutral" in choice["flags"] else []
-    methods = {"driver": choice["flags"], "stretch": ["--train.targets", "stretch", *neutral],
+    methods = {"driver": choice["flags"], "stretch": [*STRETCH, *neutral],
                "oracle": ["--train.targets", "truth", *neutral]}
     runs = {}
     for seed in range(protocol.size.seeds):
