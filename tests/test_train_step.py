@@ -223,7 +223,7 @@ def test_step_modes_resolve_per_device():
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_step_mode("auto", cpu, False) == "eager"
-    assert resolve_step_mode("auto", cuda, False) == "graph"
+    assert resolve_step_mode("auto", cuda, False) == "eager"  # until the GPU suite has measured graph
     assert resolve_step_mode("auto", cuda, True) == "eager"
     assert resolve_step_mode("sync-free", cpu, False) == "sync-free"
     with pytest.raises(UserError, match="CUDA"):
