@@ -284,6 +284,28 @@ def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, with
     assert "only synthetic captures" in capsys.readouterr().err
 
 
+def test_what_train_driver_leaves_out_or_stands_in_is_said(decoder, without_truth, tmp_path, capsys):
+    """A capture without a headset session and a session without a neutral segment are named in one
+    line each; a wrong folder names the flag as typed; too many folds are refused before any loading."""
+    assert run_cli(driver_argv(decoder, tmp_path / "nowhere", tmp_path / "a", 1)) == 2
+    assert "--train.dataset-dir " in capsys.readouterr().err
+    assert run_cli(driver_argv(decoder, without_truth, tmp_path / "b", 1, "--train.cross-fit-folds", "9")) == 2
+    err = capsys.readouterr()
+    assert f"needs at least 9 training subjects; there are {SUBJECTS - 1}: pass at most" in err.err
+    assert "subjects:" not in err.out + err.err
+    data = tmp_path / "data"
+    shutil.copytree(without_truth, data)
+    folders = sorted(path.parent.name for path in data.glob("*/encoder"))
+    shutil.rmtree(data / folders[0] / "encoder")
+    for frame_list in data.glob("*/encoder/frame_list.csv"):
+        frame_list.write_text(frame_list.read_text().replace("EXP_neutral", "EXP_calm"))
+    assert run_cli(driver_argv(decoder, data, tmp_path / "c", 1, "--encoder.neutral")) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert f"left out 1 capture(s) without a headset session (no encoder/ folder): {folders[0]}" in out
+    assert "--encoder.neutral: no neutral headset segment" in out and folders[1] in out
+
+
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
     from ava.driver.setup import load_decoder

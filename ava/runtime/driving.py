@@ -27,6 +27,12 @@ def headset_subjects(dataset_dir: Path) -> list[str]:
                   if (path / "decoder").is_dir() and (path / "encoder").is_dir())
 
 
+def dome_only_captures(dataset_dir: Path) -> list[str]:
+    """Capture folders of `dataset_dir` with a dome (decoder/) but no headset (encoder/) session, sorted."""
+    return sorted(path.name for path in Path(dataset_dir).iterdir()
+                  if (path / "decoder").is_dir() and not (path / "encoder").is_dir())
+
+
 def resolve_subjects(texts: Sequence[str], folders: Sequence[str], dataset_dir: Path) -> list[str]:
     """Capture folders named by `texts` (MCD--MCT--SID or subject ids) among `folders`."""
     chosen = []
