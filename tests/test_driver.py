@@ -424,6 +424,29 @@ def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
     assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
 
 
+def test_the_driver_tools_answer_bad_input_in_one_line(driver_run, without_truth, tmp_path):
+    """tools/driver_difficulty.py and tools/driver_protocol.py report a user's mistake as the ava CLI
+    does: one line, status 2, no traceback."""
+    import subprocess
+    import sys
+
+    tools = Path(__file__).parents[1] / "tools"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    driver = driver_run / "checkpoints" / "step_00000004.safetensors"
+    for command, expected in [
+        ([tools / "driver_difficulty.py", empty], "has both a dome (decoder/) and a headset (encoder/) session"),
+        ([tools / "driver_difficulty.py", without_truth], "only synthetic captures"),
+        ([tools / "driver_protocol.py", tmp_path / "p", "--size", "tiny", "--data", empty, "--device", "cpu"],
+         "has both a dome (decoder/) and a headset (encoder/) session"),
+        ([tools / "driver_protocol.py", tmp_path / "q", "--size", "tiny", "--data", without_truth, "--decoder", driver,
+          "--device", "cpu"], "is a headset driver checkpoint"),
+    ]:
+        done = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
 # --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----
 
 def test_ctrl_c_saves_a_checkpoint_and_the_resume_appends_to_the_log(decoder, without_truth, tmp_path, monkeypatch):

@@ -197,7 +197,7 @@ def stage_split(protocol: Protocol, seed: int) -> dict:
     from ava.runtime.driving import headset_subjects
 
     path = protocol.out / "split.json"
-    folders = headset_subjects(protocol.data)
+    folders = headset_subjects(protocol.data, required=True)
     split = None
     if protocol.decoder is not None:
         from ava.checkpoint import load_checkpoint
@@ -572,4 +572,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ava.errors import run_tool
+
+    run_tool(main)
