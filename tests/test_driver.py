@@ -420,7 +420,11 @@ def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
     choice = summary["choice"]
     assert choice["decisions"][0]["change"] == "re-alignment"  # validated first, against the stretch alone
     assert choice["chosen"].startswith("dtw" if choice["decisions"][0]["kept"] else "stretch")
-    assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| oracle: trained on the true codes |" in report
+    # This decoder trained on every subject, the validation and test ones included: the report says so.
+    assert summary["split"]["decoder_trained_on"] == sorted(summary["split"]["validation"] + summary["split"]["test"])
+    assert "whose avatar the decoder learnt" in report
     assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
 
 
