@@ -304,6 +304,7 @@ def test_what_train_driver_leaves_out_or_stands_in_is_said(decoder, without_trut
     out = captured.out + captured.err
     assert f"left out 1 capture(s) without a headset session (no encoder/ folder): {folders[0]}" in out
     assert "--encoder.neutral: no neutral headset segment" in out and folders[1] in out
+    assert "headset frames of segments the dome session lacks: EXP_calm_peak (" in out
 
 
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):

@@ -114,6 +114,15 @@ def prepare(config: DriverConfig, device: torch.device, console: Console) -> Set
                                    "dome codes (training subjects)")
     holdout_subjects = load_subjects(held, dataset_dir, decoder, model, downsample, size, device, console,
                                      "dome codes (held-out subjects)")
+    unpaired: dict[str, int] = {}  # headset segment -> frames left out (no dome take of that name)
+    for subject in train_subjects + holdout_subjects:
+        for segment, indices in subject.headset_segments.items():
+            if segment not in subject.shared:
+                unpaired[segment] = unpaired.get(segment, 0) + len(indices)
+    if unpaired:
+        console.print(f"left out {sum(unpaired.values())} headset frames of segments the dome session lacks: "
+                      + ", ".join(f"{name} ({count})" for name, count in list(unpaired.items())[:4])
+                      + (", ..." if len(unpaired) > 4 else ""), highlight=False)
     if config.encoder.neutral:
         fallback = [subject.folder for subject in train_subjects + holdout_subjects
                     if subject.headset.neutral_frame() is None]
