@@ -284,6 +284,29 @@ def test_bad_input_gets_one_line_and_status_2(driver_run, decoder, dataset, with
     assert "only synthetic captures" in capsys.readouterr().err
 
 
+def test_what_train_driver_leaves_out_or_stands_in_is_said(decoder, without_truth, tmp_path, capsys):
+    """A capture without a headset session and a session without a neutral segment are named in one
+    line each; a wrong folder names the flag as typed; too many folds are refused before any loading."""
+    assert run_cli(driver_argv(decoder, tmp_path / "nowhere", tmp_path / "a", 1)) == 2
+    assert "--train.dataset-dir " in capsys.readouterr().err
+    assert run_cli(driver_argv(decoder, without_truth, tmp_path / "b", 1, "--train.cross-fit-folds", "9")) == 2
+    err = capsys.readouterr()
+    assert f"needs at least 9 training subjects; there are {SUBJECTS - 1}: pass at most" in err.err
+    assert "subjects:" not in err.out + err.err
+    data = tmp_path / "data"
+    shutil.copytree(without_truth, data)
+    folders = sorted(path.parent.name for path in data.glob("*/encoder"))
+    shutil.rmtree(data / folders[0] / "encoder")
+    for frame_list in data.glob("*/encoder/frame_list.csv"):
+        frame_list.write_text(frame_list.read_text().replace("EXP_neutral", "EXP_calm"))
+    assert run_cli(driver_argv(decoder, data, tmp_path / "c", 1, "--encoder.neutral")) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert f"left out 1 capture(s) without a headset session (no encoder/ folder): {folders[0]}" in out
+    assert "--encoder.neutral: no neutral headset segment" in out and folders[1] in out
+    assert "headset frames of segments the dome session lacks: EXP_calm_peak (" in out
+
+
 def test_decoding_a_given_code_matches_encoding_the_frame(decoder, dataset):
     """run_model(code=encode_expression(batch)) renders what run_model(batch) renders."""
     from ava.driver.setup import load_decoder
@@ -398,8 +421,35 @@ def test_the_protocol_tool_stops_and_continues(decoder, dataset, tmp_path):
     choice = summary["choice"]
     assert choice["decisions"][0]["change"] == "re-alignment"  # validated first, against the stretch alone
     assert choice["chosen"].startswith("dtw" if choice["decisions"][0]["kept"] else "stretch")
-    assert "| oracle: trained on the true codes |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| oracle: trained on the true codes |" in report
+    # This decoder trained on every subject, the validation and test ones included: the report says so.
+    assert summary["split"]["decoder_trained_on"] == sorted(summary["split"]["validation"] + summary["split"]["test"])
+    assert "whose avatar the decoder learnt" in report
     assert (out / "curves.png").is_file() and (out / "difficulty.json").is_file()
+
+
+def test_the_driver_tools_answer_bad_input_in_one_line(driver_run, without_truth, tmp_path):
+    """tools/driver_difficulty.py and tools/driver_protocol.py report a user's mistake as the ava CLI
+    does: one line, status 2, no traceback."""
+    import subprocess
+    import sys
+
+    tools = Path(__file__).parents[1] / "tools"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    driver = driver_run / "checkpoints" / "step_00000004.safetensors"
+    for command, expected in [
+        ([tools / "driver_difficulty.py", empty], "has both a dome (decoder/) and a headset (encoder/) session"),
+        ([tools / "driver_difficulty.py", without_truth], "only synthetic captures"),
+        ([tools / "driver_protocol.py", tmp_path / "p", "--size", "tiny", "--data", empty, "--device", "cpu"],
+         "has both a dome (decoder/) and a headset (encoder/) session"),
+        ([tools / "driver_protocol.py", tmp_path / "q", "--size", "tiny", "--data", without_truth, "--decoder", driver,
+          "--device", "cpu"], "is a headset driver checkpoint"),
+    ]:
+        done = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 # --- faults (issue 24): Ctrl-C, SIGTERM, damaged checkpoints, logs that are never truncated -----

@@ -88,6 +88,8 @@ def test_presets_and_derived_layer_plans():
         ModelConfig(uv_size=96, prims_per_side=12, voxels_per_prim=8)
     with pytest.raises(UserError):
         ModelConfig(uv_size=256, prims_per_side=16, voxels_per_prim=8)
+    with pytest.raises(UserError, match="at least 4"):  # placement needs 4 texels per primitive
+        ModelConfig(uv_size=64, prims_per_side=32, voxels_per_prim=2)
     with pytest.raises(UserError):
         model_preset("huge")
     assert ModelConfig.from_dict(tiny.to_dict()) == tiny

@@ -205,3 +205,5 @@ def test_place_primitives_on_a_curved_surface_gives_rotations():
     assert torch.allclose(primrot[0, 0, :, 0], du / du.norm(), atol=1e-6)
     with pytest.raises(ValueError):
         place_primitives(postex, 16)
+    with pytest.raises(ValueError, match="at least 4 texels"):  # 2 texels: the +u texel of the last column is outside
+        place_primitives(postex, 8)

@@ -191,6 +191,12 @@ def test_cli(tmp_path, capsys):
         main(["synth", "-o", str(tmp_path / "bad"), "--texture-size", "100"])
     assert exit_info.value.code == 2
     assert "power of two" in capsys.readouterr().err
+    # Two texels per primitive passed the check once and then failed inside primitive placement.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "-o", str(tmp_path / "bad"), "--texture-size", "64", "--prims-per-side", "32"])
+    assert exit_info.value.code == 2
+    assert "at least 4" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", "-o", str(tmp_path / "bad"), "--topology", str(tmp_path / "head.obj")])
     assert exit_info.value.code == 2

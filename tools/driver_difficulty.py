@@ -25,7 +25,7 @@ def dataset_rows(data: Path) -> list[dict]:
     from ava.driver.truth import capture_difficulty
     from ava.runtime.driving import headset_subjects
 
-    return [row for folder in headset_subjects(data) for row in capture_difficulty(data / folder).values()]
+    return [row for folder in headset_subjects(data, required=True) for row in capture_difficulty(data / folder).values()]
 
 
 def planned_rows(frames: int, subjects: int, seed: int) -> list[dict]:
@@ -78,4 +78,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ava.errors import run_tool
+
+    run_tool(main)

@@ -7,7 +7,8 @@
 Stages (each writes its results under OUT and is skipped when a rerun finds them):
   1. data        `ava synth` into OUT/data (or --data: an existing synthetic set with headset sessions)
   2. split       subjects into train, validation and test (ava.data.splits; or the split the
-                 --decoder checkpoint recorded) -> OUT/split.json
+                 --decoder checkpoint recorded) -> OUT/split.json; a --decoder that trained on
+                 validation or test subjects is named there (decoder_trained_on) and in the report
   3. difficulty  how often the linear time stretch lands within one frame of the truth
                  (ava.driver.truth) -> OUT/difficulty.json
   4. decoder     `ava train` on the training subjects' dome data (or --decoder)
@@ -197,12 +198,15 @@ def stage_split(protocol: Protocol, seed: int) -> dict:
     from ava.runtime.driving import headset_subjects
 
     path = protocol.out / "split.json"
-    folders = headset_subjects(protocol.data)
+    folders = headset_subjects(protocol.data, required=True)
     split = None
+    trained_on: set[str] = set()  # the --decoder's identities
     if protocol.decoder is not None:
         from ava.checkpoint import load_checkpoint
 
-        recorded = (load_checkpoint(protocol.decoder).config.get("resolved", {}) or {}).get("holdout_subjects")
+        checkpoint = load_checkpoint(protocol.decoder)
+        trained_on = set(checkpoint.identities)
+        recorded = (checkpoint.config.get("resolved", {}) or {}).get("holdout_subjects")
         if recorded and recorded.get("validation") and recorded.get("test"):
             held = set(recorded["validation"]) | set(recorded["test"])
             split = {"train": [f for f in folders if f not in held], "validation": list(recorded["validation"]),
@@ -210,6 +214,9 @@ def stage_split(protocol: Protocol, seed: int) -> dict:
     if split is None:
         made = split_subjects(folders, protocol.size.validation, protocol.size.test, seed)
         split = {**made.to_dict(), "source": "ava.data.splits"}
+    # Without --decoder, the decoder trains on the training subjects only. A given decoder that
+    # trained on validation or test subjects changes what the numbers mean: say so, here and in the report.
+    split["decoder_trained_on"] = sorted(trained_on & (set(split["validation"]) | set(split["test"])))
     if path.is_file():
         earlier = json.loads(path.read_text())
         if {k: earlier.get(k) for k in ("train", "validation", "test")} != {k: split[k] for k in ("train", "validation", "test")}:
@@ -218,6 +225,9 @@ def stage_split(protocol: Protocol, seed: int) -> dict:
         _write_json(path, split)
     protocol.note(f"split: {len(split['train'])} train, validation {', '.join(s.split('--')[-1] for s in split['validation'])}, "
                   f"test {', '.join(s.split('--')[-1] for s in split['test'])}")
+    if split["decoder_trained_on"]:
+        protocol.note(f"note: the --decoder trained on {', '.join(s.split('--')[-1] for s in split['decoder_trained_on'])} "
+                      "(validation/test): the driver is measured on people whose avatar the decoder learnt")
     return split
 
 
@@ -461,7 +471,10 @@ def stage_report(protocol: Protocol, decoder: Path, split: dict, difficulty: dic
     report = "\n".join([
         f"# Headset driver protocol ({protocol.size_name} size)", "",
         f"Subjects: {len(split['train'])} train, {len(split['validation'])} validation, {len(split['test'])} test "
-        f"({', '.join(s.split('--')[-1] for s in split['test'])}); {len(list(seeds))} seeds.", "",
+        f"({', '.join(s.split('--')[-1] for s in split['test'])}); {len(list(seeds))} seeds."
+        + (f" The decoder (--decoder) trained on {', '.join(s.split('--')[-1] for s in split['decoder_trained_on'])}"
+           " among them: the driver is measured on people whose avatar the decoder learnt."
+           if split.get("decoder_trained_on") else ""), "",
         f"Difficulty: the linear time stretch lands within one frame of the truth for "
         f"{100 * difficulty['stretch_within_1']:.1f}% of {difficulty['frames']} headset frames.", "",
         "Validation:", "", *validation, "",
@@ -572,4 +585,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ava.errors import run_tool
+
+    run_tool(main)

@@ -22,10 +22,7 @@ from ava.runtime.driving import dome_view, headset_subjects, resolve_subjects
 
 def split_subjects(dataset_dir: Path, ids: Sequence[str], holdout: Sequence[str], count: int) -> tuple[list[str], list[str]]:
     """(training subjects, held-out subjects), both capture folders in folder order."""
-    available = headset_subjects(dataset_dir)
-    if not available:
-        raise UserError(f"no capture in {dataset_dir} has both a dome (decoder/) and a headset (encoder/) session; "
-                        "generate one with `ava synth` or download the encoder asset group")
+    available = headset_subjects(dataset_dir, required=True)
     pool = resolve_subjects(ids, available, dataset_dir) if ids else available
     if holdout:
         held = resolve_subjects(holdout, available, dataset_dir)

@@ -89,26 +89,48 @@ def load_subjects(folders: list[str], dataset_dir: Path, decoder, model, downsam
 def prepare(config: DriverConfig, device: torch.device, console: Console) -> Setup:
     from ava.checkpoint import decoder_fingerprint
     from ava.runtime.datasets import resolve_dataset_dir
-    from ava.runtime.driving import decoder_downsample
+    from ava.runtime.driving import decoder_downsample, dome_only_captures
 
     decoder, model = load_decoder(Path(config.checkpoint).expanduser(), device)
-    dataset_dir = resolve_dataset_dir(config.train.dataset_dir, decoder)
+    dataset_dir = resolve_dataset_dir(config.train.dataset_dir, decoder, flag="--train.dataset-dir")
     downsample = config.train.downsample or decoder_downsample(decoder)
     training, held = split_subjects(dataset_dir, config.train.ids, config.train.holdout_subjects,
                                     config.train.num_holdout_subjects)
+    folds = config.train.cross_fit_folds
+    if folds > len(training):  # before the subjects' dome codes, which take long on real captures
+        raise UserError(f"--train.cross-fit-folds {folds} needs at least {folds} training subjects; there are "
+                        f"{len(training)}: pass at most {len(training)}")
     console.print(f"subjects: {len(training)} to train on, {len(held)} held out"
                   + (f" ({', '.join(held)})" if held else "") + f"; decoder {config.checkpoint} (frozen)",
                   highlight=False)
+    if not config.train.ids:
+        dome_only = dome_only_captures(dataset_dir)
+        if dome_only:
+            console.print(f"left out {len(dome_only)} capture(s) without a headset session (no encoder/ folder): "
+                          f"{', '.join(dome_only[:3])}{', ...' if len(dome_only) > 3 else ''}; "
+                          "download the encoder asset group to use them", highlight=False)
     size = config.encoder.image_size
     train_subjects = load_subjects(training, dataset_dir, decoder, model, downsample, size, device, console,
                                    "dome codes (training subjects)")
     holdout_subjects = load_subjects(held, dataset_dir, decoder, model, downsample, size, device, console,
                                      "dome codes (held-out subjects)")
+    unpaired: dict[str, int] = {}  # headset segment -> frames left out (no dome take of that name)
+    for subject in train_subjects + holdout_subjects:
+        for segment, indices in subject.headset_segments.items():
+            if segment not in subject.shared:
+                unpaired[segment] = unpaired.get(segment, 0) + len(indices)
+    if unpaired:
+        console.print(f"left out {sum(unpaired.values())} headset frames of segments the dome session lacks: "
+                      + ", ".join(f"{name} ({count})" for name, count in list(unpaired.items())[:4])
+                      + (", ..." if len(unpaired) > 4 else ""), highlight=False)
+    if config.encoder.neutral:
+        fallback = [subject.folder for subject in train_subjects + holdout_subjects
+                    if subject.headset.neutral_frame() is None]
+        if fallback:
+            console.print(f"--encoder.neutral: no neutral headset segment (named neutral... or EXP_neutral...) in "
+                          f"{', '.join(fallback[:3])}{', ...' if len(fallback) > 3 else ''}; their first headset "
+                          "frame stands in for it", highlight=False)
     train_pool, holdout_pool = FramePool(train_subjects), FramePool(holdout_subjects)
-    folds = config.train.cross_fit_folds
-    if folds > len(train_subjects):
-        raise UserError(f"--train.cross-fit-folds {folds} needs at least {folds} training subjects; there are "
-                        f"{len(train_subjects)}")
     if config.train.preload:
         from rich.progress import Progress
 

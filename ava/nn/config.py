@@ -45,7 +45,7 @@ class ModelConfig:
     prims_per_side: int = 128
     """Primitives per side of the UV grid; the model has prims_per_side^2 primitives."""
     voxels_per_prim: int = 8
-    """Voxels per side of each cubic primitive; uv_size must equal prims_per_side * voxels_per_prim."""
+    """Voxels per side of each cubic primitive (at least 4); uv_size must equal prims_per_side * voxels_per_prim."""
     warp_size: int = 128
     """Side of the identity encoder's learned warp grid (the original uses 128 at uv_size 1024)."""
     volradius: float = 256.0
@@ -64,10 +64,13 @@ class ModelConfig:
         size, per_side, voxels = self.uv_size, self.prims_per_side, self.voxels_per_prim
         if size < 64 or size & (size - 1):
             raise UserError(f"--model.uv-size must be a power of two >= 64, got {size}")
-        if voxels < 2 or per_side < 8 or per_side * voxels != size:
+        # Primitives are placed on the UV grid with a stride of voxels_per_prim texels, and
+        # ava.nn.placement needs at least 4 (an even number) for each primitive's frame.
+        if voxels < 4 or voxels % 2 or per_side < 8 or per_side * voxels != size:
             raise UserError(
                 f"--model.prims-per-side ({per_side}) times --model.voxels-per-prim ({voxels}) must equal "
-                f"--model.uv-size ({size}), with at least 8 primitives per side and 2 voxels per primitive"
+                f"--model.uv-size ({size}), with at least 8 primitives per side and an even number of at "
+                "least 4 voxels per primitive"
             )
         if per_side & (per_side - 1):
             raise UserError(f"--model.prims-per-side must be a power of two, got {per_side}")

@@ -13,10 +13,13 @@ from einops import rearrange
 
 def _stride(postex: torch.Tensor, prims_per_side: int) -> int:
     size = postex.shape[-1]
-    if postex.shape[-2] != size or size % prims_per_side or (size // prims_per_side) % 2:
+    # Each primitive's frame is a one-texel difference from its centre texel (stride/2) towards
+    # +u and +v, which must stay inside the primitive's own texels: a stride of 2 would reach past
+    # the last row and column of the image.
+    if postex.shape[-2] != size or size % prims_per_side or (size // prims_per_side) % 2 or size // prims_per_side < 4:
         raise ValueError(
             f"a {prims_per_side}x{prims_per_side} primitive grid needs a square position image whose "
-            f"side is an even multiple of {prims_per_side}; got {tuple(postex.shape[-2:])}"
+            f"side is an even multiple of {prims_per_side}, at least 4 texels per primitive; got {tuple(postex.shape[-2:])}"
         )
     return size // prims_per_side
 

@@ -28,13 +28,13 @@ def ensure_demo_dataset(settings: SynthConfig, progress: bool = True) -> Path:
     return ensure_generated(demo_dataset_dir(settings), settings, progress=progress)
 
 
-def resolve_dataset_dir(explicit: Path | None, checkpoint) -> Path:
+def resolve_dataset_dir(explicit: Path | None, checkpoint, flag: str = "--dataset-dir") -> Path:
     """--dataset-dir, else the folder the checkpoint was trained on (if it still exists), else
-    the demo synthetic set (generated if needed)."""
+    the demo synthetic set (generated if needed). `flag` is the option's name in errors."""
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_dir():
-            raise UserError(f"--dataset-dir {path} does not exist")
+            raise UserError(f"{flag} {path} does not exist")
         return path
     recorded = checkpoint.extra_state.get("dataset_dir")
     if recorded and Path(recorded).is_dir():

@@ -18,13 +18,24 @@ import torch.nn.functional as F
 from ava.errors import UserError
 
 
-def headset_subjects(dataset_dir: Path) -> list[str]:
-    """Capture folders of `dataset_dir` with both a dome (decoder/) and a headset (encoder/) session, sorted."""
+def headset_subjects(dataset_dir: Path, required: bool = False) -> list[str]:
+    """Capture folders of `dataset_dir` with both a dome (decoder/) and a headset (encoder/) session,
+    sorted; with `required`, none is a UserError saying how to get some."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise UserError(f"dataset folder {dataset_dir} does not exist")
-    return sorted(path.name for path in dataset_dir.iterdir()
-                  if (path / "decoder").is_dir() and (path / "encoder").is_dir())
+    folders = sorted(path.name for path in dataset_dir.iterdir()
+                     if (path / "decoder").is_dir() and (path / "encoder").is_dir())
+    if required and not folders:
+        raise UserError(f"no capture in {dataset_dir} has both a dome (decoder/) and a headset (encoder/) session; "
+                        "generate one with `ava synth` or download the encoder asset group")
+    return folders
+
+
+def dome_only_captures(dataset_dir: Path) -> list[str]:
+    """Capture folders of `dataset_dir` with a dome (decoder/) but no headset (encoder/) session, sorted."""
+    return sorted(path.name for path in Path(dataset_dir).iterdir()
+                  if (path / "decoder").is_dir() and not (path / "encoder").is_dir())
 
 
 def resolve_subjects(texts: Sequence[str], folders: Sequence[str], dataset_dir: Path) -> list[str]:

@@ -38,7 +38,7 @@ class SynthConfig:
     downsample: int = 32
     """Stored images are the 2668x4096 sensor divided by this (8 gives 333x512, 32 gives 83x128)."""
     prims_per_side: int = 32
-    """The ground-truth primitives form a grid of this many per side on the UV map (32 -> 1024)."""
+    """The ground-truth primitives form a grid of this many per side on the UV map (32 -> 1024); --texture-size divided by it must be even and at least 4."""
     voxels: int = 8
     """Voxels per side of each ground-truth primitive's template."""
     mesh_columns: int = 64
@@ -73,8 +73,10 @@ class SynthConfig:
         size = self.texture_size
         if size < 16 or size & (size - 1):
             problems.append("--texture-size must be a power of two of at least 16")
-        if self.prims_per_side < 2 or size % self.prims_per_side or (size // self.prims_per_side) % 2:
-            problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive")
+        if (self.prims_per_side < 2 or size % self.prims_per_side or (size // self.prims_per_side) % 2
+                or size // self.prims_per_side < 4):
+            problems.append("--prims-per-side must divide --texture-size into an even number of texels per primitive, "
+                            "at least 4 (ava.nn.placement)")
         if self.mesh_columns < 8 or self.mesh_rows < 8:
             problems.append("--mesh-columns and --mesh-rows must be at least 8")
         if self.headset_size < 16:
