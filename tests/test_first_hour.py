@@ -573,6 +573,25 @@ def test_eval_driver_strip_rows_line_up():
     for begin, end in bands:
         assert lit[begin:end, -1].all()  # every row reaches the right edge
         assert np.array_equal(lit[begin:end], lit[bands[0][0]:bands[0][1]])  # and has the same panels
+    # Titled: a band above the rows names each column, over the columns, and the rows are unchanged.
+    titled = head_strip(rows, ["views", "truth", "driver", "mean"])
+    band = titled[: titled.shape[0] - picture.shape[0]]
+    assert band.shape[0] > 0 and np.array_equal(titled[band.shape[0]:], picture)
+    written = band.max(axis=(0, 2)) > 0
+    runs, start = [], None  # the panels of the first row, left to right: 5 views, 3 renders
+    for index, on in enumerate(list(lit[bands[0][0]]) + [False]):
+        if on and start is None:
+            start = index
+        elif not on and start is not None:
+            runs.append((start, index))
+            start = None
+    assert len(runs) == 8
+    columns = [(runs[0][0], runs[4][1])] + runs[5:]
+    for begin, end in columns:  # each title is written over its own column, centred
+        inside = np.nonzero(written[begin:end])[0]
+        assert len(inside) and abs((inside[0] + inside[-1]) / 2 - (end - begin) / 2) <= 2
+    with pytest.raises(ValueError, match="3 titles for 4 columns"):
+        head_strip(rows, ["views", "truth", "driver"])
 
 
 def test_the_viewer_shows_that_it_is_rendering_and_a_small_first_frame(tiny_checkpoints):

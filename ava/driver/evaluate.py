@@ -282,7 +282,7 @@ def _strip(subject, frames: list[int], true: torch.Tensor, driver: torch.Tensor,
         images, alphas, _ = decode(model, subject, dome_index, torch.stack([true[position], driver[position], mean]),
                                    device)
         rows.append((subject.headset.views(frames[position]), list(images), alphas[0]))
-    return head_strip(rows) if rows else None
+    return head_strip(rows, ["five IR views", "true code", "driver", "mean code"]) if rows else None
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -36,23 +36,51 @@ def head_box(alpha: torch.Tensor, margin: float = 0.1) -> tuple[int, int, int, i
             max(int(columns[0]) - pad_columns, 0), min(int(columns[-1]) + 1 + pad_columns, width))
 
 
-def head_strip(rows: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]) -> np.ndarray:
+def head_strip(rows: list[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]],
+               titles: list[str] | None = None) -> np.ndarray:
     """uint8 [H,W,3] of `rows`, each (IR views [5,S,S], renders [3,H,W] of one view, the head's
     coverage [1,H,W]): per row [5 views | the renders cropped to the head], enlarged by whole pixels.
     Every row is cropped to one box (the union of the rows' head boxes) and enlarged by one factor,
-    so all rows have the same height and width and their panels line up."""
+    so all rows have the same height and width and their panels line up. `titles` (one for the
+    views, then one per render) name the columns in a band above the first row."""
     from ava.runtime.driving import headset_panel
     from ava.runtime.images import hstack, to_uint8, upscale_nearest, viewing_scale, vstack
 
+    gap = 4
     boxes = [head_box(alpha) for _, _, alpha in rows]
     top, bottom = min(box[0] for box in boxes), max(box[1] for box in boxes)
     left, right = min(box[2] for box in boxes), max(box[3] for box in boxes)
     factor = viewing_scale(bottom - top, target=rows[0][0].shape[-1])
-    lines = []
+    lines, widths = [], []
     for views, images, _ in rows:
         crops = [upscale_nearest(to_uint8(image)[top:bottom, left:right], factor) for image in images]
-        lines.append(hstack([headset_panel(views, crops[0].shape[0])] + crops, gap=4))
-    return upscale_nearest(vstack(lines, gap=4), viewing_scale(lines[0].shape[0]))
+        panels = [headset_panel(views, crops[0].shape[0])] + crops
+        widths = [panel.shape[1] for panel in panels]
+        lines.append(hstack(panels, gap=gap))
+    enlarge = viewing_scale(lines[0].shape[0])
+    picture = upscale_nearest(vstack(lines, gap=gap), enlarge)
+    if titles is None:
+        return picture
+    if len(titles) != len(widths):
+        raise ValueError(f"{len(titles)} titles for {len(widths)} columns")
+    return np.concatenate([column_titles(titles, [width * enlarge for width in widths], gap * enlarge,
+                                         picture.shape[1]), picture])
+
+
+def column_titles(titles: list[str], widths: list[int], gap: int, total: int) -> np.ndarray:
+    """uint8 [h,total,3]: a black band with each title centred over its column (columns of
+    `widths` pixels, `gap` apart, from the left edge)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=int(np.clip(min(widths) // 10, 12, 28)))
+    height = int(font.size * 1.6)
+    band = Image.new("RGB", (total, height))
+    draw = ImageDraw.Draw(band)
+    left = 0
+    for title, width in zip(titles, widths):
+        draw.text((left + width / 2, height / 2), title, fill=(235, 235, 235), font=font, anchor="mm")
+        left += width + gap
+    return np.asarray(band)
 
 
 @torch.no_grad()
