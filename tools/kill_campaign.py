@@ -73,17 +73,22 @@ def step_records(run: Path) -> list[dict]:
     return records
 
 
-def prepare(out: Path, log) -> tuple[Path, Path]:
-    """The tiny dataset and the unbroken reference run (made once)."""
+def tiny_dataset(dataset: Path, log) -> Path:
+    """The campaigns' tiny synthetic set at `dataset` (made once; tools/peer_loss_check.py uses it too)."""
     from ava.synth import generate
     from ava.synth.config import SynthConfig
 
-    dataset = out / "data"
     if not (dataset / "ids.csv").is_file():
         log("generating the tiny synthetic set")
         generate(dataset, SynthConfig(n_ids=2, n_frames=4, n_cams=3, texture_size=64, downsample=128,
                                       prims_per_side=8, voxels=4, mesh_columns=16, mesh_rows=12, keypoints=False,
                                       workers=1), progress=False)
+    return dataset
+
+
+def prepare(out: Path, log) -> tuple[Path, Path]:
+    """The tiny dataset and the unbroken reference run (made once)."""
+    dataset = tiny_dataset(out / "data", log)
     reference = out / "reference"
     if not (reference / "checkpoints" / f"step_{STEPS:08d}.safetensors").is_file():
         log("training the unbroken reference run")
@@ -143,8 +148,6 @@ def check(run: Path, completed_extra: int = 0) -> dict:
 
 
 def compare(run: Path, reference: Path) -> dict:
-    import torch
-
     from ava.checkpoint import load_checkpoint
 
     name = f"checkpoints/step_{STEPS:08d}.safetensors"

@@ -130,15 +130,9 @@ def main() -> None:
         with open(out / "log.txt", "a") as handle:
             handle.write(stamped + "\n")
 
-    dataset = out / "data"
-    if not (dataset / "ids.csv").is_file():
-        from ava.synth import generate
-        from ava.synth.config import SynthConfig
+    from kill_campaign import tiny_dataset  # tools/ is this script's folder, first on sys.path
 
-        log("generating the tiny synthetic set")
-        generate(dataset, SynthConfig(n_ids=2, n_frames=4, n_cams=3, texture_size=64, downsample=128,
-                                      prims_per_side=8, voxels=4, mesh_columns=16, mesh_rows=12, keypoints=False,
-                                      workers=1), progress=False)
+    dataset = tiny_dataset(out / "data", log)
     for scenario in ("kill", "hang", "restart"):
         if scenario in results:
             continue

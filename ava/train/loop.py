@@ -150,8 +150,6 @@ def make_runner(trainer: Trainer):
         return terms_function(config, decoder_terms, warm=warm, vertmean=trainer.vertmean,
                               vertstd=trainer.data.stats.vertstd)
 
-    if config.train.step_mode == "auto" and mode != "eager":
-        trainer.say(f"steps: {mode} (--train.step-mode to change)", highlight=False)
     return StepRunner(mode, state.network, state.optimizer, config.train.losses, config.train.clip, ctx.device,
                       terms_for, say=trainer.say)
 
